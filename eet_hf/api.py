@@ -1,0 +1,106 @@
+"""accelerate / restore / explain: the public entry points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import attention, ops
+from ._log import logger, warn_once
+from .errors import EetUnsupportedError
+from .patches import PatchContext, adapter_for
+from .report import Report
+
+# accelerate()'s options and their defaults.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "attention": True,  # eet attention through HF's attention interface
+    "mlp": True,  # fused GEMM + bias + GELU in the MLP
+    "strict": False,  # raise EetUnsupportedError instead of leaving a part to HF
+}
+_STATE = "_eet_hf_state"
+
+
+@dataclass
+class _State:
+    ctx: PatchContext
+    options: dict[str, Any]
+
+
+def _device_type(model: torch.nn.Module) -> str:
+    param = next(model.parameters(), None)
+    return param.device.type if param is not None else "cpu"
+
+
+def _kernels(model: torch.nn.Module) -> str:
+    return "cuda" if _device_type(model) == "cuda" and ops.ensure_loaded() else "reference"
+
+
+def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
+    """Rewire a transformers model in place to run on eet's fused ops; returns the same object.
+
+    Options: attention (bool), mlp (bool), strict (bool: raise instead of falling back to HF code).
+    Calling it again with the same options does nothing; with other options it re-applies them.
+    """
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise TypeError(f"eet_hf.accelerate: unknown option(s) {unknown}; known options: {sorted(DEFAULT_OPTIONS)}")
+    opts = {**DEFAULT_OPTIONS, **options}
+    state = model.__dict__.get(_STATE)
+    if state is not None:
+        if state.options == opts:
+            return model
+        restore(model)
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        raise EetUnsupportedError(
+            f"eet_hf.accelerate expects a transformers PreTrainedModel with a config, got {type(model).__name__}"
+        )
+    ctx = PatchContext(model, opts, _kernels(model))
+    adapter = adapter_for(config.model_type)
+    if adapter is None:
+        ctx.fallback("<model>", f"no eet adapter for model_type {config.model_type!r} yet (supported: gpt2, bert)")
+        logger.warning("eet_hf: %s is left unchanged: no adapter for model_type %r", type(model).__name__,
+                       config.model_type)
+    else:
+        try:
+            _apply(model, ctx, adapter)
+        except BaseException:
+            ctx.undo()
+            raise
+    model.__dict__[_STATE] = _State(ctx, opts)
+    return model
+
+
+def _apply(model: torch.nn.Module, ctx: PatchContext, adapter) -> None:
+    if model.training:
+        warn_once("model is in training mode: HF's forwards run until model.eval()")
+    adapter.apply(model, ctx)
+    if not ctx.options["attention"]:
+        return
+    if getattr(model.config, "add_cross_attention", False):
+        ctx.fallback("attention", "cross-attention models keep HF attention (eet attention is self-attention only)")
+        return
+    attention.register()
+    ctx.use_attention(attention.ATTN_NAME)
+    ctx.report.accelerated.append("attention (HF AttentionInterface 'eet')")
+
+
+def restore(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo accelerate(): HF's own forwards, attention and config again. Harmless on a plain model."""
+    state = model.__dict__.pop(_STATE, None)
+    if state is not None:
+        state.ctx.undo()
+    return model
+
+
+def explain(model: torch.nn.Module) -> Report:
+    """What accelerate() rewired (`.accelerated`) and what it left to HF (`.fallbacks`, path -> reason)."""
+    state = model.__dict__.get(_STATE)
+    if state is None:
+        return Report(model_type=getattr(getattr(model, "config", None), "model_type", type(model).__name__),
+                      kernels="none", fallbacks={"<model>": "not accelerated (call eet_hf.accelerate(model))"})
+    report = state.ctx.report
+    report.kernels = _kernels(model)
+    return report

@@ -1,0 +1,162 @@
+"""eet attention in HF's attention interface: one name, "eet", for both the attention function and the
+mask function (without a mask function HF would hand the attention `None` and ignore padding).
+
+The mask function returns SeqBounds for plain causal and bidirectional masks with left/right padding; any
+other mask (sliding window, packed sequences, custom overlays, padding with holes) is materialized as HF's
+sdpa mask, and the attention function then runs HF's sdpa path on it — correct, logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import (
+    ALL_MASK_ATTENTION_FUNCTIONS,
+    AttentionMaskInterface,
+    bidirectional_mask_function,
+    causal_mask_function,
+    sdpa_mask,
+)
+
+from . import ops
+from ._log import warn_once
+from .bounds import SeqBounds, from_padding_mask, padding_is_contiguous
+
+ATTN_NAME = "eet"
+logger = logging.getLogger("eet_hf")
+
+# kwargs HF models may pass that change the attention function itself; eet's kernels implement none.
+_UNSUPPORTED_KWARGS = ("sliding_window", "softcap", "s_aux", "sinks", "position_bias")
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def eet_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int | torch.Tensor = 0,
+    kv_offset: int = 0,
+    mask_function=causal_mask_function,
+    attention_mask: torch.Tensor | None = None,
+    local_size: int | None = None,
+    device: torch.device | str = "cpu",
+    **kwargs: Any,
+) -> SeqBounds | torch.Tensor | None:
+    """HF mask interface: SeqBounds when the mask is expressible by bounds, else HF's sdpa mask."""
+    if mask_function is causal_mask_function or mask_function is bidirectional_mask_function:
+        # Padding with holes ([1, 0, 1, ...]) is not a run of keys; checking costs one read-back, skipped
+        # while compiling or capturing, where eet assumes left/right padding (documented in the README).
+        if attention_mask is None or _is_compiling() or padding_is_contiguous(attention_mask[:, kv_offset:]):
+            return from_padding_mask(
+                attention_mask,
+                batch_size,
+                q_length,
+                kv_length,
+                q_offset,
+                kv_offset,
+                causal=mask_function is causal_mask_function,
+                device=torch.device(device),
+            )
+        warn_once("padding mask with holes (not left/right padding): attention uses HF's sdpa path")
+    else:
+        warn_once("mask other than plain causal/bidirectional (sliding window, packing, overlay): HF's sdpa path")
+    return sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        mask_function=mask_function,
+        attention_mask=attention_mask,
+        local_size=local_size,
+        allow_is_causal_skip=False,
+        device=device,
+    )
+
+
+def _attentions_requested() -> bool:
+    """True while HF collects attention weights (output_attentions=True), which eet's kernels don't produce."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:  # a transformers layout eet does not know: assume weights may be wanted
+        return True
+    collected = _active_collector.get()
+    return bool(collected) and "attentions" in collected
+
+
+def _eager_with_weights(module, query, key, value, bounds: SeqBounds, scaling: float):
+    """output_attentions=True: HF-style eager attention that returns the weights, in fp32 softmax."""
+    groups = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(groups, dim=1)
+    v = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, k.transpose(-1, -2)).float() * scaling
+    scores = scores.masked_fill(~bounds.dense_mask(), torch.finfo(torch.float32).min)
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
+    return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights
+
+
+def _bounds_without_mask(query: torch.Tensor, key: torch.Tensor, causal: bool) -> SeqBounds:
+    # No mask from HF (a module called outside the model's forward): all keys valid, queries are the last rows.
+    batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
+    return from_padding_mask(None, batch, q_len, kv_len, kv_len - q_len, 0, causal and q_len > 1, query.device)
+
+
+def eet_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: SeqBounds | torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HF attention interface. query: [batch, heads, q_len, head_dim]; key/value: [batch, kv_heads, kv_len,
+    head_dim]. Returns ([batch, q_len, heads, head_dim], weights or None)."""
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    unsupported = [name for name in _UNSUPPORTED_KWARGS if kwargs.get(name) is not None]
+    if isinstance(attention_mask, SeqBounds):
+        bounds = attention_mask
+    elif attention_mask is None:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        bounds = _bounds_without_mask(query, key, causal)
+    else:
+        warn_once("attention received a prepared mask tensor (custom 4D mask): HF's sdpa path")
+        return _sdpa(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
+    if unsupported or (dropout > 0.0 and module.training):
+        reason = f"attention options {unsupported}" if unsupported else "dropout in training mode"
+        warn_once(f"{reason}: HF's sdpa path")
+        return _sdpa(module, query, key, value, bounds.dense_mask(), dropout, scaling, is_causal, kwargs)
+    if _attentions_requested():
+        warn_once("output_attentions=True: eager attention (eet kernels return no weights)")
+        return _eager_with_weights(module, query, key, value, bounds, scaling)
+    out = ops.attention(
+        query, key, value, bounds.kv_start, bounds.kv_end, bounds.q_offset, bounds.causal, float(scaling)
+    )
+    return out, None
+
+
+def _sdpa(module, query, key, value, mask, dropout, scaling, is_causal, kwargs):
+    if is_causal is not None:
+        kwargs = {**kwargs, "is_causal": is_causal}
+    out, weights = sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+        # Rows that see no key (padding) are zero, as in eet's kernels, rather than whatever sdpa returns.
+        any_visible = mask.any(-1).transpose(1, 2).unsqueeze(-1)  # [batch, q_len, 1, 1]
+        out = torch.where(any_visible, out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return out, weights
+
+
+def register() -> None:
+    """Register "eet" in HF's attention and mask interfaces (idempotent, process-wide)."""
+    AttentionInterface.register(ATTN_NAME, eet_attention)
+    AttentionMaskInterface.register(ATTN_NAME, eet_mask)
+    assert ATTN_NAME in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping

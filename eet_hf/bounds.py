@@ -1,0 +1,80 @@
+"""Per-sequence attention bounds: what eet's mask function hands to its attention instead of a mask.
+
+EET's mask fusion: HF would build a [batch, 1, q_len, kv_len] mask per forward; eet builds three int32
+vectors of length batch and the kernels compute visibility from them (rule in csrc/kernels.h).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .ops import reference
+
+
+@dataclass(frozen=True)
+class SeqBounds:
+    """Key j is visible to query row i of sequence b iff kv_start[b] <= j < kv_end[b] and
+    (not causal or j <= q_offset[b] + i). All int32 [batch], on the model's device."""
+
+    kv_start: torch.Tensor
+    kv_end: torch.Tensor
+    q_offset: torch.Tensor
+    causal: bool
+    q_len: int
+    kv_len: int
+
+    def dense_mask(self) -> torch.Tensor:
+        """The same visibility as HF's boolean [batch, 1, q_len, kv_len] mask, for fallbacks."""
+        visible = reference.visible_keys(
+            self.kv_start, self.kv_end, self.q_offset, self.causal, self.q_len, self.kv_len
+        )
+        return visible.unsqueeze(1)
+
+
+def _int32(value: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.int32).reshape(-1).expand(batch).contiguous()
+    return torch.full((batch,), int(value), dtype=torch.int32, device=device)
+
+
+def padding_is_contiguous(padding_mask: torch.Tensor) -> bool:
+    """True when every row of the [batch, kv] boolean mask is one run of True (left or right padding, or
+    none) or all False — the shapes SeqBounds can express. Reads one value back from the device."""
+    counts = padding_mask.sum(-1)
+    start, end = _run_bounds(padding_mask)
+    return bool(torch.equal(counts.to(torch.int32), end - start))
+
+
+def _run_bounds(padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First True index and one past the last True index per row; (0, 0) for an all-False row."""
+    kv = padding_mask.shape[-1]
+    idx = torch.arange(kv, device=padding_mask.device, dtype=torch.int32)
+    any_true = padding_mask.any(-1)
+    start = torch.where(padding_mask, idx, kv).amin(-1)
+    end = torch.where(padding_mask, idx + 1, 0).amax(-1)
+    start = torch.where(any_true, start, 0)
+    return start.to(torch.int32), end.to(torch.int32)
+
+
+def from_padding_mask(
+    padding_mask: torch.Tensor | None,
+    batch: int,
+    q_len: int,
+    kv_len: int,
+    q_offset: int | torch.Tensor,
+    kv_offset: int,
+    causal: bool,
+    device: torch.device,
+) -> SeqBounds:
+    """Bounds for HF's mask arguments: padding_mask is the 2D [batch, >=kv_offset] boolean mask (None: no
+    padding); q_offset and kv_offset are the absolute positions of the first query and first key."""
+    if padding_mask is None:
+        kv_start = torch.zeros(batch, dtype=torch.int32, device=device)
+        kv_end = torch.full((batch,), kv_len, dtype=torch.int32, device=device)
+    else:
+        window = padding_mask[:, kv_offset : kv_offset + kv_len]
+        kv_start, kv_end = _run_bounds(window.to(device=device, dtype=torch.bool))
+    rel_offset = _int32(q_offset, batch, device) - int(kv_offset)
+    return SeqBounds(kv_start, kv_end, rel_offset, causal, q_len, kv_len)

@@ -1,0 +1,52 @@
+"""The eet op schemas, declared once for every machine.
+
+Each op is registered with its reference implementation for all devices (CompositeExplicitAutograd) and a
+fake implementation for torch.compile. When the CUDA extension is built, csrc/bindings.cpp adds a CUDA
+kernel for the same schema, which the dispatcher prefers for CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+
+_LIB = torch.library.Library("eet", "DEF")
+
+SCHEMAS = {
+    "layer_norm": "layer_norm(Tensor x, Tensor weight, Tensor? bias, float eps) -> Tensor",
+    "add_layer_norm": (
+        "add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor? bias, float eps) -> (Tensor, Tensor)"
+    ),
+    "bias_gelu": "bias_gelu(Tensor x, Tensor? bias, str approximate) -> Tensor",
+    "attention": (
+        "attention(Tensor q, Tensor k, Tensor v, Tensor kv_start, Tensor kv_end, Tensor q_offset, "
+        "bool causal, float scale) -> Tensor"
+    ),
+}
+
+for _name, _schema in SCHEMAS.items():
+    _LIB.define(_schema)
+    _LIB.impl(_name, getattr(reference, _name), "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("eet::layer_norm")
+def _layer_norm_fake(x, weight, bias, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("eet::add_layer_norm")
+def _add_layer_norm_fake(x, residual, weight, bias, eps):
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return out, torch.empty_like(out)
+
+
+@torch.library.register_fake("eet::bias_gelu")
+def _bias_gelu_fake(x, bias, approximate):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("eet::attention")
+def _attention_fake(q, k, v, kv_start, kv_end, q_offset, causal, scale):
+    batch, heads, q_len, head_dim = q.shape
+    return q.new_empty((batch, q_len, heads, head_dim))

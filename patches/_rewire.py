@@ -1,0 +1,112 @@
+"""The mechanics every adapter shares: rewire a module instance, record a fallback, undo it all.
+
+Instances, never HF classes, are rewired (types.MethodType on the module's own `forward`), so other models
+in the process stay untouched and restore() only deletes what was set.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from eet_hf import ops
+from eet_hf._log import warn_once
+from eet_hf.errors import EetUnsupportedError
+from eet_hf.report import Report
+
+_MISSING = object()
+
+# HF activation names (config.activation_function / hidden_act) -> eet bias_gelu's `approximate`.
+GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+def inference_only(fused: Callable) -> Callable:
+    """A fused forward that runs HF's own forward in training mode (dropout, autograd), logged once."""
+
+    @functools.wraps(fused)
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            warn_once("training mode: HF's own forwards run (eet's fused forwards are inference-only)")
+            return type(self).forward(self, *args, **kwargs)
+        return fused(self, *args, **kwargs)
+
+    return forward
+
+
+@inference_only
+def layer_norm_forward(self: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+    return ops.layer_norm(hidden_states, self.weight, self.bias, self.eps)
+
+
+def layer_norm_unfusable(module: nn.Module) -> str | None:
+    """Why eet's layer_norm cannot stand in for this module, or None when it can."""
+    if type(module) is not nn.LayerNorm:
+        return f"{type(module).__name__} is not torch.nn.LayerNorm"
+    if module.weight is None or len(module.normalized_shape) != 1:
+        return "LayerNorm without affine weight or over several dims"
+    return None
+
+
+class PatchContext:
+    """Collects what an adapter rewires and what it leaves to HF, and can undo every change."""
+
+    def __init__(self, model: nn.Module, options: dict[str, Any], kernels: str) -> None:
+        self.model = model
+        self.options = options
+        self.report = Report(model_type=getattr(model.config, "model_type", type(model).__name__), kernels=kernels)
+        self._paths = {module: path or "<model>" for path, module in model.named_modules()}
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def path(self, module: nn.Module) -> str:
+        return self._paths[module]
+
+    def rewire(self, module: nn.Module, fused_forward: Callable) -> None:
+        # accelerate's dispatch hooks keep the real forward in `_old_forward` and wrap it: rewire that one.
+        name = "_old_forward" if "_old_forward" in module.__dict__ else "forward"
+        self._undo.append((module, name, module.__dict__.get(name, _MISSING)))
+        setattr(module, name, types.MethodType(fused_forward, module))
+        self.report.accelerated.append(self.path(module))
+
+    def fallback(self, where: nn.Module | str, reason: str) -> None:
+        path = where if isinstance(where, str) else self.path(where)
+        if self.options.get("strict"):
+            raise EetUnsupportedError(f"eet_hf: {path}: {reason} (accelerate(strict=True) refuses fallbacks)")
+        self.report.fallbacks[path] = reason
+
+    def set_attr(self, obj: Any, name: str, value: Any) -> None:
+        """setattr that undo() reverts; works for properties too (config._attn_implementation is one)."""
+        self._undo.append((obj, name, getattr(obj, name, _MISSING)))
+        setattr(obj, name, value)
+
+    def use_attention(self, name: str) -> None:
+        """Select attention `name` for this model alone. HF models built from one config object share it, so
+        the model first gets its own shallow copy (on every module that holds it), then the copy is changed."""
+        shared = self.model.config
+        own = copy.copy(shared)
+        for module in self.model.modules():
+            if getattr(module, "config", None) is shared:
+                self.set_attr(module, "config", own)
+        self.set_attr(own, "_attn_implementation", name)
+
+    def layer_norm(self, module: nn.Module) -> None:
+        reason = layer_norm_unfusable(module)
+        if reason is None:
+            self.rewire(module, layer_norm_forward)
+        else:
+            self.fallback(module, reason)
+
+    def undo(self) -> None:
+        for obj, name, old in reversed(self._undo):
+            if old is not _MISSING:
+                setattr(obj, name, old)
+            elif isinstance(obj, nn.Module):
+                obj.__dict__.pop(name, None)  # a rewired forward: the class's own shows through again
+            else:
+                delattr(obj, name)
+        self._undo.clear()

@@ -1,0 +1,40 @@
+"""GPU-only tests: skipped without CUDA. Run them with tests/gpu/run.sh on a CUDA machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import eet_hf.ops as ops
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (tests/gpu/run.sh runs these on one)")
+    for item in items:
+        if "tests/gpu/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cuda_ops():
+    """The built extension; fails (not skips) when the build failed, since then nothing is tested."""
+    assert ops.ensure_loaded(), f"CUDA extension did not build: {ops.build_info()}"
+    return ops
+
+
+def poison_next_alloc(numel: int, dtype: torch.dtype, device: str = "cuda") -> None:
+    """Fill a block of exactly this size with NaN bytes and free it, so the caching allocator hands the same
+    block to the op's next output allocation of this size: an element the kernel forgets to write stays NaN."""
+    block = torch.empty(numel, dtype=dtype, device=device)
+    block.view(torch.uint8).fill_(0xFF)  # 0xFF.. is NaN in fp32, fp16 and bf16
+    del block
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; NaN anywhere gives inf so it never passes."""
+    if not torch.isfinite(out).all():
+        return float("inf")
+    o, r = out.double(), ref.double()
+    return float((o - r).norm() / r.norm().clamp_min(1e-30))
