@@ -24,7 +24,7 @@ from transformers.masking_utils import (
 
 from . import ops
 from ._log import warn_once
-from .bounds import SeqBounds, from_padding_mask, padding_is_contiguous
+from .bounds import SeqBounds, from_padding_mask, inspect_padding
 
 ATTN_NAME = "eet"
 logger = logging.getLogger("eet_hf")
@@ -53,7 +53,10 @@ def eet_mask(
     if mask_function is causal_mask_function or mask_function is bidirectional_mask_function:
         # Padding with holes ([1, 0, 1, ...]) is not a run of keys; checking costs one read-back, skipped
         # while compiling or capturing, where eet assumes left/right padding (documented in the README).
-        if attention_mask is None or _is_compiling() or padding_is_contiguous(attention_mask[:, kv_offset:]):
+        contiguous, full = True, attention_mask is None
+        if attention_mask is not None and not _is_compiling():
+            contiguous, full = inspect_padding(attention_mask[:, kv_offset : kv_offset + kv_length])
+        if contiguous:
             return from_padding_mask(
                 attention_mask,
                 batch_size,
@@ -63,6 +66,7 @@ def eet_mask(
                 kv_offset,
                 causal=mask_function is causal_mask_function,
                 device=torch.device(device),
+                padded=not full,
             )
         warn_once("padding mask with holes (not left/right padding): attention uses HF's sdpa path")
     else:
@@ -139,7 +143,8 @@ def eet_attention(
         warn_once("output_attentions=True: eager attention (eet kernels return no weights)")
         return _eager_with_weights(module, query, key, value, bounds, scaling)
     out = ops.attention(
-        query, key, value, bounds.kv_start, bounds.kv_end, bounds.q_offset, bounds.causal, float(scaling)
+        query, key, value, bounds.kv_start, bounds.kv_end, bounds.q_offset, bounds.causal, float(scaling),
+        padded=bounds.padded,
     )
     return out, None
 

@@ -24,6 +24,9 @@ class SeqBounds:
     causal: bool
     q_len: int
     kv_len: int
+    # Known on the host: False when every key of every sequence is real (no padding). The op then takes the
+    # fastest dense kernel for unpadded prefill; True (the safe default) keeps the bounds kernel.
+    padded: bool = True
 
     def dense_mask(self) -> torch.Tensor:
         """The same visibility as HF's boolean [batch, 1, q_len, kv_len] mask, for fallbacks."""
@@ -39,12 +42,14 @@ def _int32(value: int | torch.Tensor, batch: int, device: torch.device) -> torch
     return torch.full((batch,), int(value), dtype=torch.int32, device=device)
 
 
-def padding_is_contiguous(padding_mask: torch.Tensor) -> bool:
-    """True when every row of the [batch, kv] boolean mask is one run of True (left or right padding, or
-    none) or all False — the shapes SeqBounds can express. Reads one value back from the device."""
-    counts = padding_mask.sum(-1)
+def inspect_padding(padding_mask: torch.Tensor) -> tuple[bool, bool]:
+    """(contiguous, full) for a [batch, kv] boolean mask: contiguous when every row is one run of True (left or
+    right padding, or none) or all False — the shapes SeqBounds can express; full when nothing is padding.
+    One read-back from the device for both answers."""
+    counts = padding_mask.sum(-1).to(torch.int32)
     start, end = _run_bounds(padding_mask)
-    return bool(torch.equal(counts.to(torch.int32), end - start))
+    contiguous, full = torch.stack([(counts == end - start).all(), padding_mask.all()]).tolist()
+    return bool(contiguous), bool(full)
 
 
 def _run_bounds(padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +72,7 @@ def from_padding_mask(
     kv_offset: int,
     causal: bool,
     device: torch.device,
+    padded: bool = True,
 ) -> SeqBounds:
     """Bounds for HF's mask arguments: padding_mask is the 2D [batch, >=kv_offset] boolean mask (None: no
     padding); q_offset and kv_offset are the absolute positions of the first query and first key."""
@@ -77,4 +83,4 @@ def from_padding_mask(
         window = padding_mask[:, kv_offset : kv_offset + kv_len]
         kv_start, kv_end = _run_bounds(window.to(device=device, dtype=torch.bool))
     rel_offset = _int32(q_offset, batch, device) - int(kv_offset)
-    return SeqBounds(kv_start, kv_end, rel_offset, causal, q_len, kv_len)
+    return SeqBounds(kv_start, kv_end, rel_offset, causal, q_len, kv_len, padded=padded and padding_mask is not None)

@@ -71,11 +71,20 @@ def attention(
     q_offset: torch.Tensor,
     causal: bool,
     scale: float,
+    padded: bool = True,
 ) -> torch.Tensor:
     """Attention, mask computed from per-sequence bounds (see reference.attention).
 
     q: [batch, heads_q, q_len, head_dim]; k, v: [batch, heads_kv, kv_len, head_dim];
     kv_start, kv_end, q_offset: int32 [batch]. Returns [batch, q_len, heads_q, head_dim].
+    padded=False promises the bounds cover every key (no padding; q_offset = kv_len - q_len): square
+    unpadded prefill then runs torch's flash SDPA, faster there than eet's kernel (kernels-h200.md); padded
+    and decode shapes, where mask fusion pays, run eet's kernel.
     """
     _prepare(q)
+    if not padded and q.is_cuda and q.shape[2] == k.shape[2] > 1:
+        dense = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return dense.transpose(1, 2)
     return _ops.attention(q, k, v, kv_start, kv_end, q_offset, causal, scale)

@@ -1,0 +1,96 @@
+"""GPT-2 and BERT on the GPU through the CUDA kernels, against unpatched HF in the same run.
+
+fp32: logits within 1e-4 (DESIGN.md). fp16/bf16: eet's error against an fp32 HF run is at most twice HF's own
+error in that dtype, and greedy tokens agree with HF sdpa at least as often as HF eager does.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+import eet_hf
+
+from ..helpers import padded_batch
+
+GPT2_SHAPES = {
+    "tiny": dict(n_embd=64, n_layer=2, n_head=4),
+    "small": dict(n_embd=768, n_layer=12, n_head=12),
+}
+BERT_SHAPES = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def _gpt2(shape, dtype, attn="sdpa"):
+    config = GPT2Config(vocab_size=1000, n_positions=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                        **GPT2_SHAPES[shape])
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    model.set_attn_implementation(attn)
+    return model.to("cuda", dtype).eval()
+
+
+def _bert(shape, dtype):
+    config = BertConfig(vocab_size=1000, max_position_embeddings=512, pad_token_id=0, **BERT_SHAPES[shape])
+    torch.manual_seed(0)
+    model = BertForMaskedLM(config)
+    model.set_attn_implementation("sdpa")
+    return model.to("cuda", dtype).eval()
+
+
+def _max_err(a, b, mask):
+    return (a.double() - b.double())[mask.bool()].abs().max().item()
+
+
+@pytest.mark.parametrize("shape", list(GPT2_SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpt2_logits(cuda_ops, shape, dtype):
+    hf = _gpt2(shape, dtype)
+    fp32 = _gpt2(shape, torch.float32)
+    model = eet_hf.accelerate(copy.deepcopy(hf))
+    assert eet_hf.explain(model).kernels == "cuda"
+    ids, mask = padded_batch(4, 96, [96, 50, 7, 1], "left", vocab=1000)
+    ids, mask = ids.cuda(), mask.cuda()
+    with torch.no_grad():
+        got, base, truth = (m(ids, attention_mask=mask).logits for m in (model, hf, fp32))
+    assert torch.isfinite(got).all(), "NaN/Inf in eet logits (padded rows included)"
+    if dtype == torch.float32:
+        assert _max_err(got, base, mask) <= 1e-4
+    else:
+        assert _max_err(got, truth, mask) <= 2 * _max_err(base, truth, mask) + 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpt2_greedy_agreement(cuda_ops, dtype):
+    sdpa, eager = _gpt2("small", dtype), _gpt2("small", dtype, attn="eager")
+    model = eet_hf.accelerate(copy.deepcopy(sdpa))
+    ids, mask = padded_batch(8, 32, [32, 30, 25, 20, 16, 9, 4, 1], "left", vocab=1000)
+    kwargs = dict(attention_mask=mask.cuda(), max_new_tokens=48, min_new_tokens=48, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        outs = {name: m.generate(ids.cuda(), **kwargs) for name, m in (("eet", model), ("sdpa", sdpa), ("eager", eager))}
+    agree = {name: (outs[name] == outs["sdpa"]).all(-1).float().mean().item() for name in ("eet", "eager")}
+    if dtype == torch.float32:
+        assert agree["eet"] == 1.0, agree
+    else:
+        assert agree["eet"] >= agree["eager"], agree
+
+
+@pytest.mark.parametrize("shape", list(BERT_SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_bert_logits(cuda_ops, shape, dtype):
+    hf, fp32 = _bert(shape, dtype), _bert(shape, torch.float32)
+    model = eet_hf.accelerate(copy.deepcopy(hf))
+    ids, mask = padded_batch(4, 128, [128, 64, 3, 1], "right", vocab=1000)
+    ids, mask = ids.cuda(), mask.cuda()
+    with torch.no_grad():
+        got, base, truth = (m(ids, attention_mask=mask).logits for m in (model, hf, fp32))
+    assert torch.isfinite(got).all(), "NaN/Inf in eet logits (padded rows included)"
+    if dtype == torch.float32:
+        assert _max_err(got, base, mask) <= 1e-4
+    else:
+        assert _max_err(got, truth, mask) <= 2 * _max_err(base, truth, mask) + 1e-3
