@@ -1,0 +1,117 @@
+// out = gelu(x + bias) (eet::bias_gelu in kernels.h): the bias add and activation after a GEMM without
+// bias, fused into one pass over the activations. x + bias is kept in fp32 (not rounded to the storage
+// dtype) as in eet_hf/ops/reference.py.
+//
+// Grid: blockIdx.x picks a chunk of the columns, blockIdx.y a group of rows. A thread owns one column
+// vector, loads its bias once and applies it to kRowsPerThread rows, all loads issued before any store.
+// 16-byte vectors when cols is a multiple of the vector width and the pointers are aligned; scalar
+// otherwise. x and out are not __restrict__: out may alias x (each element is read and then written by
+// the same thread, so aliasing is safe without it).
+#include <algorithm>
+#include <climits>
+
+#include "common.cuh"
+#include "kernels.h"
+
+namespace eet {
+namespace {
+
+constexpr int kMaxThreads = 256;
+constexpr int kRowsPerThread = 4;
+constexpr int64_t kMaxGridY = 65535;  // hardware limit of gridDim.y; the kernel strides over more rows
+
+// gelu with the tanh approximation, written as h * sigmoid(2u): the same function as
+// 0.5 * h * (1 + tanh(u)), since 1 + tanh(u) = 2 / (1 + exp(-2u)), but without the cancellation of
+// 1 + tanh(u) for negative h. exp overflowing to inf for very negative h gives h / inf = -0, the limit.
+__device__ __forceinline__ float gelu_tanh(float h) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  constexpr float kCoeff = 0.044715f;
+  const float u = kSqrt2OverPi * fmaf(kCoeff * h, h * h, h);
+  return h / (1.0f + expf(-2.0f * u));
+}
+
+// Exact gelu, the same formula torch uses.
+__device__ __forceinline__ float gelu_erf(float h) {
+  constexpr float kSqrtHalf = 0.7071067811865476f;
+  return 0.5f * h * (1.0f + erff(h * kSqrtHalf));
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kMaxThreads)
+bias_gelu_kernel(const T* x,                    // [rows, cols]; may alias out
+                 const T* __restrict__ bias,    // [cols] or nullptr
+                 T* out,                        // [rows, cols]
+                 int64_t rows, int64_t cols, bool tanh_form) {
+  const int64_t col = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+  if (col >= cols) return;  // no barriers below, so idle threads may leave
+  float b[VEC];
+  if (bias != nullptr) {
+    load_float<VEC>(bias + col, b);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) b[j] = 0.0f;
+  }
+  const int64_t row_step = static_cast<int64_t>(gridDim.y) * kRowsPerThread;
+  for (int64_t row0 = static_cast<int64_t>(blockIdx.y) * kRowsPerThread; row0 < rows; row0 += row_step) {
+    float v[kRowsPerThread][VEC];
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      if (row0 + k < rows) load_float<VEC>(x + (row0 + k) * cols + col, v[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      if (row0 + k < rows) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const float h = v[k][j] + b[j];
+          v[k][j] = tanh_form ? gelu_tanh(h) : gelu_erf(h);
+        }
+        store_float<VEC>(out + (row0 + k) * cols + col, v[k]);
+      }
+    }
+  }
+}
+
+template <typename T, int VEC>
+cudaError_t launch_bias_gelu(const void* x, const void* bias, void* out, int64_t rows, int64_t cols, bool tanh_form,
+                             cudaStream_t stream) {
+  const int64_t num_vecs = cols / VEC;
+  // Split the row's vectors into equal chunks of at most kMaxThreads, so the last chunk's block is not
+  // mostly idle (e.g. 384 vectors -> 2 x 192 threads rather than 256 + 128).
+  const int64_t chunks = ceil_div(num_vecs, kMaxThreads);
+  const int64_t threads = round_up(ceil_div(num_vecs, chunks), 32);
+  if (chunks > INT_MAX) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(chunks),
+                  static_cast<unsigned>(std::min(ceil_div(rows, kRowsPerThread), kMaxGridY)));
+  bias_gelu_kernel<T, VEC><<<grid, static_cast<unsigned>(threads), 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<T*>(out), rows, cols, tanh_form);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t bias_gelu(DType dtype,
+                      const void* x,     // [rows, cols]
+                      const void* bias,  // [cols] or nullptr
+                      void* out,         // [rows, cols]
+                      int64_t rows, int64_t cols, GeluKind kind, cudaStream_t stream) {
+  if (rows < 0 || cols < 0) return cudaErrorInvalidValue;
+  if (rows == 0 || cols == 0) return cudaSuccess;
+  if (x == nullptr || out == nullptr) return cudaErrorInvalidValue;
+  bool tanh_form = false;
+  switch (kind) {
+    case GeluKind::kTanh: tanh_form = true; break;
+    case GeluKind::kErf: tanh_form = false; break;
+    default: return cudaErrorInvalidValue;
+  }
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    constexpr int kVec = kVec16<T>;
+    const bool vectorize =
+        cols % kVec == 0 && is_aligned(x, 16) && is_aligned(bias, 16) && is_aligned(out, 16);
+    return vectorize ? launch_bias_gelu<T, kVec>(x, bias, out, rows, cols, tanh_form, stream)
+                     : launch_bias_gelu<T, 1>(x, bias, out, rows, cols, tanh_form, stream);
+  });
+}
+
+}  // namespace eet

@@ -1,0 +1,33 @@
+// Launchers of the attention kernels, shared by attention.cu (dispatch), attention_prefill.cu and
+// attention_decode.cu. Host-only declarations; see kernels.h for AttentionParams and the visibility rule.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "kernels.h"
+
+namespace eet {
+namespace attn {
+
+// Head dims with kernel instantiations (prefill and decode both have all of them).
+inline bool supported_head_dim(int d) { return d == 32 || d == 64 || d == 80 || d == 96 || d == 128 || d == 256; }
+
+// Query lengths up to this go to the split-K decode kernels, longer ones to the prefill kernels.
+constexpr int kDecodeMaxQLen = 8;
+
+// True when q, k and v may be read with 16-byte vectors: 16-byte aligned base pointers and every stride
+// of a dimension longer than 1 a multiple of 16 bytes. Otherwise the kernels take a scalar load path.
+bool vector_loads_ok(const AttentionParams& p, size_t elem_size);
+
+// Prefill: flash-attention over tiles of 64 query rows (tensor cores for fp16/bf16, SIMT for fp32).
+cudaError_t launch_prefill(DType dtype, const AttentionParams& p, bool aligned, cudaStream_t stream);
+
+// Decode: split-K over the visible key range, then a combine kernel (skipped when there is one split).
+int decode_num_splits(const AttentionParams& p, int num_sms);
+size_t decode_workspace_bytes(const AttentionParams& p, int num_sms);
+cudaError_t launch_decode(DType dtype, const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream);
+
+}  // namespace attn
+}  // namespace eet
