@@ -2,21 +2,23 @@
 // per-sequence bounds (mask fusion, kernels.h).
 //
 // The key range that any query row of sequence b may see, [kv_start, min(kv_end, q_offset + q_len)), is
-// cut into `splits` equal chunks (the count depends on shapes only, so it is fixed on the host and the
-// launch is graph-capture safe). One block handles one chunk of one (batch, kv head) for a group of up to
-// kQPerBlock query vectors (query heads of the GQA group x query rows), so K and V are read once for all
-// of them. The block's 4 warps stream the chunk's K/V rows straight from global memory with 16-byte
-// loads (a row is read by LPR lanes, several rows per warp and U rows per lane group in flight), keep an
-// online softmax in fp32 with a warp-uniform running max, and merge their states through shared memory.
-// With one split the block normalizes and writes the output itself; otherwise it writes its partial
-// (max, sum, unnormalized accumulator; log2 domain) to the workspace and a combine kernel merges them.
+// cut into `splits` equal chunks. The count depends on shapes only (so it is fixed on the host and the
+// launch is graph-capture safe): as many as fill one wave of resident blocks (2 per SM), no chunk under
+// kMinChunk keys. One block handles one chunk of one (batch, kv head) for a group of up to kQPerBlock
+// query vectors (query heads of the GQA group x query rows), so K and V are read once for all of them.
+// Each of the block's 4 warps streams its own rows of the chunk: a row is read by LPR lanes with 16-byte
+// cp.async copies into per-lane shared-memory slots, kStages - 1 rounds ahead (each lane reads back only
+// what it copied itself, so no barrier is involved); the warp keeps an online softmax in fp32 with a
+// warp-uniform running max; the warps merge through shared memory at the end. With one split the block
+// normalizes and writes the output itself; otherwise it writes its partial (max, sum, unnormalized
+// accumulator; log2 domain) to the workspace and a combine kernel, launched as a programmatic dependent
+// (its launch overlaps this kernel), merges them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>  // TUNING-ONLY
 
 #include "attention_kernels.h"
 #include "common.cuh"
@@ -503,13 +505,9 @@ int decode_num_splits(const AttentionParams& p, int num_sms) {
   if (p.heads_kv <= 0 || p.batch <= 0 || p.q_len <= 0) return 1;
   const int64_t q_chunks = (static_cast<int64_t>(p.heads_q / p.heads_kv) * p.q_len + kQPerBlock - 1) / kQPerBlock;
   const int64_t base = q_chunks * p.heads_kv * p.batch;
-  int64_t waves = kWaves;  // TUNING-ONLY
-  if (const char* e = std::getenv("EET_ATTN_WAVES")) waves = std::atoi(e);  // TUNING-ONLY
-  int64_t min_chunk = kMinChunk;  // TUNING-ONLY
-  if (const char* e = std::getenv("EET_ATTN_MIN_CHUNK")) min_chunk = std::atoi(e);  // TUNING-ONLY
   const int64_t slots = static_cast<int64_t>(kBlocksPerSm) * (num_sms > 0 ? num_sms : 132);
-  int64_t splits = waves * slots / base;  // rounded down: no partial extra wave
-  const int64_t by_len = (static_cast<int64_t>(p.kv_len) + min_chunk - 1) / min_chunk;
+  int64_t splits = kWaves * slots / base;  // rounded down: no partial extra wave
+  const int64_t by_len = (static_cast<int64_t>(p.kv_len) + kMinChunk - 1) / kMinChunk;
   if (splits > by_len) splits = by_len;
   if (splits > kMaxSplits) splits = kMaxSplits;
   if (splits < 1) splits = 1;

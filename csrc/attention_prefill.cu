@@ -4,8 +4,8 @@
 // from kv_end on, and past the causal limit of the tile's last row are never loaded.
 //
 // fp16 / bf16: tensor cores through mma.sync m16n8k16 (fp32 accumulate), ldmatrix from padded shared
-// memory, K/V tiles double-buffered with cp.async. Each of the 4 warps owns 16 query rows (32 for
-// head_dim <= 64, so that every K/V fragment read from shared memory feeds two mma tiles).
+// memory, K/V tiles double-buffered with cp.async. Each of the 4 warps owns 32 query rows (16 for
+// head_dim 256), so that every K/V fragment read from shared memory feeds two mma tiles.
 // fp32: a SIMT kernel with the same tiling and masking (no fp32 tensor-core path keeps fp32 accuracy).
 //
 // Masking inside a tile: score = -inf for an invisible key; the running max is replaced by 0 in the
@@ -184,11 +184,11 @@ template <int D>
 struct MmaConfig {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kMT = D <= 64 ? 2 : 1;        // 16-row m-tiles per warp: reuse of each K/V fragment
+  static constexpr int kMT = D <= 128 ? 2 : 1;       // 16-row m-tiles per warp: reuse of each K/V fragment
   static constexpr int kBr = 16 * kMT * kWarps;      // query rows per block
-  static constexpr int kBc = D <= 128 ? 64 : 32;     // keys per tile
+  static constexpr int kBc = D <= 64 ? 64 : 32;      // keys per tile
   static constexpr int kStride = D + 8;              // smem row stride (elements): conflict-free ldmatrix
-  static constexpr bool kQInRegs = D <= 128;         // Q fragments held in registers across the key loop
+  static constexpr bool kQInRegs = D <= 64;          // Q fragments held in registers across the key loop
   static constexpr int kSmemElems = (kBr + 4 * kBc) * kStride;  // Q + 2 stages of K and V
 };
 

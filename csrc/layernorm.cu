@@ -8,7 +8,7 @@
 //
 // Two kernels:
 //  - layer_norm_regs_kernel keeps the row in registers between the statistics and the normalization:
-//    one read of the input, one write of the output. Used up to kRowFloatsPerThread * 1024 elements.
+//    one read of the input, one write of the output. Used up to kRowValuesPerThread * 1024 elements.
 //  - layer_norm_stream_kernel re-reads the row from global memory (mostly L2) for each of its three
 //    passes (mean, variance, normalize). Only for rows too long for registers, where speed matters less.
 // Each comes in a 16-byte vector flavour (hidden a multiple of the vector width, every pointer aligned)
@@ -23,18 +23,11 @@ namespace eet {
 namespace {
 
 constexpr int kMaxThreads = 1024;
-// Row values a thread holds in registers in the register kernel. 32 floats stay under the 64 registers
-// per thread that a 1024-thread block allows, so nothing spills.
-constexpr int kRowFloatsPerThread = 32;
-// The scalar path keeps fewer: each scalar item carries its own address arithmetic, and 32 of them spill.
-constexpr int kScalarItems = 16;
-// Vector path: rows of at most this many 16-byte vectors use one vector per thread (small blocks, many
-// rows in flight per SM); longer rows give each thread kRowFloatsPerThread values, which keeps more
-// loads in flight per thread and the block reductions short. A tuning knob, not a correctness one.
-constexpr int kOneVectorMaxThreads = 256;
-// Those small blocks are capped at 40 registers (6 blocks of 256 per SM) for occupancy; at 32 (8 blocks)
-// ptxas spills.
-constexpr int kOneVectorMinBlocks = 6;
+// Row values a thread holds in registers in the register kernel (so rows up to 16 * 1024 elements take
+// it). Fewer threads per row with several vectors each measured faster on H200 than one vector per
+// thread (more loads in flight per thread, shorter reductions); 16 beat 32 (fewer registers, more rows
+// resident per SM). A tuning knob, not a correctness one.
+constexpr int kRowValuesPerThread = 16;
 
 // One vector of the values to normalize, in the storage type: x, or x + residual rounded to T.
 // write_sum stores that rounded sum to sum_out (the stream kernel recomputes it in later passes rather
@@ -76,8 +69,9 @@ __device__ __forceinline__ void normalize_store(const T* __restrict__ weight,  /
 
 // Row kept in registers: thread t holds vectors t, t + blockDim.x, ... (ITEMS of them at most, which the
 // launcher guarantees covers the row), so consecutive threads touch consecutive 16-byte chunks.
+// (The explicit minimum of 1 block per SM: without it ptxas chose 32 registers and spilled.)
 template <typename T, int VEC, int ITEMS>
-__global__ void __launch_bounds__(ITEMS == 1 ? kOneVectorMaxThreads : kMaxThreads, ITEMS == 1 ? kOneVectorMinBlocks : 1)
+__global__ void __launch_bounds__(kMaxThreads, 1)
 layer_norm_regs_kernel(const T* __restrict__ x,         // [rows, hidden]
                        const T* __restrict__ residual,  // [rows, hidden] or nullptr
                        const T* __restrict__ weight,    // [hidden]
@@ -191,34 +185,30 @@ struct LayerNormArgs {
   float eps;
 };
 
-template <typename T, int VEC, int ITEMS>
-cudaError_t launch_regs(const LayerNormArgs& a, int64_t threads, unsigned grid, cudaStream_t stream) {
-  layer_norm_regs_kernel<T, VEC, ITEMS><<<grid, static_cast<unsigned>(threads), 0, stream>>>(
-      static_cast<const T*>(a.x), static_cast<const T*>(a.residual), static_cast<const T*>(a.weight),
-      static_cast<const T*>(a.bias), static_cast<T*>(a.out), static_cast<T*>(a.sum_out), a.rows, a.hidden, a.eps);
-  return cudaGetLastError();
-}
-
 // Picks the kernel and block size for vector width VEC (1 = scalar path).
 template <typename T, int VEC>
 cudaError_t launch_with_vec(const LayerNormArgs& a, cudaStream_t stream) {
-  constexpr int kItems = VEC > 1 ? kRowFloatsPerThread / VEC : kScalarItems;
+  constexpr int kItems = kRowValuesPerThread / VEC;
   const int64_t num_vecs = a.hidden / VEC;
   // gridDim.x is at most 2^31 - 1; the kernels stride over any rows beyond it.
   const auto grid = static_cast<unsigned>(std::min<int64_t>(a.rows, INT_MAX));
-  if constexpr (VEC > 1) {
-    if (num_vecs <= kOneVectorMaxThreads) return launch_regs<T, VEC, 1>(a, round_up(num_vecs, 32), grid, stream);
-  }
+  const auto x = static_cast<const T*>(a.x);
+  const auto residual = static_cast<const T*>(a.residual);
+  const auto weight = static_cast<const T*>(a.weight);
+  const auto bias = static_cast<const T*>(a.bias);
+  const auto out = static_cast<T*>(a.out);
+  const auto sum_out = static_cast<T*>(a.sum_out);
   if (num_vecs <= static_cast<int64_t>(kItems) * kMaxThreads) {
     // Vector path: fewest threads that cover the row with kItems vectors each. Scalar path: as many
     // threads as useful, since each scalar access moves few bytes.
     const int64_t threads =
         VEC > 1 ? round_up(ceil_div(num_vecs, kItems), 32) : std::min<int64_t>(round_up(num_vecs, 32), kMaxThreads);
-    return launch_regs<T, VEC, kItems>(a, threads, grid, stream);
+    layer_norm_regs_kernel<T, VEC, kItems><<<grid, static_cast<unsigned>(threads), 0, stream>>>(
+        x, residual, weight, bias, out, sum_out, a.rows, a.hidden, a.eps);
+  } else {
+    layer_norm_stream_kernel<T, VEC><<<grid, kMaxThreads, 0, stream>>>(x, residual, weight, bias, out, sum_out,
+                                                                        a.rows, a.hidden, a.eps);
   }
-  layer_norm_stream_kernel<T, VEC><<<grid, kMaxThreads, 0, stream>>>(
-      static_cast<const T*>(a.x), static_cast<const T*>(a.residual), static_cast<const T*>(a.weight),
-      static_cast<const T*>(a.bias), static_cast<T*>(a.out), static_cast<T*>(a.sum_out), a.rows, a.hidden, a.eps);
   return cudaGetLastError();
 }
 

@@ -80,9 +80,9 @@ def _bounds(batch, kv_len, q_len, padding, device):
     ks = torch.zeros(batch, dtype=torch.int32, device=device)
     ke = torch.full((batch,), kv_len, dtype=torch.int32, device=device)
     if padding == "left":
-        ks[batch // 2:] = kv_len // 2
+        ks[batch // 2 :] = kv_len // 2
     elif padding == "right":
-        ke[batch // 2:] = kv_len // 2
+        ke[batch // 2 :] = kv_len // 2
     qo = torch.full((batch,), kv_len - q_len, dtype=torch.int32, device=device)
     return ks, ke, qo
 
@@ -100,8 +100,7 @@ def _record(rows_out, case, engine, ms, metric, value, unit):
     rows_out.append({"case": case, "engine": engine, "metric": metric, "value": float(value), "unit": unit})
 
 
-def _bench_case(rows_out, case, q_sets, k_sets, v_sets, ks, ke, qo, causal, padded, metric, work, unit,
-                allow_math):
+def _bench_case(rows_out, case, q_sets, k_sets, v_sets, ks, ke, qo, causal, padded, metric, work, unit, allow_math):
     import eet_hf.ops as ops
 
     scale = q_sets[0].shape[-1] ** -0.5
@@ -122,8 +121,9 @@ def _bench_case(rows_out, case, q_sets, k_sets, v_sets, ks, ke, qo, causal, padd
 
         def sdpa(i, backend=backend, sdpa_kernel=sdpa_kernel):
             with sdpa_kernel(backend):
-                F.scaled_dot_product_attention(q_sets[i], k_sets[i], v_sets[i], attn_mask=mask, is_causal=is_causal,
-                                               scale=scale)
+                F.scaled_dot_product_attention(
+                    q_sets[i], k_sets[i], v_sets[i], attn_mask=mask, is_causal=is_causal, scale=scale
+                )
 
         try:
             ms = _time_ms(sdpa, n)
@@ -142,8 +142,22 @@ def _prefill(rows_out, model, batch, heads, head_dim, seq, causal, padding, dtyp
     ks, ke, qo = _bounds(batch, seq, seq, padding, dev)
     flops = 4.0 * batch * heads * seq * seq * head_dim * (0.5 if causal else 1.0)
     case = f"prefill/{model}/bs{batch}/h{heads}/d{head_dim}/L{seq}/{padding}/{'causal' if causal else 'full'}/fp16"
-    _bench_case(rows_out, case, [q], [k], [v], ks, ke, qo, causal, padding != "none", "tflops", flops / 1e12,
-                "TFLOP/s", allow_math=batch * heads * seq * seq <= (1 << 26))
+    _bench_case(
+        rows_out,
+        case,
+        [q],
+        [k],
+        [v],
+        ks,
+        ke,
+        qo,
+        causal,
+        padding != "none",
+        "tflops",
+        flops / 1e12,
+        "TFLOP/s",
+        allow_math=batch * heads * seq * seq <= (1 << 26),
+    )
 
 
 def _decode(rows_out, batch, heads, head_dim, ctx, dtype=torch.float16):
@@ -155,8 +169,22 @@ def _decode(rows_out, batch, heads, head_dim, ctx, dtype=torch.float16):
     v_sets = [torch.randn(batch, heads, ctx, head_dim, device=dev, dtype=dtype) for _ in range(n)]
     ks, ke, qo = _bounds(batch, ctx, 1, "none", dev)
     case = f"decode/bs{batch}/h{heads}/d{head_dim}/ctx{ctx}/fp16"
-    _bench_case(rows_out, case, q_sets, k_sets, v_sets, ks, ke, qo, True, False, "gbps", cache_bytes / 1e9, "GB/s",
-                allow_math=True)
+    _bench_case(
+        rows_out,
+        case,
+        q_sets,
+        k_sets,
+        v_sets,
+        ks,
+        ke,
+        qo,
+        True,
+        False,
+        "gbps",
+        cache_bytes / 1e9,
+        "GB/s",
+        allow_math=True,
+    )
 
 
 def run(rows_out: list) -> None:
