@@ -1,0 +1,117 @@
+"""Perplexity suite: the accelerated and the unpatched model score the same text; their perplexities must agree.
+
+    python -m evaluation.perplexity                                   # embedded models on eet_hf/models/heldout.txt
+    python -m evaluation.perplexity --max-tokens 2000                 # bounded (CI)
+    python -m evaluation.perplexity --dataset wikitext --config wikitext-2-raw-v1 --split test   # hub reachable
+
+GPT-2: causal perplexity. BERT: masked-token perplexity and accuracy over a fixed seeded 15% masking (all
+[MASK]). Sliding windows: max_length = the model's positions, stride = max_length / 2. Pass rule on the
+relative difference |ppl_eet / ppl_hf - 1|: <= 0.001% in fp32, <= 0.1% in fp16/bf16.
+Writes evaluation/results/perplexity-<device>.{json,md,png}; exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+from eet_hf.models import heldout_text_path
+
+from .models import DTYPES, ModelSpec, load_model, load_tokenizer, spec_from_path, tiny_specs
+from .plots import bar_chart
+from .ppl_scoring import causal_score, fixed_mask, masked_score
+from .results_io import make_row, write_results
+
+REL_LIMIT = {"fp32": 1e-5, "fp16": 1e-3, "bf16": 1e-3}  # 0.001% and 0.1%
+MASK_RATE, MASK_SEED = 0.15, 0
+
+
+def load_text(dataset: str | None, config: str | None, split: str) -> tuple[str, str]:
+    """(text, tag). Default: the embedded held-out file through datasets' "text" loader (offline)."""
+    from datasets import load_dataset
+
+    if dataset is None:
+        ds = load_dataset("text", data_files=str(heldout_text_path()), split="train")
+        return "\n".join(ds["text"]), "heldout"  # the loader splits lines; "\n" restores the file
+    ds = load_dataset(dataset, config, split=split)
+    return "\n\n".join(ds["text"]), f"{dataset}-{split}"  # the HF guide's join for wikitext
+
+
+def evaluate(spec: ModelSpec, dtype: str, device: str, text: str, tag: str, max_tokens: int | None) -> list[dict]:
+    """Rows for one model in one dtype: both engines' (masked) perplexity and their relative difference."""
+    import eet_hf
+
+    tokenizer = load_tokenizer(spec)
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    if max_tokens:
+        ids = ids[:max_tokens]
+    hf = load_model(spec, "lm", DTYPES[dtype], device)
+    models = {"hf-sdpa": hf, "eet": eet_hf.accelerate(copy.deepcopy(hf))}
+    max_length = hf.config.n_positions if spec.family == "gpt2" else hf.config.max_position_embeddings
+    stride = max_length // 2
+    if spec.family == "gpt2":
+        scores = {e: causal_score(m, ids, max_length, stride, device) for e, m in models.items()}
+        metric = "perplexity"
+    else:
+        picked = fixed_mask(len(ids), MASK_RATE, MASK_SEED)
+        scores = {e: masked_score(m, ids, picked, tokenizer, max_length, stride, device) for e, m in models.items()}
+        metric = "masked_perplexity"
+    case = f"{spec.name}/{dtype}/{tag}"
+    rows = [make_row(case, "reference", "scored_tokens", scores["hf-sdpa"].count, "tokens", **{"pass": None})]
+    for engine, score in scores.items():
+        rows.append(make_row(case, engine, metric, score.perplexity, "ppl", **{"pass": None}))
+        if spec.family == "bert":
+            rows.append(make_row(case, engine, "masked_accuracy", score.accuracy, "share", **{"pass": None}))
+    rel = scores["eet"].perplexity / scores["hf-sdpa"].perplexity - 1
+    rows.append(make_row(case, "eet", f"rel_delta_{metric}", 100 * rel, "%", **{"pass": abs(rel) <= REL_LIMIT[dtype]}))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", help="a datasets name (needs the hub); default: the embedded held-out text")
+    parser.add_argument("--config", help="dataset config, e.g. wikitext-2-raw-v1")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--model", type=Path, action="append", help="local HF dir (gpt2/bert); default: embedded")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", help="comma list of fp32,fp16,bf16 (default: all on CUDA, fp32 on CPU)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default evaluation/results/")
+    args = parser.parse_args(argv)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    dtypes = args.dtypes.split(",") if args.dtypes else (["fp32", "fp16", "bf16"] if args.device != "cpu" else ["fp32"])
+    specs = [spec_from_path(p) for p in args.model] if args.model else tiny_specs()
+    text, tag = load_text(args.dataset, args.config, args.split)
+
+    rows: list[dict] = []
+    for spec in specs:
+        for dtype in dtypes:
+            print(f"== {spec.name} {dtype} on {args.device}", flush=True)
+            rows += evaluate(spec, dtype, args.device, text, tag, args.max_tokens)
+
+    command = "python -m evaluation.perplexity " + " ".join(sys.argv[1:] if argv is None else argv)
+    json_path = write_results("perplexity", rows, command.strip(), args.out_dir)
+    bar_chart(
+        rows,
+        ["perplexity", "masked_perplexity", "rel_delta_perplexity", "rel_delta_masked_perplexity"],
+        json_path.with_suffix(".png"),
+        f"eet_hf perplexity ({json_path.stem})",
+    )
+    failed = [r for r in rows if r.get("pass") is False]
+    for r in rows:
+        verdict = {True: "PASS", False: "FAIL", None: ""}[r.get("pass")]
+        print(f"{r['case']:<34} {r['engine']:<8} {r['metric']:<28} {r['value']:>14.6g} {r['unit']:<6} {verdict}")
+    print(f"\n{'FAILED' if failed else 'passed'}; results in {json_path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
