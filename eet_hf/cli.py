@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--model", type=Path, help="local HF GPT-2 directory (default: the embedded tiny GPT-2)")
     p_demo.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p_demo.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on cuda, fp32 on cpu")
-    p_demo.add_argument("--prompt", default="Return the number of")
+    p_demo.add_argument("--prompt", default="Read the contents of")
     p_demo.add_argument("--max-new-tokens", type=int, default=48)
     p_demo.set_defaults(func=demo)
     sub.add_parser("info", help="versions, GPU, nvcc and the CUDA build cache").set_defaults(func=info)
