@@ -15,7 +15,8 @@ setup(
     package_dir={"eet_hf": "eet_hf", "eet_hf.patches": "patches", "eet_hf.csrc": "csrc"},
     package_data={
         "eet_hf.csrc": ["*.cu", "*.cuh", "*.h", "*.cpp"],
-        "eet_hf.models": ["*.md", "*.txt", "*/*.json", "*/*.safetensors", "*/*.txt", "*/*.md"],
+        # TRAINING.md, training_report.json and heldout.txt beside the models, then each model's own files.
+        "eet_hf.models": ["*.md", "*.json", "*.txt", "*/*.json", "*/*.safetensors", "*/*.txt", "*/*.md"],
     },
     install_requires=["torch>=2.5", "transformers>=5.17", "ninja", "packaging"],
     extras_require={"eval": ["datasets", "accelerate", "matplotlib", "tokenizers"], "test": ["pytest", "ruff"]},

@@ -38,7 +38,8 @@ bool vector_loads_ok(const AttentionParams& p, size_t elem_size) {
 
 namespace {
 
-bool use_decode(const AttentionParams& p) { return p.q_len <= attn::kDecodeMaxQLen; }
+// The decode kernels know only the padded layout; packed (varlen) sequences always take the prefill kernels.
+bool use_decode(const AttentionParams& p) { return p.cu_seqlens == nullptr && p.q_len <= attn::kDecodeMaxQLen; }
 
 size_t dtype_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
@@ -57,9 +58,9 @@ cudaError_t attention(DType dtype, const AttentionParams& p, int num_sms, cudaSt
   if (p.batch < 0 || p.heads_q < 0 || p.q_len < 0 || p.kv_len < 0) return cudaErrorInvalidValue;
   if (p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0) return cudaErrorInvalidValue;
   if (p.batch == 0 || p.heads_q == 0 || p.q_len == 0) return cudaSuccess;  // empty output
-  if (p.out == nullptr || p.kv_start == nullptr || p.kv_end == nullptr || p.q_offset == nullptr) {
-    return cudaErrorInvalidValue;
-  }
+  if (p.out == nullptr) return cudaErrorInvalidValue;
+  const bool bounds_given = p.kv_start != nullptr && p.kv_end != nullptr && p.q_offset != nullptr;
+  if (p.cu_seqlens == nullptr && !bounds_given) return cudaErrorInvalidValue;
   const bool aligned = attn::vector_loads_ok(p, dtype_size(dtype));
   if (use_decode(p)) return attn::launch_decode(dtype, p, aligned, num_sms, stream);
   return attn::launch_prefill(dtype, p, aligned, stream);

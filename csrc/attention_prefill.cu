@@ -11,6 +11,10 @@
 // Masking inside a tile: score = -inf for an invisible key; the running max is replaced by 0 in the
 // exponent while it is still -inf, so a row that has seen no visible key yet accumulates exactly 0 and
 // never NaN; at the end a row with a zero sum writes zeros.
+//
+// Packed (varlen) layout (p.cu_seqlens set): one token axis for all sequences, no padding stored; the same
+// kernels run with each sequence's rows, length and bounds taken from cu_seqlens (seq_rows below), so the
+// padded path pays one null-pointer test per block.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -28,6 +32,34 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 
 // ------------------------------------------------------------------------------------------------
+// Where sequence b's rows live and how many queries it has, shared by both prefill kernels.
+
+struct SeqRows {
+  int64_t q_base, k_base, v_base;  // element offset of the sequence's row 0 (head 0) in q, k, v
+  int64_t out_row0;                // out row (of heads_q * head_dim elements) of the sequence's row 0
+  int q_len;                       // query rows of this sequence
+};
+
+__device__ __forceinline__ SeqRows seq_rows(const AttentionParams& p, int b) {
+  SeqRows r;
+  if (p.cu_seqlens != nullptr) {
+    const int64_t row0 = p.cu_seqlens[b];
+    r.q_base = row0 * p.q_stride_s;
+    r.k_base = row0 * p.k_stride_s;
+    r.v_base = row0 * p.v_stride_s;
+    r.out_row0 = row0;
+    r.q_len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
+  } else {
+    r.q_base = static_cast<int64_t>(b) * p.q_stride_b;
+    r.k_base = static_cast<int64_t>(b) * p.k_stride_b;
+    r.v_base = static_cast<int64_t>(b) * p.v_stride_b;
+    r.out_row0 = static_cast<int64_t>(b) * p.q_len;
+    r.q_len = p.q_len;
+  }
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------------
 // Per-(batch, query tile) key range, shared by both prefill kernels.
 
 struct TileRange {
@@ -36,12 +68,20 @@ struct TileRange {
   int lo, hi;     // keys [lo, hi) may be visible to some row of the tile; empty when hi <= lo
 };
 
-__device__ __forceinline__ TileRange tile_range(const AttentionParams& p, int b, int m0, int m_end) {
+__device__ __forceinline__ TileRange tile_range(const AttentionParams& p, const SeqRows& sr, int b, int m0,
+                                                int m_end) {
   TileRange r;
-  const int s = p.kv_start[b], e = p.kv_end[b];
-  r.ks = min(max(s, 0), p.kv_len);
-  r.ke = min(max(e, 0), p.kv_len);
-  r.qo = static_cast<long long>(p.q_offset[b]);
+  if (p.cu_seqlens != nullptr) {
+    // A packed sequence sees its own keys only, the same rows as its queries.
+    r.ks = 0;
+    r.ke = sr.q_len;
+    r.qo = 0;
+  } else {
+    const int s = p.kv_start[b], e = p.kv_end[b];
+    r.ks = min(max(s, 0), p.kv_len);
+    r.ke = min(max(e, 0), p.kv_len);
+    r.qo = static_cast<long long>(p.q_offset[b]);
+  }
   r.lo = r.ks;
   long long hi = r.ke;
   if (p.causal) {
@@ -154,14 +194,15 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gbase, int64_t gstri
 
 // Zeros for the rows [m0, m_end) of one (b, h): a tile whose rows see no key.
 template <typename T, int D, int THREADS>
-__device__ __forceinline__ void write_zero_rows(const AttentionParams& p, int b, int h, int m0, int m_end, int tid) {
+__device__ __forceinline__ void write_zero_rows(const AttentionParams& p, int64_t out_row0, int h, int m0, int m_end,
+                                                int tid) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kChunks = D / kVec;
   T* out = static_cast<T*>(p.out);
   for (int idx = tid; idx < (m_end - m0) * kChunks; idx += THREADS) {
     const int r = idx / kChunks;
     const int c = idx - r * kChunks;
-    const int64_t row = (static_cast<int64_t>(b) * p.q_len + (m0 + r)) * p.heads_q + h;
+    const int64_t row = (out_row0 + (m0 + r)) * p.heads_q + h;
     *reinterpret_cast<uint4*>(out + row * D + c * kVec) = make_uint4(0u, 0u, 0u, 0u);
   }
 }
@@ -219,17 +260,19 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads)
   const int num_mblocks = (p.q_len + kBr - 1) / kBr;
   int mb, h, b;
   decode_block(p, num_mblocks, mb, h, b);
+  const SeqRows sr = seq_rows(p, b);
   const int m0 = mb * kBr;
-  const int m_end = min(m0 + kBr, p.q_len);
-  const TileRange rg = tile_range(p, b, m0, m_end);
+  if (m0 >= sr.q_len) return;  // packed: a tile past this sequence's own length
+  const int m_end = min(m0 + kBr, sr.q_len);
+  const TileRange rg = tile_range(p, sr, b, m0, m_end);
   if (rg.hi <= rg.lo) {
-    write_zero_rows<T, D, kThreads>(p, b, h, m0, m_end, tid);
+    write_zero_rows<T, D, kThreads>(p, sr.out_row0, h, m0, m_end, tid);
     return;
   }
   const int hk = h / (p.heads_q / p.heads_kv);
-  const T* qb = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h + m0 * p.q_stride_s;
-  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
-  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
+  const T* qb = static_cast<const T*>(p.q) + sr.q_base + h * p.q_stride_h + m0 * p.q_stride_s;
+  const T* kb = static_cast<const T*>(p.k) + sr.k_base + hk * p.k_stride_h;
+  const T* vb = static_cast<const T*>(p.v) + sr.v_base + hk * p.v_stride_h;
 
   const int num_tiles = (rg.hi - rg.lo + kBc - 1) / kBc;
 
@@ -428,7 +471,7 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads)
     const int c = idx - r * kChunks;
     const int m = row_base + r;
     if (m < m_end) {
-      const int64_t row = (static_cast<int64_t>(b) * p.q_len + m) * p.heads_q + h;
+      const int64_t row = (sr.out_row0 + m) * p.heads_q + h;
       *reinterpret_cast<uint4*>(out + row * D + c * 8) = *reinterpret_cast<const uint4*>(sO + r * kStride + c * 8);
     }
   }
@@ -472,17 +515,19 @@ __global__ void __launch_bounds__(SimtConfig<D>::kThreads)
   const int num_mblocks = (p.q_len + kBr - 1) / kBr;
   int mb, h, b;
   decode_block(p, num_mblocks, mb, h, b);
+  const SeqRows sr = seq_rows(p, b);
   const int m0 = mb * kBr;
-  const int m_end = min(m0 + kBr, p.q_len);
-  const TileRange rg = tile_range(p, b, m0, m_end);
+  if (m0 >= sr.q_len) return;  // packed: a tile past this sequence's own length
+  const int m_end = min(m0 + kBr, sr.q_len);
+  const TileRange rg = tile_range(p, sr, b, m0, m_end);
   if (rg.hi <= rg.lo) {
-    write_zero_rows<float, D, kThreads>(p, b, h, m0, m_end, tid);
+    write_zero_rows<float, D, kThreads>(p, sr.out_row0, h, m0, m_end, tid);
     return;
   }
   const int hk = h / (p.heads_q / p.heads_kv);
-  const float* qb = static_cast<const float*>(p.q) + b * p.q_stride_b + h * p.q_stride_h + m0 * p.q_stride_s;
-  const float* kb = static_cast<const float*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
-  const float* vb = static_cast<const float*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
+  const float* qb = static_cast<const float*>(p.q) + sr.q_base + h * p.q_stride_h + m0 * p.q_stride_s;
+  const float* kb = static_cast<const float*>(p.k) + sr.k_base + hk * p.k_stride_h;
+  const float* vb = static_cast<const float*>(p.v) + sr.v_base + hk * p.v_stride_h;
 
   // Q tile (rows past q_len are zero).
   for (int idx = tid; idx < kBr * (D / 4); idx += kThreads) {
@@ -607,7 +652,7 @@ __global__ void __launch_bounds__(SimtConfig<D>::kThreads)
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int m = row_base + r;
     if (m < m_end) {
-      const int64_t row = (static_cast<int64_t>(b) * p.q_len + m) * p.heads_q + h;
+      const int64_t row = (sr.out_row0 + m) * p.heads_q + h;
 #pragma unroll
       for (int c = 0; c < DL; ++c) {
         const int d = lane + 32 * c;

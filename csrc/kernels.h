@@ -27,6 +27,14 @@ cudaError_t layer_norm(DType dtype,
                        void* sum_out,         // [rows, hidden]; required iff residual
                        int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
 
+// RMSNorm over the last dimension in HF Llama order: out = round(round(x * rsqrt(mean(x^2) + eps)) * weight),
+// fp32 statistics (rmsnorm.cu).
+cudaError_t rms_norm(DType dtype,
+                     const void* x,       // [rows, hidden]
+                     const void* weight,  // [hidden]
+                     void* out,           // [rows, hidden]
+                     int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
+
 // out = gelu(x + bias), computed in fp32. out may alias x.
 cudaError_t bias_gelu(DType dtype,
                       const void* x,     // [rows, cols]
@@ -55,6 +63,12 @@ struct AttentionParams {
   float scale;
   bool causal;
   void* workspace;  // attention_workspace_bytes(...) bytes, or nullptr when that is 0
+  // Packed (varlen) layout when set: sequence b owns rows [cu_seqlens[b], cu_seqlens[b+1]) of one token axis
+  // shared by q, k, v and out (q, k, v: [tokens, heads, head_dim], the *_stride_b unused, out [tokens,
+  // heads_q, head_dim]); key j is visible to query i of the same sequence iff !causal || j <= i, and
+  // kv_start / kv_end / q_offset are unused. q_len = kv_len = the longest sequence (query tiles past a
+  // sequence's own length exit at once). Always the prefill kernels.
+  const int32_t* cu_seqlens;  // [batch + 1] or nullptr (padded layout)
 };
 
 // Scratch the chosen kernel needs (split-K partials for decode); 0 when none.
@@ -63,5 +77,38 @@ cudaError_t attention(DType dtype, const AttentionParams& p, int num_sms, cudaSt
 
 // Head dims the attention kernels are instantiated for; others take the reference path in Python.
 bool attention_supports_head_dim(int head_dim);
+
+// out[b, s] = wte[ids[b, s]] + wpe[pos[b, s]] (fp32 sum, one rounding); without wpe just the wte row.
+// A row whose id is outside [0, vocab) or position outside [0, positions) is written as NaN, never read
+// out of bounds. Strides of ids / pos are in elements (0 broadcasts).
+cudaError_t embedding(DType dtype,
+                      const void* ids,  // [batch, seq], int64 if ids_int64 else int32
+                      bool ids_int64, int64_t ids_stride_b, int64_t ids_stride_s,
+                      const void* pos,  // [batch, seq], int64 if pos_int64 else int32; unused without wpe
+                      bool pos_int64, int64_t pos_stride_b, int64_t pos_stride_s,
+                      const void* wte,  // [vocab, hidden]
+                      const void* wpe,  // [positions, hidden] or nullptr
+                      void* out,        // [batch, seq, hidden]
+                      int64_t batch, int64_t seq, int64_t vocab, int64_t positions, int64_t hidden,
+                      cudaStream_t stream);
+
+// Fused QKV projection output -> q and the KV cache, with the bias add (fp32, one rounding). Token s of
+// sequence b goes to cache slot write_pos[b] + s; slots outside [0, cache_len) are skipped. Strides are
+// in elements; every last dim is contiguous.
+struct KvAppendParams {
+  const void* qkv;   // [batch, seq, (heads_q + 2 * heads_kv) * head_dim], q|k|v blocks, each head-major
+  const void* bias;  // [(heads_q + 2 * heads_kv) * head_dim] or nullptr
+  void* k_cache;     // [batch, heads_kv, cache_len, head_dim]
+  void* v_cache;     // [batch, heads_kv, cache_len, head_dim]
+  const int32_t* write_pos;  // [batch]
+  void* q_out;       // [batch, heads_q, seq, head_dim], contiguous
+  int64_t qkv_stride_b, qkv_stride_s;
+  int64_t k_stride_b, k_stride_h, k_stride_l;
+  int64_t v_stride_b, v_stride_h, v_stride_l;
+  int64_t batch, seq, cache_len;
+  int heads_q, heads_kv, head_dim;
+};
+
+cudaError_t kv_append(DType dtype, const KvAppendParams& p, cudaStream_t stream);
 
 }  // namespace eet

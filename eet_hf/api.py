@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from . import attention, ops
-from ._log import logger, warn_once
+from ._log import warn_once
 from .errors import EetUnsupportedError
 from .patches import PatchContext, adapter_for
 from .report import Report
@@ -18,6 +18,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "attention": True,  # eet attention through HF's attention interface
     "mlp": True,  # fused GEMM + bias + GELU in the MLP
     "strict": False,  # raise EetUnsupportedError instead of leaving a part to HF
+    "generate": True,  # eet's decode loop behind model.generate (GPT-2 LM heads; KV arena, CUDA graphs)
 }
 _STATE = "_eet_hf_state"
 
@@ -40,7 +41,8 @@ def _kernels(model: torch.nn.Module) -> str:
 def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
     """Rewire a transformers model in place to run on eet's fused ops; returns the same object.
 
-    Options: attention (bool), mlp (bool), strict (bool: raise instead of falling back to HF code).
+    Options: attention (bool), mlp (bool), generate (bool: eet's decode loop behind model.generate),
+    strict (bool: raise instead of falling back to HF code).
     Calling it again with the same options does nothing; with other options it re-applies them.
     """
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
@@ -59,16 +61,14 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
         )
     ctx = PatchContext(model, opts, _kernels(model))
     adapter = adapter_for(config.model_type)
-    if adapter is None:
-        ctx.fallback("<model>", f"no eet adapter for model_type {config.model_type!r} yet (supported: gpt2, bert)")
-        logger.warning("eet_hf: %s is left unchanged: no adapter for model_type %r", type(model).__name__,
-                       config.model_type)
-    else:
-        try:
+    try:
+        if getattr(adapter, "SELECTS_ATTENTION", False):
+            adapter.apply(model, ctx)  # generic path: picks attention itself, warns when nothing applies
+        else:
             _apply(model, ctx, adapter)
-        except BaseException:
-            ctx.undo()
-            raise
+    except BaseException:
+        ctx.undo()
+        raise
     model.__dict__[_STATE] = _State(ctx, opts)
     return model
 

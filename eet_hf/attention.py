@@ -20,6 +20,7 @@ from transformers.masking_utils import (
     bidirectional_mask_function,
     causal_mask_function,
     sdpa_mask,
+    sliding_window_causal_mask_function,
 )
 
 from . import ops
@@ -30,7 +31,36 @@ ATTN_NAME = "eet"
 logger = logging.getLogger("eet_hf")
 
 # kwargs HF models may pass that change the attention function itself; eet's kernels implement none.
-_UNSUPPORTED_KWARGS = ("sliding_window", "softcap", "s_aux", "sinks", "position_bias")
+# (sliding_window is checked apart: a window at least as long as the keys hides nothing.)
+_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks", "position_bias")
+# HF's sliding-window causal mask function, as sliding_window_causal_mask_function builds it:
+# and_masks(sliding_window_overlay(window), causal_mask_function). Recognised by its code objects.
+_SLIDING_TEMPLATE = sliding_window_causal_mask_function(1)
+_OVERLAY_CODE = _SLIDING_TEMPLATE.__closure__[0].cell_contents[0].__code__
+
+
+def _sliding_causal_window(mask_function) -> int | None:
+    """The window of an HF sliding-window causal mask function, None for any other function."""
+    if getattr(mask_function, "__code__", None) is not _SLIDING_TEMPLATE.__code__ or not mask_function.__closure__:
+        return None
+    parts = mask_function.__closure__[0].cell_contents
+    if not (isinstance(parts, tuple) and len(parts) == 2 and parts[1] is causal_mask_function):
+        return None
+    overlay = parts[0]
+    if getattr(overlay, "__code__", None) is not _OVERLAY_CODE or not overlay.__closure__:
+        return None
+    window = overlay.__closure__[0].cell_contents
+    return window if isinstance(window, int) else None
+
+
+def _window_hides_nothing(window: int, q_length: int, q_offset: int | torch.Tensor, kv_offset: int) -> bool:
+    """True when no causally visible key is `window` or more positions behind its query, so the sliding-window
+    mask equals the causal one for this forward (HF keeps key kv for query q iff kv > q - window)."""
+    if isinstance(q_offset, torch.Tensor):
+        if _is_compiling():
+            return False
+        q_offset = int(q_offset.max())  # one read-back; static caches pass the offset as a tensor
+    return q_offset + q_length - 1 - kv_offset < window
 
 
 def _is_compiling() -> bool:
@@ -50,6 +80,9 @@ def eet_mask(
     **kwargs: Any,
 ) -> SeqBounds | torch.Tensor | None:
     """HF mask interface: SeqBounds when the mask is expressible by bounds, else HF's sdpa mask."""
+    window = _sliding_causal_window(mask_function)
+    if window is not None and _window_hides_nothing(window, q_length, q_offset, kv_offset):
+        mask_function = causal_mask_function  # e.g. Mistral's 4096-token window on shorter sequences
     if mask_function is causal_mask_function or mask_function is bidirectional_mask_function:
         # Padding with holes ([1, 0, 1, ...]) is not a run of keys; checking costs one read-back, skipped
         # while compiling or capturing, where eet assumes left/right padding (documented in the README).
@@ -127,6 +160,9 @@ def eet_attention(
     head_dim]. Returns ([batch, q_len, heads, head_dim], weights or None)."""
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     unsupported = [name for name in _UNSUPPORTED_KWARGS if kwargs.get(name) is not None]
+    window = kwargs.get("sliding_window")
+    if window is not None and window < key.shape[2]:
+        unsupported.append("sliding_window")
     if isinstance(attention_mask, SeqBounds):
         bounds = attention_mask
     elif attention_mask is None:

@@ -1,15 +1,21 @@
-"""Kernel benchmark: eet attention (mask fusion) vs torch SDPA backends, fp16, on CUDA.
+"""Kernel benchmark: eet attention (mask fusion) vs each torch SDPA backend separately, on CUDA.
 
 `run(rows_out)` appends one dict per (case, engine, metric):
-    {"case": "decode/bs1/h25/d64/ctx4096/fp16", "engine": "eet" | "sdpa-flash" | ..., "metric": "ms" | "gbps" |
-     "tflops", "value": float, "unit": str}
-Prefill: GPT-2 small (causal) and BERT base/large (non-causal), unpadded and with half the batch padded to
-half length (left for GPT-2, right for BERT; SDPA gets the boolean mask, eet the bounds). tflops counts the
-dense work 4*B*H*Lq*Lk*D (halved when causal), padded or not. Decode: one new token over a KV cache, batch 1
-and 8; gbps counts the K+V cache bytes read. Each timing is the median of >= 20 event-timed replays of a
-CUDA graph after warm-up (GPU time without Python launch overhead, which would otherwise dominate decode);
-decode cycles through several copies of the cache so that it is read from HBM, not L2.
-A backend that raises for a shape is skipped. Writes no files.
+    {"case": "decode/bs1/h25/d64/ctx4096/fp16", "engine": "eet" | "eet-dispatch" | "torch-sdpa-flash" |
+     "torch-sdpa-efficient" | "torch-sdpa-cudnn" | "torch-sdpa-math", "metric": "ms" | "gbps" | "tflops" |
+     "available", "value": float, "unit": str}
+Each torch backend runs alone (torch.nn.attention.sdpa_kernel(SDPBackend.X)) on the same tensors as eet's
+kernel, in the same process. A backend that refuses a shape (or the mask) is recorded as
+metric "available" = 0 for that case, with the reason printed, and the run goes on.
+"eet" is eet's own kernel; "eet-dispatch" (unpadded prefill only) is what eet_hf.ops.attention(padded=False)
+runs for the shape, i.e. the torch backend its table picks (eet_hf/ops/__init__.py, _PREFILL_SDPA_FIRST).
+Prefill: GPT-2 small (causal) in fp16 and bf16, BERT base/large (non-causal) fp16, and a head_dim-128 causal
+class (32 heads) in fp16 and bf16, unpadded and with half the batch padded to half length (left for causal,
+right for BERT; SDPA gets the boolean mask, eet the bounds). tflops counts the dense work 4*B*H*Lq*Lk*D
+(halved when causal), padded or not. Decode: one new token over a KV cache, batch 1 and 8; gbps counts the
+K+V cache bytes read. Each timing is the median of >= 20 event-timed replays of a CUDA graph after warm-up
+(GPU time without Python launch overhead, which would otherwise dominate decode); decode cycles through
+several copies of the cache so that it is read from HBM, not L2. Writes no files.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 WARMUP = 5
+_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 REPS = 30
 L2_FLUSH_BYTES = 256 << 20  # decode: cycle through enough cache copies to exceed the 60 MB L2
 
@@ -29,10 +36,10 @@ def _sdpa_backends():
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # older torch
         return []
-    out = [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    out = [("torch-sdpa-flash", SDPBackend.FLASH_ATTENTION), ("torch-sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]
     if hasattr(SDPBackend, "CUDNN_ATTENTION"):
-        out.append(("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION))
-    out.append(("sdpa-math", SDPBackend.MATH))
+        out.append(("torch-sdpa-cudnn", SDPBackend.CUDNN_ATTENTION))
+    out.append(("torch-sdpa-math", SDPBackend.MATH))
     return [(name, backend, sdpa_kernel) for name, backend in out]
 
 
@@ -113,10 +120,18 @@ def _bench_case(rows_out, case, q_sets, k_sets, v_sets, ks, ke, qo, causal, padd
     ms = _time_ms(eet, n)
     _record(rows_out, case, "eet", ms, metric, work / (ms * 1e-3), unit)
 
+    if not padded and q_len == kv_len > 1:
+
+        def dispatch(i):
+            ops.attention(q_sets[i], k_sets[i], v_sets[i], ks, ke, qo, causal, scale, padded=False)
+
+        ms = _time_ms(dispatch, n)
+        _record(rows_out, case, "eet-dispatch", ms, metric, work / (ms * 1e-3), unit)
+
     mask = _mask(ks, ke, qo, causal, q_len, kv_len) if padded else None
     is_causal = causal and not padded and q_len > 1
     for name, backend, sdpa_kernel in _sdpa_backends():
-        if name == "sdpa-math" and not allow_math:
+        if name == "torch-sdpa-math" and not allow_math:
             continue
 
         def sdpa(i, backend=backend, sdpa_kernel=sdpa_kernel):
@@ -127,8 +142,11 @@ def _bench_case(rows_out, case, q_sets, k_sets, v_sets, ks, ke, qo, causal, padd
 
         try:
             ms = _time_ms(sdpa, n)
-        except Exception:  # noqa: BLE001 - this backend does not support the shape/mask: skip it
+        except Exception as exc:  # noqa: BLE001 - this backend does not take the shape/mask: recorded as such
             torch.cuda.synchronize()
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"{case:<60} {name:<20} unavailable: {reason[:160]}")
+            rows_out.append({"case": case, "engine": name, "metric": "available", "value": 0.0, "unit": "bool"})
             continue
         _record(rows_out, case, name, ms, metric, work / (ms * 1e-3), unit)
 
@@ -141,7 +159,8 @@ def _prefill(rows_out, model, batch, heads, head_dim, seq, causal, padding, dtyp
     v = torch.randn(batch, seq, heads, head_dim, device=dev, dtype=dtype).transpose(1, 2)
     ks, ke, qo = _bounds(batch, seq, seq, padding, dev)
     flops = 4.0 * batch * heads * seq * seq * head_dim * (0.5 if causal else 1.0)
-    case = f"prefill/{model}/bs{batch}/h{heads}/d{head_dim}/L{seq}/{padding}/{'causal' if causal else 'full'}/fp16"
+    kind = "causal" if causal else "full"
+    case = f"prefill/{model}/bs{batch}/h{heads}/d{head_dim}/L{seq}/{padding}/{kind}/{_DTYPE_NAMES[dtype]}"
     _bench_case(
         rows_out,
         case,
@@ -198,6 +217,13 @@ def run(rows_out: list) -> None:
         for seq in (128, 512, 1024):
             for padding in ("none", "left"):
                 _prefill(rows_out, "gpt2", 8, 12, 64, seq, True, padding)
+                if seq >= 512:
+                    _prefill(rows_out, "gpt2", 8, 12, 64, seq, True, padding, torch.bfloat16)
+        # head_dim 128 (Llama-style heads), the other class in the dispatch table.
+        for dtype in (torch.float16, torch.bfloat16):
+            for seq in (512, 2048):
+                for padding in ("none", "left"):
+                    _prefill(rows_out, "d128", 2, 32, 128, seq, True, padding, dtype)
         for model, heads in (("bert-base", 12), ("bert-large", 16)):
             for seq in (128, 512):
                 for padding in ("none", "right"):

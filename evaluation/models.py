@@ -33,9 +33,10 @@ class ModelSpec:
     """A model to evaluate: a local HF directory (`path`) or a config shape with random weights (`shape`)."""
 
     name: str
-    family: str  # "gpt2" | "bert"
+    family: str  # "gpt2" | "bert"; for generic models: decoder (left padding, generate) | encoder (fill-mask)
     path: Path | None = None
     shape: dict = field(default_factory=dict)
+    model_type: str | None = None  # a generic-path family (no eet adapter): tiny random config of this type
 
     @property
     def tokenizer_path(self) -> Path:
@@ -47,6 +48,44 @@ def tiny_specs() -> list[ModelSpec]:
         ModelSpec("gpt2-tiny", "gpt2", default_model_path("gpt2")),
         ModelSpec("bert-tiny", "bert", default_model_path("bert")),
     ]
+
+
+# Generic-path families (patches/generic.py): tiny random-weight configs over the embedded tokenizers' 4096 ids.
+_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+             max_position_embeddings=512)
+GENERIC_CONFIGS: dict[str, tuple[str, dict]] = {
+    "roberta": ("bert", {**_TINY, "max_position_embeddings": 514}),
+    "distilbert": ("bert", dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=512)),
+    "electra": ("bert", {**_TINY, "embedding_size": 32}),
+    "gpt_neo": ("gpt2", dict(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                             window_size=256, max_position_embeddings=512)),
+    "gpt_neox": ("gpt2", _TINY),
+    "opt": ("gpt2", dict(hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                         max_position_embeddings=512, word_embed_proj_dim=64)),
+    "llama": ("gpt2", {**_TINY, "num_key_value_heads": 2}),
+    "mistral": ("gpt2", {**_TINY, "num_key_value_heads": 2}),
+    "qwen2": ("gpt2", {**_TINY, "num_key_value_heads": 1}),
+}
+
+
+# --quick (CI) keeps one encoder and the grouped- and multi-query decoders; tests/test_generic.py covers every
+# family in CI as well (padded logits, greedy generation).
+QUICK_GENERIC = ("roberta", "llama", "qwen2")
+
+
+def generic_specs(quick: bool = False) -> list[ModelSpec]:
+    """Encoders RoBERTa, DistilBERT, ELECTRA; decoders GPT-Neo, GPT-NeoX, OPT, Llama, Mistral (GQA), Qwen2 (MQA)."""
+    types = QUICK_GENERIC if quick else tuple(GENERIC_CONFIGS)
+    return [ModelSpec(f"{t.replace('_', '-')}-tiny", GENERIC_CONFIGS[t][0], model_type=t) for t in types]
+
+
+def _generic_config(spec: ModelSpec):
+    _, shape = GENERIC_CONFIGS[spec.model_type]
+    # Id 0 is the embedded tokenizers' pad (and GPT-2's bos/eos); 4096 ids. Wider init than the default 0.02, so
+    # random-weight logits are not flat and greedy tokens are decided by the model, not by rounding noise.
+    init = {"init_std": 0.1} if spec.model_type == "opt" else {"initializer_range": 0.1}
+    return AutoConfig.for_model(spec.model_type, vocab_size=4096, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                                **init, **shape)
 
 
 def full_specs() -> list[ModelSpec]:
@@ -108,12 +147,15 @@ def load_model(spec: ModelSpec, head: str, dtype: torch.dtype, device: str, attn
         model = auto.from_pretrained(spec.path, dtype=dtype, attn_implementation=attn, **extra)
         model = model.to(device)
     else:
-        config = _full_config(spec)
+        config = _generic_config(spec) if spec.model_type else _full_config(spec)
         for key, value in extra.items():
             setattr(config, key, value)
         # Initialise on the target device: random init of GPT-2 XL on CPU takes minutes, on a GPU a moment.
         with torch.device(device):
-            model = auto.from_config(config, attn_implementation=attn)
+            try:
+                model = auto.from_config(config, attn_implementation=attn)
+            except ValueError:  # a family without that attention in HF (GPT-Neo has no sdpa): eager
+                model = auto.from_config(config, attn_implementation="eager")
         model = model.to(dtype)
     return model.eval()
 

@@ -1,11 +1,12 @@
 """Parity suite: eet-accelerated models vs plain HF, with HF eager vs HF sdpa as the yardstick.
 
-    python -m evaluation.parity                  # embedded tiny models, all dtypes of this device
-    python -m evaluation.parity --quick          # 8 prompts x 32 new tokens (CI)
+    python -m evaluation.parity                  # embedded tiny models + generic families, all dtypes here
+    python -m evaluation.parity --quick          # 8 prompts x 32 new tokens, 3 of the 9 generic families (CI)
     python -m evaluation.parity --full           # + GPT-2 small/XL, BERT base/large shapes (random weights)
 
 Pass rules: eet outputs finite and at least one module accelerated; fp32: eet max |Δlogit| <= 1e-4 and every
-pipeline output equal; fp16/bf16: eet's greedy agreement (and pipeline agreement) with HF sdpa >= HF eager's.
+pipeline output equal; fp16/bf16: eet's greedy agreement (and pipeline agreement) with HF sdpa >= HF eager's
+(for the random-weight --full shapes token-choice agreement in fp16/bf16 is recorded only: see NOISE_NOTE).
 Writes evaluation/results/parity-<device>.{json,md,png}; exits 1 when a check fails.
 """
 
@@ -21,7 +22,7 @@ import torch
 
 from . import parity_pipelines as P
 from . import texts as T
-from .models import DTYPES, ModelSpec, engines, full_specs, load_tokenizer, tiny_specs
+from .models import DTYPES, ModelSpec, engines, full_specs, generic_specs, load_tokenizer, tiny_specs
 from .parity_checks import greedy_generation, padded_logits
 from .plots import bar_chart
 from .results_io import make_row, write_results
@@ -32,17 +33,30 @@ PIPELINE_TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 COMPARED = ("eet", "hf-eager")  # engines measured against hf-sdpa
 
 
-def _yardstick(rows: list[dict], case: str, metric: str, value: float, dtype: str, eager_value: float) -> None:
+# Random-weight models (the --full shapes) have near-flat logits: in fp16/bf16 which of two almost tied tokens
+# wins is rounding noise, so token-choice agreement (greedy, generated text, fill-mask top-5) is recorded there but
+# not judged. Their logits, features and fp32 checks still are; the trained embedded models are judged on all.
+NOISE_NOTE = "random weights: near-tied tokens in low precision, recorded only"
+
+
+def _decisive(spec: ModelSpec, dtype: str) -> bool:
+    """Whether token-choice agreement of `spec` in `dtype` can pass or fail (see NOISE_NOTE)."""
+    return spec.path is not None or dtype == "fp32"
+
+
+def _yardstick(
+    rows: list[dict], case: str, metric: str, value: float, dtype: str, eager_value: float, decisive: bool = True
+) -> None:
     """fp32: eet must agree fully; low precision: eet must agree at least as often as HF eager does."""
     ok = value >= 1.0 if dtype == "fp32" else value >= eager_value
-    rows.append(make_row(case, "eet", metric, value, "share", **{"pass": ok}))
+    note = {} if decisive else {"note": NOISE_NOTE}
+    rows.append(make_row(case, "eet", metric, value, "share", **{"pass": ok if decisive else None}, **note))
     rows.append(make_row(case, "hf-eager", metric, eager_value, "share", **{"pass": None}))
 
 
-def _pipeline_rows(rows: list[dict], case: str, result: dict, dtype: str) -> None:
-    _yardstick(
-        rows, case, "pipeline_equal", result["eet"]["pipeline_equal"], dtype, result["hf-eager"]["pipeline_equal"]
-    )
+def _pipeline_rows(rows: list[dict], case: str, result: dict, dtype: str, decisive: bool = True) -> None:
+    eet, eager = result["eet"]["pipeline_equal"], result["hf-eager"]["pipeline_equal"]
+    _yardstick(rows, case, "pipeline_equal", eet, dtype, eager, decisive)
     for engine in COMPARED:
         if result[engine]["max_abs_delta"] is not None:
             rows.append(
@@ -96,6 +110,7 @@ def check_model(spec: ModelSpec, dtype: str, device: str, quick: bool) -> list[d
         case = f"{prefix}/greedy-{n_prompts}x{new_tokens}"
         g = greedy_generation(lm, tokenizer, T.prompts(n_prompts), new_tokens, device)
         ok = g["eet"]["greedy_match_share"] >= g["hf-eager"]["greedy_match_share"] if dtype != "fp32" else None
+        ok = ok if _decisive(spec, dtype) else None
         for engine in COMPARED:
             rows.append(
                 make_row(
@@ -115,9 +130,11 @@ def check_model(spec: ModelSpec, dtype: str, device: str, quick: bool) -> list[d
             f"{prefix}/pipeline-text-generation",
             P.text_generation(lm, tokenizer, device, 4 if quick else 8, 16 if quick else 32),
             dtype,
+            _decisive(spec, dtype),
         )
     else:
-        _pipeline_rows(rows, f"{prefix}/pipeline-fill-mask", P.fill_mask(lm, tokenizer, device, 8, tol), dtype)
+        fill = P.fill_mask(lm, tokenizer, device, 8, tol)
+        _pipeline_rows(rows, f"{prefix}/pipeline-fill-mask", fill, dtype, _decisive(spec, dtype))
     del lm
     base = engines(spec, "base", DTYPES[dtype], device)
     _pipeline_rows(
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()  # load reports for the random heads would bury the table
     hf_logging.disable_progress_bar()
     dtypes = args.dtypes.split(",") if args.dtypes else default_dtypes(args.device)
-    specs = tiny_specs() + (full_specs() if args.full else [])
+    specs = tiny_specs() + generic_specs(quick=args.quick) + (full_specs() if args.full else [])
     if args.only:
         specs = [s for s in specs if s.name in args.only]
     if args.full and not args.device.startswith("cuda"):

@@ -19,7 +19,7 @@ import transformers
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROW_KEYS = ("case", "engine", "metric", "value", "unit")
-ENGINES = ("eet", "hf-eager", "hf-sdpa", "reference")
+ENGINES = ("eet", "hf-eager", "hf-sdpa", "hf-static-compile", "torch-compile", "torch-compile-ro", "reference")
 
 
 def device_slug() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bert, gpt2
+from . import bert, generic, gpt2
 from ._rewire import PatchContext
 
 ADAPTERS: dict[str, ModuleType] = {t: adapter for adapter in (gpt2, bert) for t in adapter.MODEL_TYPES}
@@ -16,5 +16,6 @@ ADAPTERS: dict[str, ModuleType] = {t: adapter for adapter in (gpt2, bert) for t 
 __all__ = ["ADAPTERS", "PatchContext", "adapter_for"]
 
 
-def adapter_for(model_type: str) -> ModuleType | None:
-    return ADAPTERS.get(model_type)
+def adapter_for(model_type: str) -> ModuleType:
+    """The family's own adapter, or the generic one (patches/generic.py) for any other model_type."""
+    return ADAPTERS.get(model_type, generic)

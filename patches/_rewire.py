@@ -84,6 +84,12 @@ class PatchContext:
         self._undo.append((obj, name, getattr(obj, name, _MISSING)))
         setattr(obj, name, value)
 
+    def bind(self, module: nn.Module, name: str, value: Any) -> None:
+        """Set an instance attribute that shadows a class attribute (e.g. `generate`); undo() deletes it, so the
+        class's own shows through again."""
+        self._undo.append((module, name, module.__dict__.get(name, _MISSING)))
+        module.__dict__[name] = value
+
     def use_attention(self, name: str) -> None:
         """Select attention `name` for this model alone. HF models built from one config object share it, so
         the model first gets its own shallow copy (on every module that holds it), then the copy is changed."""

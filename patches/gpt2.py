@@ -13,6 +13,7 @@ import torch
 from transformers.models.gpt2 import modeling_gpt2 as hf
 
 from eet_hf import ops
+from eet_hf.engine import generate as generate_engine
 
 from ._rewire import GELU_APPROXIMATE, PatchContext, inference_only, layer_norm_unfusable
 
@@ -61,3 +62,19 @@ def apply(model: torch.nn.Module, ctx: PatchContext) -> None:
     for module in model.modules():
         if isinstance(module, hf.GPT2Model):
             ctx.layer_norm(module.ln_f)
+    _install_generate(model, ctx, approximate, len(blocks))
+
+
+def _install_generate(model: torch.nn.Module, ctx: PatchContext, approximate: str | None, blocks: int) -> None:
+    """eet's decode loop runs the whole model through fused ops, so it needs every block fused."""
+    if not ctx.options["generate"] or not isinstance(model, hf.GPT2LMHeadModel):
+        return
+    missing = [name for name, ok in (("attention", ctx.options["attention"]), ("mlp", ctx.options["mlp"])) if not ok]
+    if missing:
+        ctx.fallback("generate", f"eet's decode loop needs the {' and '.join(missing)} option(s) on")
+    elif approximate is None or ctx.report.fallbacks:
+        ctx.fallback("generate", "eet's decode loop needs every block fused (see the other fallbacks)")
+    elif any(getattr(b.attn, "reorder_and_upcast_attn", False) for b in model.transformer.h[:blocks]):
+        ctx.fallback("generate", "reorder_and_upcast_attn=True (fp32 attention scores) is not in eet's loop")
+    else:
+        generate_engine.install(model, ctx, approximate)

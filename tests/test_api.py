@@ -47,17 +47,18 @@ def test_explain_report_is_readable():
     assert "transformer.h.1.mlp" in text and "eet" in text and report.kernels == "reference"
 
 
-def test_unsupported_family_warns_and_leaves_model_unchanged(caplog):
+def test_family_without_adapter_takes_the_generic_path(caplog):
+    # Issue #7: no family adapter -> patches/generic.py (tests/test_generic.py covers it, including the model
+    # with nothing to accelerate that warns and stays unchanged).
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, vocab_size=50)
     model = LlamaForCausalLM(config).eval()
-    before = model.config._attn_implementation
     with caplog.at_level(logging.WARNING, logger="eet_hf"):
         eet_hf.accelerate(model)
-    assert "no adapter" in caplog.text
-    assert model.config._attn_implementation == before
-    assert "no eet adapter" in eet_hf.explain(model).fallbacks["<model>"]
-    with pytest.raises(eet_hf.EetUnsupportedError, match="llama"):
+    assert "left unchanged" not in caplog.text
+    assert model.config._attn_implementation == "eet"
+    assert "rotary" in eet_hf.explain(model).fallbacks["model.rotary_emb"]
+    with pytest.raises(eet_hf.EetUnsupportedError, match="strict"):  # SiLU MLP, rotary: left to HF
         eet_hf.accelerate(LlamaForCausalLM(config), strict=True)
 
 

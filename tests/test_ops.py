@@ -132,10 +132,22 @@ OPCHECK_INPUTS = {
     "layer_norm": lambda: (torch.randn(3, 8), torch.randn(8), torch.randn(8), 1e-5),
     "add_layer_norm": lambda: (torch.randn(3, 8), torch.randn(3, 8), torch.randn(8), None, 1e-5),
     "bias_gelu": lambda: (torch.randn(3, 8), torch.randn(8), "tanh"),
+    "rms_norm": lambda: (torch.randn(3, 8), torch.randn(8), 1e-6),
     "attention": lambda: (
         torch.randn(2, 2, 3, 8), torch.randn(2, 1, 5, 8), torch.randn(2, 1, 5, 8),
         torch.tensor([0, 2], dtype=torch.int32), torch.tensor([5, 5], dtype=torch.int32),
         torch.tensor([2, 2], dtype=torch.int32), True, 0.35,
+    ),
+    "attention_varlen": lambda: (
+        torch.randn(9, 2, 8), torch.randn(9, 1, 8), torch.randn(9, 1, 8),
+        torch.tensor([0, 4, 4, 9], dtype=torch.int32), 5, False, 0.35,
+    ),
+    "embedding": lambda: (
+        torch.randint(0, 11, (2, 3)), torch.randint(0, 5, (2, 3)), torch.randn(11, 6), torch.randn(5, 6),
+    ),
+    "kv_append": lambda: (
+        torch.randn(2, 3, 64), torch.randn(64), torch.zeros(2, 2, 5, 8), torch.zeros(2, 2, 5, 8),
+        torch.tensor([0, 3], dtype=torch.int32), 4, 2,
     ),
 }
 

@@ -6,20 +6,27 @@ under torch.compile and CUDA graph capture. Shapes are given in each docstring.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
-from . import _library, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
+from . import _checks, _library, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
 from ._build import build_info, ensure_loaded
 
 __all__ = [
     "add_layer_norm",
     "attention",
+    "attention_varlen",
     "bias_gelu",
     "build_info",
+    "embedding",
     "ensure_loaded",
+    "kv_append",
     "layer_norm",
     "linear_gelu",
     "reference",
+    "rms_norm",
 ]
 
 _ops = torch.ops.eet
@@ -43,6 +50,12 @@ def add_layer_norm(
     """(LayerNorm(x + residual), x + residual), one pass. x, residual: [..., hidden]."""
     _prepare(x)
     return _ops.add_layer_norm(x, residual, weight, bias, eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, HF Llama order (normalize, round, then * weight). x: [..., hidden] -> same."""
+    _prepare(x)
+    return _ops.rms_norm(x, weight, eps)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
@@ -78,13 +91,125 @@ def attention(
     q: [batch, heads_q, q_len, head_dim]; k, v: [batch, heads_kv, kv_len, head_dim];
     kv_start, kv_end, q_offset: int32 [batch]. Returns [batch, q_len, heads_q, head_dim].
     padded=False promises the bounds cover every key (no padding; q_offset = kv_len - q_len): square
-    unpadded prefill then runs torch's flash SDPA, faster there than eet's kernel (kernels-h200.md); padded
-    and decode shapes, where mask fusion pays, run eet's kernel.
+    unpadded prefill then runs torch's SDPA, faster there than eet's kernel (kernels-h200.md), with the
+    backend from _PREFILL_SDPA_FIRST tried first; padded and decode shapes, where mask fusion pays, run eet's kernel.
     """
     _prepare(q)
     if not padded and q.is_cuda and q.shape[2] == k.shape[2] > 1:
-        dense = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
+        with _sdpa_priority(_PREFILL_SDPA_FIRST.get((q.shape[-1], q.dtype), "FLASH_ATTENTION")):
+            dense = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+            )
         return dense.transpose(1, 2)
     return _ops.attention(q, k, v, kv_start, kv_end, q_offset, causal, scale)
+
+
+# The torch SDPA backend to try first for unpadded square prefill, per (head_dim, dtype); flash elsewhere.
+# From evaluation/results/kernels-h200.md (H200, torch 2.11+cu130, rows prefill/*/none/*, engine sdpa-cudnn vs
+# sdpa-flash): at head_dim 64 fp16, cuDNN took 0.66x flash's time at L512 and L1024 (GPT-2 bs8, BERT bs32) and
+# tied it at L128 (0.85x-1.03x). Nothing else was measured yet: evaluation/bench_kernels_attention.py now also
+# times bf16 and head_dim 128 (engines torch-sdpa-*); extend this table when those numbers say so.
+_PREFILL_SDPA_FIRST: dict[tuple[int, torch.dtype], str] = {(64, torch.float16): "CUDNN_ATTENTION"}
+
+
+_SDPA_USUAL_ORDER = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+_SDPA_ENABLED = {
+    "FLASH_ATTENTION": torch.backends.cuda.flash_sdp_enabled,
+    "EFFICIENT_ATTENTION": torch.backends.cuda.mem_efficient_sdp_enabled,
+    "CUDNN_ATTENTION": torch.backends.cuda.cudnn_sdp_enabled,
+    "MATH": torch.backends.cuda.math_sdp_enabled,
+}
+
+
+def _sdpa_priority(first: str):
+    """A context running SDPA with `first` tried first, then the others in flash, efficient, cuDNN, math order.
+    Backends the user disabled (torch.backends.cuda.enable_*_sdp(False)) stay off; the rest stay enabled, so
+    a shape the first refuses (GQA, a stride cuDNN does not take) runs on the next. (Under torch.compile the
+    enabled flags cannot be read without a graph break; there all four are listed.)"""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    compiling = torch.compiler.is_compiling()
+    names = [first] + [n for n in _SDPA_USUAL_ORDER if n != first]
+    backends = [
+        getattr(SDPBackend, n) for n in names if hasattr(SDPBackend, n) and (compiling or _SDPA_ENABLED[n]())
+    ]
+    return sdpa_kernel(backends or [SDPBackend.MATH], set_priority=True)
+
+
+# EET_HF_ATTENTION_VARLEN=eet forces eet's own varlen kernel (benchmarks, tests); the default prefers torch's.
+_VARLEN_BACKEND = os.environ.get("EET_HF_ATTENTION_VARLEN", "auto")
+
+
+def _torch_flash_varlen_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """torch's varlen flash kernel takes these inputs (fp16/bf16 on sm80+, head_dim % 8 == 0, <= 256)."""
+    return (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        and torch.backends.cuda.flash_sdp_enabled()
+        and _flash_available(q.device.index or 0)
+    )
+
+
+@functools.cache
+def _flash_available(device_index: int) -> bool:
+    return torch.backends.cuda.is_flash_attention_available() and torch.cuda.get_device_capability(device_index) >= (8, 0)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    causal: bool,
+    scale: float,
+    backend: str = _VARLEN_BACKEND,
+) -> torch.Tensor:
+    """Attention over packed sequences (see reference.attention_varlen).
+
+    q: [tokens, heads_q, head_dim]; k, v: [tokens, heads_kv, head_dim], last dim contiguous, other strides free
+    (views into a packed QKV GEMM output); cu_seqlens: int32 [batch + 1]. Returns [tokens, heads_q, head_dim].
+    backend "auto" runs torch's varlen flash kernel where it applies (fp16/bf16, CUDA): on the H200 torch's
+    flash beat eet's mma.sync kernel by about 1.5x on dense BERT prefill (kernels-h200.md), and varlen removes
+    exactly the padding that eet's bounds kernel exists to skip. "eet" always runs eet's own kernel (fp32,
+    other head dims, and the reference on CPU).
+    """
+    if backend not in ("auto", "eet"):
+        raise ValueError(f"eet_hf.ops.attention_varlen: backend must be 'auto' or 'eet', got {backend!r}")
+    _prepare(q)
+    if backend == "auto" and q.shape[0] > 0 and _torch_flash_varlen_ok(q, k, v):
+        out = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, causal, False, scale=scale
+        )[0]
+        return out
+    return _ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, causal, scale)
+
+
+def embedding(
+    input_ids: torch.Tensor, position_ids: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor | None
+) -> torch.Tensor:
+    """wte[input_ids] + wpe[position_ids] (fp32 add, one rounding). ids, positions: int64/int32 [batch, seq];
+    wte: [vocab, hidden]; wpe: [positions, hidden] or None. Returns [batch, seq, hidden]; out-of-range rows NaN."""
+    _checks.embedding(input_ids, position_ids, wte, wpe)
+    _prepare(wte)
+    return _ops.embedding(input_ids, position_ids, wte, wpe)
+
+
+def kv_append(
+    qkv: torch.Tensor,
+    bias: torch.Tensor | None,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    write_pos: torch.Tensor,
+    heads_q: int,
+    heads_kv: int,
+) -> torch.Tensor:
+    """Writes k, v of qkv (+ bias) into the caches at slot write_pos[b] + s (slots outside the cache are
+    skipped) and returns q. qkv: [batch, seq, (heads_q + 2 * heads_kv) * head_dim]; k_cache, v_cache:
+    [batch, heads_kv, cache_len, head_dim], mutated; write_pos: int32 [batch]. Returns [batch, heads_q, seq, head_dim]."""
+    _checks.kv_append(qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv)
+    _prepare(qkv)
+    return _ops.kv_append(qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv)

@@ -19,9 +19,19 @@ SCHEMAS = {
         "add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor? bias, float eps) -> (Tensor, Tensor)"
     ),
     "bias_gelu": "bias_gelu(Tensor x, Tensor? bias, str approximate) -> Tensor",
+    "rms_norm": "rms_norm(Tensor x, Tensor weight, float eps) -> Tensor",
     "attention": (
         "attention(Tensor q, Tensor k, Tensor v, Tensor kv_start, Tensor kv_end, Tensor q_offset, "
         "bool causal, float scale) -> Tensor"
+    ),
+    "attention_varlen": (
+        "attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, bool causal, "
+        "float scale) -> Tensor"
+    ),
+    "embedding": "embedding(Tensor input_ids, Tensor position_ids, Tensor wte, Tensor? wpe) -> Tensor",
+    "kv_append": (
+        "kv_append(Tensor qkv, Tensor? bias, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, "
+        "int heads_q, int heads_kv) -> Tensor"
     ),
 }
 
@@ -41,6 +51,11 @@ def _add_layer_norm_fake(x, residual, weight, bias, eps):
     return out, torch.empty_like(out)
 
 
+@torch.library.register_fake("eet::rms_norm")
+def _rms_norm_fake(x, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("eet::bias_gelu")
 def _bias_gelu_fake(x, bias, approximate):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -50,3 +65,20 @@ def _bias_gelu_fake(x, bias, approximate):
 def _attention_fake(q, k, v, kv_start, kv_end, q_offset, causal, scale):
     batch, heads, q_len, head_dim = q.shape
     return q.new_empty((batch, q_len, heads, head_dim))
+
+
+@torch.library.register_fake("eet::attention_varlen")
+def _attention_varlen_fake(q, k, v, cu_seqlens, max_seqlen, causal, scale):
+    return q.new_empty(q.shape)
+
+
+@torch.library.register_fake("eet::embedding")
+def _embedding_fake(input_ids, position_ids, wte, wpe):
+    return wte.new_empty((*input_ids.shape, wte.shape[1]))
+
+
+@torch.library.register_fake("eet::kv_append")
+def _kv_append_fake(qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv):
+    # The caches are mutated in place (declared Tensor(a!) / Tensor(b!)); only q is a new tensor.
+    batch, seq, width = qkv.shape
+    return qkv.new_empty((batch, heads_q, seq, width // (heads_q + 2 * heads_kv)))

@@ -24,6 +24,14 @@ def add_layer_norm(
     return layer_norm(summed, weight, bias, eps), summed
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, in HF Llama/Mistral/Qwen2 order: x * rsqrt(mean(x^2) + eps) in fp32, rounded to
+    x's dtype, THEN times weight (rounded again). x: [..., hidden]; weight: [hidden], x's dtype."""
+    xf = x.float()
+    normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (normed.float() * weight.float()).to(x.dtype)
+
+
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
     """gelu(x + bias); approximate 'tanh' is HF's gelu_new, 'none' the exact erf form."""
     if approximate not in ("tanh", "none"):
@@ -66,8 +74,11 @@ def attention(
     if heads_kv == 0 or heads_q % heads_kv:
         raise ValueError(f"eet::attention: query heads ({heads_q}) must be a multiple of key/value heads ({heads_kv})")
     groups = heads_q // heads_kv
-    kf = k.float().repeat_interleave(groups, dim=1)
-    vf = v.float().repeat_interleave(groups, dim=1)
+    # Keys outside [kv_start, kv_end) are never read (a KV cache's unused slots hold anything, NaN included):
+    # zeroed here so that 0 * NaN cannot leak through the matmuls.
+    in_bounds = visible_keys(kv_start, kv_end, q_offset, False, 1, kv_len)[:, 0].view(batch, 1, kv_len, 1)
+    kf = torch.where(in_bounds, k.float(), 0.0).repeat_interleave(groups, dim=1)
+    vf = torch.where(in_bounds, v.float(), 0.0).repeat_interleave(groups, dim=1)
     visible = visible_keys(kv_start, kv_end, q_offset, causal, q_len, kv_len).unsqueeze(1)
     scores = torch.matmul(q.float(), kf.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~visible, float("-inf"))
@@ -75,3 +86,101 @@ def attention(
     probs = torch.softmax(scores.masked_fill(~any_visible, 0.0), dim=-1).masked_fill(~visible, 0.0)
     out = torch.matmul(probs, vf)
     return out.transpose(1, 2).contiguous().to(q.dtype)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """Attention over packed sequences (no padding stored).
+
+    q: [tokens, heads_q, head_dim]; k, v: [tokens, heads_kv, head_dim] (any strides); cu_seqlens: int32
+    [batch + 1], prefix sums of the lengths: sequence b is rows [cu_seqlens[b], cu_seqlens[b + 1]) and sees
+    only its own keys (and, causal, keys j <= i). cu_seqlens[0] == 0, cu_seqlens[-1] == tokens, every length
+    <= max_seqlen (checked here; the CUDA kernel trusts them). Returns [tokens, heads_q, head_dim].
+    """
+    tokens, heads_q, _ = q.shape
+    heads_kv = k.shape[1]
+    if heads_kv == 0 or heads_q % heads_kv:
+        raise ValueError(f"eet::attention_varlen: query heads ({heads_q}) must be a multiple of kv heads ({heads_kv})")
+    bounds = [int(x) for x in cu_seqlens.tolist()]
+    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    if not bounds or bounds[0] != 0 or bounds[-1] != tokens or min(lengths, default=0) < 0:
+        raise ValueError(f"eet::attention_varlen: cu_seqlens must rise from 0 to tokens ({tokens}), got {bounds}")
+    if max(lengths, default=0) > max_seqlen:
+        raise ValueError(f"eet::attention_varlen: a sequence of {max(lengths)} tokens exceeds max_seqlen {max_seqlen}")
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:
+            continue
+        # One sequence as a batch of one in the padded op's layout: [1, heads, length, head_dim].
+        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        n = end - start
+        full = torch.tensor([n], dtype=torch.int32, device=q.device)
+        zero = torch.zeros(1, dtype=torch.int32, device=q.device)
+        out[start:end] = attention(qs, ks, vs, zero, full, zero, causal, scale)[0]
+    return out
+
+
+def embedding(
+    input_ids: torch.Tensor, position_ids: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor | None
+) -> torch.Tensor:
+    """Token + position embeddings: wte[id] + wpe[pos], added in fp32 and rounded once to wte's dtype.
+
+    input_ids, position_ids: integer [batch, seq]; wte: [vocab, hidden]; wpe: [positions, hidden] or None
+    (no position add). Returns [batch, seq, hidden]. A row whose id is outside [0, vocab) or position outside
+    [0, positions) is NaN (the CUDA kernel cannot raise without a host sync, so it writes NaN; this matches).
+    """
+    valid = (input_ids >= 0) & (input_ids < wte.shape[0])
+    out = wte[input_ids.clamp(0, wte.shape[0] - 1)].float()
+    if wpe is not None:
+        valid = valid & (position_ids >= 0) & (position_ids < wpe.shape[0])
+        out = out + wpe[position_ids.clamp(0, wpe.shape[0] - 1)].float()
+    return out.masked_fill(~valid.unsqueeze(-1), float("nan")).to(wte.dtype)
+
+
+def kv_append(
+    qkv: torch.Tensor,
+    bias: torch.Tensor | None,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    write_pos: torch.Tensor,
+    heads_q: int,
+    heads_kv: int,
+) -> torch.Tensor:
+    """Split a fused QKV projection into q and the KV cache, adding the bias (fp32, one rounding).
+
+    qkv: [batch, seq, (heads_q + 2 * heads_kv) * head_dim], q|k|v blocks, each [heads, head_dim] head-major;
+    bias: [that width] or None; k_cache, v_cache: [batch, heads_kv, cache_len, head_dim], written in place:
+    token s of sequence b goes to slot write_pos[b] + s (int32 [batch]); slots outside [0, cache_len) are
+    skipped. Returns q: [batch, heads_q, seq, head_dim], contiguous.
+    """
+    batch, seq, width = qkv.shape
+    blocks = heads_q + 2 * heads_kv
+    if heads_q <= 0 or heads_kv <= 0 or width % blocks:
+        raise ValueError(
+            f"eet::kv_append: qkv's last dim ({width}) must be (heads_q + 2 * heads_kv) * head_dim with "
+            f"heads_q={heads_q}, heads_kv={heads_kv} positive"
+        )
+    head_dim = width // blocks
+    cache_len = k_cache.shape[2]
+    if k_cache.shape != (batch, heads_kv, cache_len, head_dim) or v_cache.shape != k_cache.shape:
+        raise ValueError(
+            f"eet::kv_append: caches must be [{batch}, {heads_kv}, cache_len, {head_dim}], "
+            f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    x = qkv.float() if bias is None else qkv.float() + bias.float()
+    x = x.to(qkv.dtype).reshape(batch, seq, blocks, head_dim)
+    q, k, v = x.split([heads_q, heads_kv, heads_kv], dim=2)  # each [batch, seq, heads, head_dim]
+    slots = write_pos.long().view(batch, 1) + torch.arange(seq, device=qkv.device)  # [batch, seq]
+    keep = (slots >= 0) & (slots < cache_len)
+    rows = torch.arange(batch, device=qkv.device).view(batch, 1).expand(batch, seq)[keep]
+    # Advanced indices on dims 0 and 2 around a slice: the selection is [kept tokens, heads_kv, head_dim].
+    k_cache[rows, :, slots[keep]] = k[keep]
+    v_cache[rows, :, slots[keep]] = v[keep]
+    return q.transpose(1, 2).contiguous()

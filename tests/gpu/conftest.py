@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+
 import pytest
 import torch
 
@@ -15,6 +18,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/gpu/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(skip)
+
+
+# EET_GPU_TEST_QUICK=1 (tests/gpu/sanitize.sh): each kernel test file runs a small sample of its random cases
+# with smaller shapes, so compute-sanitizer, which slows every kernel 10-100x, finishes in about a minute.
+QUICK = os.environ.get("EET_GPU_TEST_QUICK", "") not in ("", "0")
+
+
+def quick_sample(cases: list, count: int) -> list:
+    """All cases normally; under EET_GPU_TEST_QUICK a fixed-seed sample of `count` of them, in their order."""
+    if not QUICK or len(cases) <= count:
+        return cases
+    keep = sorted(random.Random(len(cases)).sample(range(len(cases)), count))
+    return [cases[i] for i in keep]
 
 
 @pytest.fixture(scope="session")

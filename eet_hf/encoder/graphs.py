@@ -1,0 +1,129 @@
+"""CUDA graphs for small encoder batches, where launch overhead (not the GPU) sets the time.
+
+One graph per (batch, padded-length bucket, dtype, device): the input is copied into a static [batch, bucket,
+hidden] buffer, the real-token bounds into static int32 vectors, and the captured packed forward (capacity
+mode: a fixed shape, no host read) replays. A shape is captured on its 2nd call (one-off shapes never pay a
+capture), graphs live in a bounded LRU (count and tokens per graph), and all share one memory pool: they
+run one after another on one stream, so their intermediates may share memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# Batches up to this many padded tokens (batch * bucket) take graphs; larger ones are GPU-bound, where
+# packing pays more than launch savings. Tunable for benchmarks through the environment.
+MAX_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_TOKENS", "4096"))
+MAX_GRAPHS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_COUNT", "8"))
+ENABLED = os.environ.get("EET_HF_ENCODER_GRAPHS", "1") != "0"
+MIN_BUCKET = 16
+
+PackedForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def bucket_for(seq_len: int) -> int:
+    """Padded length a sequence length is captured at: the next power of two, at least MIN_BUCKET."""
+    bucket = MIN_BUCKET
+    while bucket < seq_len:
+        bucket *= 2
+    return bucket
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    hidden: torch.Tensor  # [batch, bucket, hidden] static input
+    start: torch.Tensor  # int32 [batch]
+    end: torch.Tensor  # int32 [batch]
+    out: torch.Tensor  # [batch, bucket, hidden] static output
+
+
+class GraphCache:
+    """Lazily captured, bounded per-shape CUDA graphs of one encoder's packed forward."""
+
+    def __init__(self, max_graphs: int = MAX_GRAPHS, max_tokens: int = MAX_TOKENS) -> None:
+        self.max_graphs = max_graphs
+        self.max_tokens = max_tokens
+        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self._seen: set[tuple] = set()
+        self._pool = None
+        self.captures = 0  # for tests and reports
+        self.replays = 0
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def eligible(self, hidden: torch.Tensor) -> bool:
+        batch, seq_len = hidden.shape[:2]
+        return (
+            ENABLED
+            and self.max_graphs > 0
+            and hidden.is_cuda
+            and batch * bucket_for(seq_len) <= self.max_tokens
+            and not torch.cuda.is_current_stream_capturing()
+        )
+
+    def run(self, fn: PackedForward, hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+            weights: tuple = ()) -> torch.Tensor | None:
+        """fn's output for this batch through a graph: None on a shape's first call (the caller runs eagerly).
+
+        hidden: [batch, seq_len, hidden]; start, end: int [batch], the real-token run of each row;
+        fn(hidden [batch, bucket, hidden], start, end) -> [batch, bucket, hidden]; weights: anything that
+        changes when fn's weights move (their addresses), part of the key.
+        """
+        batch, seq_len, width = hidden.shape
+        bucket = bucket_for(seq_len)
+        key = (batch, bucket, width, hidden.dtype, hidden.device, weights)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if key not in self._seen:
+                if len(self._seen) > 4096:  # bounded like the graphs: forget one-off shapes
+                    self._seen.clear()
+                self._seen.add(key)
+                return None
+            entry = self._capture(fn, key, hidden, start, end)
+        self._graphs.move_to_end(key)
+        self._load(entry, hidden, start, end)
+        entry.graph.replay()
+        self.replays += 1
+        # The static output is overwritten by the next replay: hand out a copy.
+        return entry.out[:, :seq_len].clone()
+
+    @staticmethod
+    def _load(entry: _Graph, hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> None:
+        seq_len = hidden.shape[1]
+        # Positions past seq_len keep earlier (finite) values; they lie outside every real-token run.
+        entry.hidden[:, :seq_len].copy_(hidden)
+        entry.start.copy_(start)
+        entry.end.copy_(end)
+
+    def _capture(self, fn: PackedForward, key: tuple, hidden: torch.Tensor, start: torch.Tensor,
+                 end: torch.Tensor) -> _Graph:
+        batch, bucket, width, dtype, device = key[:5]
+        while len(self._graphs) >= self.max_graphs:
+            self._graphs.popitem(last=False)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        static_hidden = torch.zeros(batch, bucket, width, dtype=dtype, device=device)
+        static_start = torch.zeros(batch, dtype=torch.int32, device=device)
+        static_end = torch.zeros(batch, dtype=torch.int32, device=device)
+        entry = _Graph(torch.cuda.CUDAGraph(), static_hidden, static_start, static_end, static_hidden)
+        self._load(entry, hidden, start, end)
+        with torch.no_grad():
+            # One eager run on a side stream first: lazy initialisation (cuBLAS workspaces, kernel attributes)
+            # must not happen inside the capture.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                fn(static_hidden, static_start, static_end)
+            torch.cuda.current_stream(device).wait_stream(side)
+            with torch.cuda.graph(entry.graph, pool=self._pool):
+                entry.out = fn(static_hidden, static_start, static_end)
+        self._graphs[key] = entry
+        self.captures += 1
+        return entry

@@ -1,0 +1,106 @@
+"""Padding removal: where each real token of a padded [batch, seq_len] batch goes in a packed token axis.
+
+Sequence b's real tokens are the run [start[b], end[b]) of its row (left or right padding, or none; eet's
+mask function has already sent masks with holes to HF's path). Packed rows: sequence 0's tokens, then
+sequence 1's, ...; cu_seqlens holds the prefix sums of the lengths, the layout eet::attention_varlen reads.
+
+Two modes, one computation (all on the device, no host read inside):
+- exact: rows = the real tokens only (total known on the host from one read per forward); GEMMs and fused
+  ops then touch no padding at all.
+- capacity (CUDA-graph capture, torch.compile): rows = batch * seq_len, a fixed shape. The real tokens come
+  first as above; after them, each sequence's padding forms one extra segment of its own (at most seq_len
+  rows), so every row belongs to some segment, attention stays finite everywhere and max_seqlen stays
+  seq_len. Padding rows are discarded by unpack().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a padded batch maps onto packed rows. All tensors on the batch's device."""
+
+    index: torch.Tensor  # int64 [rows]: flat padded position (b * seq_len + s) of each packed row
+    inverse: torch.Tensor  # int64 [batch * seq_len]: packed row of each padded position
+    real: torch.Tensor  # bool [batch, seq_len]: True where the padded position is a real token
+    cu_seqlens: torch.Tensor  # int32 [segments + 1]: segment b is packed rows [cu[b], cu[b + 1])
+    max_seqlen: int  # longest segment (an upper bound is enough)
+    batch: int
+    seq_len: int
+
+    @property
+    def rows(self) -> int:
+        return self.index.shape[0]
+
+
+def _clamped_bounds(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    start = start.to(torch.int64).clamp(0, seq_len)
+    end = torch.maximum(end.to(torch.int64).clamp(0, seq_len), start)
+    return start, end
+
+
+def host_summary(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> tuple[int, int, bool]:
+    """(total real tokens, longest sequence, any sequence not starting at position 0): ONE host read."""
+    if start.shape[0] == 0:
+        return 0, 0, False
+    start, end = _clamped_bounds(start, end, seq_len)
+    lengths = end - start
+    total, longest, left = torch.stack([lengths.sum(), lengths.max(), (start > 0).any().to(torch.int64)]).tolist()
+    return int(total), int(longest), bool(left)
+
+
+def plan(start: torch.Tensor, end: torch.Tensor, seq_len: int, total: int | None = None,
+         max_seqlen: int | None = None) -> Packing:
+    """Packing for real-token runs [start[b], end[b]) (int [batch] each) of rows of length seq_len.
+
+    total / max_seqlen given (from host_summary): exact mode. None: capacity mode (no host read; safe inside
+    CUDA-graph capture and torch.compile).
+    """
+    batch = start.shape[0]
+    device = start.device
+    start, end = _clamped_bounds(start, end, seq_len)
+    lengths = end - start
+    cu = torch.zeros(batch + 1, dtype=torch.int64, device=device)
+    cu[1:] = torch.cumsum(lengths, 0)
+    pads = seq_len - lengths
+    pad_cu = torch.zeros(batch + 1, dtype=torch.int64, device=device)
+    pad_cu[1:] = torch.cumsum(pads, 0)
+    n_real = cu[-1]
+
+    s = torch.arange(seq_len, device=device).view(1, -1)
+    real = (s >= start.view(-1, 1)) & (s < end.view(-1, 1))
+    # Packed row of every padded position: a real token at its sequence's offset; padding after all real
+    # tokens, sequence by sequence, in position order (positions before start, then from end on).
+    real_row = cu[:-1].view(-1, 1) + (s - start.view(-1, 1))
+    pad_rank = torch.where(s < start.view(-1, 1), s, s - lengths.view(-1, 1))
+    pad_row = n_real + pad_cu[:-1].view(-1, 1) + pad_rank
+    inverse = torch.where(real, real_row, pad_row).reshape(-1)
+    index = torch.empty_like(inverse).scatter_(0, inverse, torch.arange(inverse.shape[0], device=device))
+
+    if total is None:
+        segments = torch.cat([cu, n_real + pad_cu[1:]])
+        return Packing(index, inverse, real, segments.to(torch.int32), seq_len, batch, seq_len)
+    longest = seq_len if max_seqlen is None else max_seqlen
+    return Packing(index[:total], inverse, real, cu.to(torch.int32), longest, batch, seq_len)
+
+
+def pack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """[batch, seq_len, ...] -> [rows, ...]: the packed rows, real tokens first."""
+    return x.reshape(packing.batch * packing.seq_len, *x.shape[2:]).index_select(0, packing.index)
+
+
+def unpack(y: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """[rows, ...] -> [batch, seq_len, ...] with zeros at padded positions (never NaN, never stale values)."""
+    if packing.rows == packing.batch * packing.seq_len:
+        padded = y.index_select(0, packing.inverse)
+    else:
+        # Exact mode: padded positions have no packed row; read row 0 there, then zero it below.
+        padded = y.index_select(0, torch.where(packing.real.reshape(-1), packing.inverse, 0)) if packing.rows else (
+            y.new_zeros(packing.batch * packing.seq_len, *y.shape[1:]))
+    padded = padded.view(packing.batch, packing.seq_len, *y.shape[1:])
+    mask = packing.real.view(packing.batch, packing.seq_len, *([1] * (y.dim() - 1)))
+    return torch.where(mask, padded, torch.zeros((), dtype=y.dtype, device=y.device))

@@ -1,0 +1,130 @@
+"""The lean GPT-2 forward of the decode engine: fused ops only, one Python loop over layers, no host sync.
+
+It reads the model's own parameters (references, never copies) and writes keys/values straight into the
+engine's KV arena, so the same function serves the prompt (many tokens) and each decode step (one token per
+sequence), and can be captured in a CUDA graph. Matches HF's GPT2LMHeadModel with eet attention: Conv1D is
+`addmm(bias, x, weight)` with weight [in, out], as in HF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eet_hf import ops
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    ln_1: nn.LayerNorm
+    c_attn: nn.Module  # Conv1D, weight [hidden, 3*hidden]
+    attn_proj: nn.Module  # Conv1D, weight [hidden, hidden]
+    ln_2: nn.LayerNorm
+    c_fc: nn.Module  # Conv1D, weight [hidden, inner]
+    mlp_proj: nn.Module  # Conv1D, weight [inner, hidden]
+    scale: float
+
+
+@dataclass(frozen=True)
+class GPT2Weights:
+    wte: torch.Tensor  # [vocab, hidden]
+    wpe: torch.Tensor  # [positions, hidden]
+    layers: tuple[LayerWeights, ...]
+    ln_f: nn.LayerNorm
+    lm_head: nn.Linear  # weight [vocab, hidden]
+    heads: int
+    head_dim: int
+    gelu: str  # eet bias_gelu `approximate`
+
+    @property
+    def max_positions(self) -> int:
+        return self.wpe.shape[0]
+
+    @property
+    def vocab(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    def storage_signature(self) -> tuple:
+        """Addresses and dtypes of every weight: a captured graph is valid only while none of them moved
+        (model.to(), .half(), load_state_dict(assign=True) replace the storage)."""
+        modules = [self.ln_f, self.lm_head]
+        for layer in self.layers:
+            modules += [layer.ln_1, layer.c_attn, layer.attn_proj, layer.ln_2, layer.c_fc, layer.mlp_proj]
+        tensors = [self.wte, self.wpe] + [p for m in modules for p in (m.weight, m.bias) if p is not None]
+        return tuple((t.data_ptr(), t.dtype) for t in tensors)
+
+
+def gpt2_weights(model: nn.Module, gelu: str) -> GPT2Weights:
+    """The parameters of a GPT2LMHeadModel, by reference."""
+    transformer = model.transformer
+    layers = tuple(
+        LayerWeights(
+            ln_1=block.ln_1, c_attn=block.attn.c_attn, attn_proj=block.attn.c_proj, ln_2=block.ln_2,
+            c_fc=block.mlp.c_fc, mlp_proj=block.mlp.c_proj, scale=float(block.attn.scaling),
+        )
+        for block in transformer.h
+    )
+    attn = transformer.h[0].attn
+    return GPT2Weights(
+        wte=transformer.wte.weight, wpe=transformer.wpe.weight, layers=layers, ln_f=transformer.ln_f,
+        lm_head=model.lm_head, heads=attn.num_heads, head_dim=attn.head_dim, gelu=gelu,
+    )
+
+
+def _conv1d(module: nn.Module, x2d: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(module.bias, x2d, module.weight)
+
+
+@dataclass
+class StepBounds:
+    """Where this forward's tokens go and what they see; int32 [batch] on the device (see SeqBounds)."""
+
+    write_pos: torch.Tensor  # slot of each sequence's first new token in the cache
+    kv_start: torch.Tensor
+    kv_end: torch.Tensor
+    q_offset: torch.Tensor
+
+
+def forward_last_logits(
+    w: GPT2Weights,
+    tokens: torch.Tensor,  # [batch, seq] int64
+    positions: torch.Tensor,  # [batch, seq] int64
+    kv: torch.Tensor,  # [layers, 2, batch, heads, capacity, head_dim]
+    bounds: StepBounds,
+    padded: bool = True,
+) -> torch.Tensor:
+    """Logits of the last position of every sequence, [batch, vocab] in the model's dtype.
+
+    seq > 1 is a prompt (causal attention over the first `seq` slots; `padded=False` promises no padding, so
+    the op may take a dense kernel); seq == 1 is a decode step over the whole cache capacity, bounded by kv_end.
+    """
+    batch, seq = tokens.shape
+    hidden = ops.embedding(tokens, positions, w.wte, w.wpe).view(batch * seq, -1)
+    width = hidden.shape[-1]
+    mlp_out = None
+    for index, layer in enumerate(w.layers):
+        if mlp_out is None:
+            normed = ops.layer_norm(hidden, layer.ln_1.weight, layer.ln_1.bias, layer.ln_1.eps)
+        else:
+            # The previous block's residual add, fused with this block's ln_1.
+            normed, hidden = ops.add_layer_norm(mlp_out, hidden, layer.ln_1.weight, layer.ln_1.bias, layer.ln_1.eps)
+        qkv = _conv1d(layer.c_attn, normed).view(batch, seq, 3 * width)
+        k_cache, v_cache = kv[index, 0], kv[index, 1]
+        q = ops.kv_append(qkv, None, k_cache, v_cache, bounds.write_pos, w.heads, w.heads)
+        if seq > 1:
+            k_cache, v_cache = k_cache[:, :, :seq], v_cache[:, :, :seq]
+        attn = ops.attention(
+            q, k_cache, v_cache, bounds.kv_start, bounds.kv_end, bounds.q_offset, seq > 1, layer.scale,
+            padded=padded or seq == 1,
+        )
+        attn_out = _conv1d(layer.attn_proj, attn.reshape(batch * seq, width))
+        normed, hidden = ops.add_layer_norm(attn_out, hidden, layer.ln_2.weight, layer.ln_2.bias, layer.ln_2.eps)
+        inner = ops.linear_gelu(normed, layer.c_fc.weight, layer.c_fc.bias, w.gelu)
+        mlp_out = _conv1d(layer.mlp_proj, inner)
+    # Only the last position of each sequence feeds the LM head (HF's logits_to_keep=1 in generate).
+    last_mlp = mlp_out.view(batch, seq, width)[:, -1]
+    last_hidden = hidden.view(batch, seq, width)[:, -1]
+    final, _ = ops.add_layer_norm(last_mlp, last_hidden, w.ln_f.weight, w.ln_f.bias, w.ln_f.eps)
+    return nn.functional.linear(final, w.lm_head.weight, w.lm_head.bias)

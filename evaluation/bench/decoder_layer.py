@@ -1,0 +1,99 @@
+"""Suite `decoder-layer`: one GPT-2 decoder layer (a GPT2Model with n_layer=1, so eet's adapter applies) over a
+whole sequence — prefill of the prompt, then single-token steps with a KV cache up to the total length.
+
+Grid (the EET paper's decoder-layer figures): hidden 768 ... 12288 at batch 4, prompt 512, total 1024; and a
+prompt-length sweep 128 ... 4096 (total = 2 x prompt) at hidden 1024. The paper's other baselines,
+FasterTransformer and Fairseq, are not available in this environment; HF eager and sdpa stand in.
+Each step is a plain forward with the cache passed positionally (transformers 5.24 renamed the keyword).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..results_io import make_row as row
+from . import engines as E
+from . import roofline as R
+from . import shapes as S
+from .context import RunContext
+from .output import error_row
+from .timing import free_memory, median_ms
+
+NAME = "decoder-layer"
+HEADLINE = ["ms", "roofline_share"]
+LOG_METRICS = ("ms",)
+
+
+def plan(quick: bool) -> list[tuple[int, int, int, int]]:
+    """(hidden, batch, prompt, total) cases, without duplicates."""
+    if quick:
+        cases = [(h, 2, 8, 16) for h in (32, 48)] + [(32, 2, p, 2 * p) for p in (4, 8)]
+    else:
+        cases = [(h, 4, 512, 1024) for h in (768, 1024, 1600, 2048, 4096, 8192, 12288)]
+        cases += [(1024, 4, p, 2 * p) for p in (128, 256, 512, 1024, 2048, 4096)]
+    return list(dict.fromkeys(cases))
+
+
+def model_names(quick: bool) -> list[str]:
+    return list(dict.fromkeys(f"hidden{h}" for h, *_ in plan(quick)))
+
+
+def sequence(model, ids: torch.Tensor, steps: int):
+    """Prefill `ids`, then `steps` single-token forwards that reuse and grow the cache; returns the cache."""
+    out = model(ids, use_cache=True)
+    cache, token = out[1], ids[:, -1:]
+    for _ in range(steps):
+        model(token, cache, use_cache=True)
+    return cache
+
+
+def floor_ms(numbers: R.ModelNumbers, batch: int, prompt: int, total: int) -> float:
+    """Prefill FLOPs at the matmul ceiling plus each step's weight + KV bytes at the copy ceiling."""
+    prefill = R.flops_floor_ms(R.causal_prefill_flops(numbers, batch, prompt))
+    steps = sum(R.decode_floor_ms(numbers, batch, context) for context in range(prompt, total))
+    return prefill + steps
+
+
+def run(ctx: RunContext) -> list[dict]:
+    rows: list[dict] = []
+    ctx.notes.append(
+        "The paper's FasterTransformer and Fairseq baselines are not available here: eet is compared with HF "
+        f"eager and sdpa. {ctx.dtype} on {ctx.device}; ms = whole sequence (prefill + steps), median of "
+        f"{ctx.repeats}; roofline_share = (prefill FLOPs / 722 TFLOP/s + per-step weight and KV bytes / 4.16 TB/s)"
+        " / ms."
+    )
+    for hidden, batch, prompt, total in plan(ctx.quick):
+        if not ctx.wants_model(f"hidden{hidden}"):
+            continue
+        for engine in (e for e in E.LAYER if ctx.wants_engine(e)):
+            rows += one_case(ctx, engine, hidden, batch, prompt, total)
+    return rows
+
+
+def one_case(ctx: RunContext, engine: str, hidden: int, batch: int, prompt: int, total: int) -> list[dict]:
+    case = f"hidden{hidden}/bs{batch}/prompt{prompt}/total{total}"
+    if ctx.budget.spent():
+        return [error_row(case, engine, f"skipped: suite budget of {ctx.budget.seconds:.0f} s spent")]
+    ctx.log(f"decoder-layer {case} {engine}")
+    model = None
+    try:
+        model = S.decoder_layer_model(hidden, total, ctx.device, ctx.dtype)
+        prepared = E.prepare(model, engine, ctx.device)
+        if engine == "eet":
+            ctx.notes.append(f"eet on {case}: {prepared.path}")
+        generator = torch.Generator().manual_seed(S.SEED + hidden)
+        ids = torch.randint(1, model.config.vocab_size, (batch, prompt), generator=generator).to(ctx.device)
+        with torch.inference_mode():
+            cache = sequence(model, ids, 2)  # warm-up: kernels loaded, cache paths taken, allocator primed
+            if cache.get_seq_length() != prompt + 2:  # else the steps would not be attending a growing cache
+                raise RuntimeError(f"the cache holds {cache.get_seq_length()} tokens after prompt {prompt} + 2 steps")
+            ms = median_ms(lambda: sequence(model, ids, total - prompt), ctx.device, ctx.repeats)
+        share = R.share(floor_ms(R.numbers(model), batch, prompt, total), ms)
+        ctx.log(f"  {ms:.1f} ms")
+        return [row(case, engine, "ms", ms, "ms"), row(case, engine, "roofline_share", share, "share")]
+    except Exception as exc:  # noqa: BLE001 - one engine failing (OOM, unsupported shape) must not stop the suite
+        ctx.log(f"  error: {type(exc).__name__}: {str(exc)[:200]}")
+        return [error_row(case, engine, exc)]
+    finally:
+        model = None  # drop the last reference before freeing the cache
+        free_memory(ctx.device)

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# compute-sanitizer memcheck and racecheck over the kernel tests (tests/gpu/test_*_cuda.py but the model tests),
+# in quick mode: EET_GPU_TEST_QUICK=1 makes each kernel test file run a fixed sample of its random cases with
+# small shapes, so each tool takes about a minute on an H200.
+#
+#   bash tests/gpu/sanitize.sh            # both tools; OUT defaults to ./out
+#   EET_SANITIZER_TOOLS=memcheck bash tests/gpu/sanitize.sh
+#
+# Writes $OUT/sanitizer-<tool>.log and prints one summary line per tool (also appended to $OUT/sanitizer.txt).
+# Exit status 0 iff every tool ran clean (no sanitizer error, every test passed).
+#
+# Choices, and why:
+# - The extension is built (or loaded from the cache) before the sanitizer starts: the JIT build is not
+#   under test and would take minutes when instrumented.
+# - Only eet's kernels are instrumented (--kernel-name kns=eet matches the eet:: namespace in both the mangled
+#   and the demangled names): the float64 references in the tests are torch kernels and would dominate the run.
+#   If this compute-sanitizer rejects the filter, every kernel is instrumented (slower, still correct).
+# - memcheck runs with PYTORCH_NO_CUDA_MEMORY_CACHING=1: every tensor is its own cudaMalloc, so a read or write
+#   just past a tensor is reported. With torch's caching allocator it would land in the same pooled segment
+#   and go unnoticed. That mode cannot capture CUDA graphs (cudaMalloc during capture), so tests with "graph"
+#   in their name are left out of both tools; graph capture does not change what a kernel accesses.
+# - API errors are not reported: torch probes the driver with calls that are expected to fail.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+# The same build directory as tests/gpu/run.sh, so an existing build is reused.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}
+TIMEOUT=${EET_SANITIZER_TIMEOUT:-170}
+
+SANITIZER=$(command -v compute-sanitizer || true)
+for candidate in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+  [ -z "$SANITIZER" ] && [ -x "$candidate" ] && SANITIZER=$candidate
+done
+if [ -z "$SANITIZER" ]; then
+  echo "sanitizer: compute-sanitizer not found (PATH, /usr/local/cuda)" | tee -a "$OUT/sanitizer.txt"
+  exit 2
+fi
+
+if ! $PY -c "import eet_hf.ops as o, sys; ok = o.ensure_loaded(); print('build ok' if ok else o.build_info()); sys.exit(0 if ok else 1)"; then
+  echo "sanitizer: the CUDA extension did not build; nothing to check" | tee -a "$OUT/sanitizer.txt"
+  exit 2
+fi
+
+FILTER=(--kernel-name kns=eet)
+if ! "$SANITIZER" "${FILTER[@]}" true >/dev/null 2>&1; then
+  echo "sanitizer: this compute-sanitizer rejects '${FILTER[*]}'; instrumenting every kernel"
+  FILTER=()
+fi
+
+mapfile -t TESTS < <(ls tests/gpu/test_*_cuda.py | grep -v models)
+status=0
+for tool in ${EET_SANITIZER_TOOLS:-memcheck racecheck}; do
+  log="$OUT/sanitizer-$tool.log"
+  env_extra=()
+  [ "$tool" = memcheck ] && env_extra=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+  start=$(date +%s)
+  env EET_GPU_TEST_QUICK=1 "${env_extra[@]}" timeout "$TIMEOUT" \
+    "$SANITIZER" --tool "$tool" "${FILTER[@]}" --error-exitcode 3 --report-api-errors no --print-limit 50 \
+    $PY -m pytest -q -p no:cacheprovider -k "not graph" "${TESTS[@]}" >"$log" 2>&1
+  rc=$?
+  secs=$(( $(date +%s) - start ))
+  errors=$(grep -oE "ERROR SUMMARY: [0-9]+ errors?" "$log" | tail -n 1)
+  tests=$(grep -E "[0-9]+ (passed|failed|error)" "$log" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//')
+  [ $rc -eq 124 ] && errors="TIMED OUT after ${TIMEOUT}s"
+  line="sanitizer $tool: exit $rc, ${errors:-no ERROR SUMMARY}, pytest: ${tests:-no result}, ${secs}s (${#TESTS[@]} files)"
+  echo "$line" | tee -a "$OUT/sanitizer.txt"
+  [ $rc -ne 0 ] && status=1
+done
+exit $status

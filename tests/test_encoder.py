@@ -1,0 +1,358 @@
+"""The padding-free BERT encoder on CPU (reference ops): packing, attention_varlen's reference, every head
+and pipeline against HF, the packed QKV weight, routing and restore. (transformers 5.x has no
+question-answering pipeline any more; BertForQuestionAnswering's logits are compared with the other heads.)"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    PreTrainedTokenizerFast,
+    pipeline,
+)
+
+import eet_hf
+import eet_hf.encoder.bert_forward as bert_forward
+from eet_hf import ops
+from eet_hf.encoder import bucket_for, pack, packed_qkv, plan, unpack
+from eet_hf.encoder.packing import host_summary
+
+from .helpers import WORDS, assert_close, bert_config, padded_batch, pair
+
+FP32_ATOL = 1e-4  # the project's fp32 logits contract
+
+
+def _bounds(lengths: list[int], seq_len: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths_t = torch.tensor(lengths, dtype=torch.int32)
+    if side == "left":
+        return seq_len - lengths_t, torch.full_like(lengths_t, seq_len)
+    return torch.zeros_like(lengths_t), lengths_t
+
+
+# ------------------------------------------------------------------------------------------------ packing
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("capacity", [False, True], ids=["exact", "capacity"])
+def test_pack_unpack_round_trip(side, capacity):
+    lengths, seq_len = [7, 0, 1, 3, 7], 7
+    start, end = _bounds(lengths, seq_len, side)
+    x = torch.randn(len(lengths), seq_len, 5)
+    total, longest, left = host_summary(start, end, seq_len)
+    assert (total, longest, left) == (sum(lengths), 7, side == "left")
+    packing = plan(start, end, seq_len) if capacity else plan(start, end, seq_len, total, longest)
+    packed = pack(x, packing)
+    real = torch.zeros(len(lengths), seq_len, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        real[b, int(start[b]) : int(start[b]) + n] = True
+    # Real tokens come first, sequence by sequence, in order.
+    assert torch.equal(packed[:total], x[real])
+    cu = packing.cu_seqlens.tolist()
+    assert cu[: len(lengths) + 1] == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    if capacity:
+        # Every row belongs to a segment of at most seq_len rows: finite attention everywhere.
+        assert packing.rows == cu[-1] == len(lengths) * seq_len
+        assert sorted(packing.index.tolist()) == list(range(len(lengths) * seq_len))
+        assert max(b - a for a, b in zip(cu[:-1], cu[1:])) <= packing.max_seqlen == seq_len
+    else:
+        assert packing.rows == cu[-1] == total
+    assert torch.equal(unpack(packed, packing), x * real.unsqueeze(-1))
+
+
+def test_all_padded_batch_packs_to_nothing():
+    start, end = _bounds([0, 0], 4, "right")
+    packing = plan(start, end, 4, 0, 0)
+    x = torch.randn(2, 4, 3)
+    assert pack(x, packing).shape == (0, 3)
+    assert torch.equal(unpack(pack(x, packing), packing), torch.zeros(2, 4, 3))
+
+
+def test_bucket_for():
+    assert [bucket_for(n) for n in (1, 16, 17, 100, 128, 129, 512)] == [16, 16, 32, 128, 128, 256, 512]
+
+
+# ------------------------------------------------------------------------------------------------ attention_varlen
+
+
+def _dense_varlen(q, k, v, lengths, causal, scale):
+    """The same function as one dense masked attention over all tokens: a block-diagonal mask."""
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    pos = torch.arange(q.shape[0])
+    visible = seq.view(-1, 1) == seq.view(1, -1)
+    if causal:
+        visible &= pos.view(1, -1) <= pos.view(-1, 1)
+    groups = q.shape[1] // k.shape[1]
+    kk, vv = (t.float().repeat_interleave(groups, 1).transpose(0, 1) for t in (k, v))
+    scores = (q.float().transpose(0, 1) @ kk.transpose(-1, -2)) * scale
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1)
+    return (probs @ vv).transpose(0, 1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads_kv", [4, 2])
+def test_attention_varlen_reference_matches_dense_mask(causal, heads_kv):
+    lengths = [5, 1, 0, 9, 3]
+    tokens, heads, dim = sum(lengths), 4, 16
+    # q, k, v as views into one packed QKV output [tokens, 3, heads, dim] (k/v use the first heads_kv heads).
+    qkv = torch.randn(tokens, 3, heads, dim)
+    q, k, v = qkv[:, 0], qkv[:, 1, :heads_kv], qkv[:, 2, :heads_kv]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    out = ops.attention_varlen(q, k, v, cu, max(lengths), causal, 0.25)
+    assert out.shape == (tokens, heads, dim)
+    assert_close(out, _dense_varlen(q, k, v, lengths, causal, 0.25), 1e-5)
+
+
+def test_attention_varlen_reference_rejects_bad_bounds():
+    q = torch.randn(6, 2, 8)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        ops.attention_varlen(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 6, False, 1.0)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        ops.attention_varlen(q, q, q, torch.tensor([0, 2, 6], dtype=torch.int32), 3, False, 1.0)
+
+
+def test_attention_varlen_opcheck():
+    qkv = torch.randn(9, 3, 2, 8)
+    cu = torch.tensor([0, 4, 4, 9], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.eet.attention_varlen, (qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, 5, False, 0.3))
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """Counts calls of the packed encoder forward."""
+    calls = []
+    original = bert_forward.packed_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bert_forward, "packed_forward", counting)
+    return calls
+
+
+def _compare(out, expected, mask):
+    for key, value in expected.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        real = None
+        if value.dim() >= 2 and value.shape[:2] == mask.shape:
+            real = mask.bool().view(*mask.shape, *([1] * (value.dim() - 2)))
+        assert_close(out[key], value, FP32_ATOL, where=real)
+
+
+HEADS = [BertModel, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification,
+         BertForQuestionAnswering, BertForNextSentencePrediction, BertForPreTraining]
+
+
+@pytest.mark.parametrize("head", HEADS, ids=lambda c: c.__name__)
+def test_every_head_takes_the_packed_path_and_matches_hf(head, packed_calls):
+    model, ref = pair(head, bert_config(num_hidden_layers=3))
+    eet_hf.accelerate(model)
+    ids, mask = padded_batch(4, 13, [13, 6, 2, 1], "right")
+    with torch.no_grad():
+        _compare(model(ids, attention_mask=mask), ref(ids, attention_mask=mask), mask)
+        _compare(model(ids), ref(ids), torch.ones_like(mask))  # no mask: nothing padded
+    assert len(packed_calls) == 2
+
+
+def test_multiple_choice_packed(packed_calls):
+    model, ref = pair(BertForMultipleChoice, bert_config())
+    eet_hf.accelerate(model)
+    ids = torch.randint(7, 100, (2, 3, 8))
+    mask = torch.ones_like(ids)
+    mask[0, 1, 5:] = 0
+    with torch.no_grad():
+        assert_close(model(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits, FP32_ATOL)
+    assert packed_calls
+
+
+def test_capacity_mode_equals_exact_mode():
+    """The CUDA-graph body (fixed shape, padding as extra segments) gives the exact path's real tokens."""
+    model, _ = pair(BertModel, bert_config())
+    eet_hf.accelerate(model)
+    runtime = model.encoder._eet_encoder
+    hidden = torch.randn(3, 9, 64)
+    start, end = _bounds([9, 4, 1], 9, "right")
+    with torch.no_grad():
+        exact = runtime.forward(hidden, _mask_bounds(start, end, 9))
+        capacity = runtime._capacity_forward(hidden, start, end)
+    real = (torch.arange(9).view(1, -1) < end.view(-1, 1)).unsqueeze(-1)
+    assert_close(capacity, exact, 1e-5, where=real)
+    assert torch.equal(capacity * ~real, torch.zeros_like(capacity))
+
+
+def _mask_bounds(start, end, seq_len):
+    from eet_hf.bounds import SeqBounds
+
+    return SeqBounds(start, end, torch.zeros_like(start), False, seq_len, seq_len)
+
+
+def test_hidden_states_and_attentions_requests_take_the_layer_path(packed_calls):
+    model, ref = pair(BertModel, bert_config())
+    eet_hf.accelerate(model)
+    ids, mask = padded_batch(2, 7, [7, 3], "right")
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        expected = ref(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    assert not packed_calls
+    real = mask.bool().unsqueeze(-1)
+    assert len(got.hidden_states) == len(expected.hidden_states)
+    for a, b in zip(got.hidden_states, expected.hidden_states):
+        assert_close(a, b, FP32_ATOL, where=real)
+    for a, b in zip(got.attentions, expected.attentions):
+        assert_close(a, b, FP32_ATOL, where=mask.bool().view(2, 1, 7, 1))
+
+
+def test_left_padding_takes_the_layer_path(packed_calls):
+    model, ref = pair(BertModel, bert_config())
+    eet_hf.accelerate(model)
+    ids, mask = padded_batch(3, 6, [6, 4, 1], "left")
+    with torch.no_grad():
+        _compare(model(ids, attention_mask=mask), ref(ids, attention_mask=mask), mask)
+    assert not packed_calls
+
+
+@pytest.mark.parametrize("kind", ["decoder", "attention_off"])
+def test_not_routed(kind, packed_calls):
+    config = bert_config(is_decoder=True) if kind == "decoder" else bert_config()
+    model, ref = pair(BertModel, config)
+    eet_hf.accelerate(model, attention=kind != "attention_off")
+    assert "_eet_encoder" not in model.encoder.__dict__
+    ids, mask = padded_batch(2, 6, [6, 3], "right")
+    with torch.no_grad():
+        _compare(model(ids, attention_mask=mask), ref(ids, attention_mask=mask), mask)
+    assert not packed_calls
+
+
+def _storage_bytes(model) -> int:
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return sum(storages.values())
+
+
+def test_packed_qkv_keeps_state_dict_and_memory():
+    model, ref = pair(BertForMaskedLM, bert_config())
+    params_before = {name: p for name, p in model.named_parameters()}
+    bytes_before = _storage_bytes(model)
+    eet_hf.accelerate(model)
+    state = model.state_dict()
+    assert list(state) == list(ref.state_dict())
+    for name, value in ref.state_dict().items():
+        assert torch.equal(state[name], value), name
+    # Same Parameter objects, now slices of one [3*hidden, hidden] buffer per layer; no second copy.
+    assert all(p is params_before[name] for name, p in model.named_parameters())
+    for layer in model.bert.encoder.layer:
+        weight, bias = packed_qkv(layer.attention.self)
+        assert weight.shape == (192, 64) and bias.shape == (192,)
+        assert weight.data_ptr() == layer.attention.self.query.weight.data_ptr()
+        assert state[f"bert.encoder.layer.{layer.attention.self.layer_idx}.attention.self.value.weight"].data_ptr() \
+            == layer.attention.self.value.weight.data_ptr()
+    assert _storage_bytes(model) == bytes_before
+
+
+def test_dtype_move_after_accelerate_repacks(packed_calls):
+    model, ref = pair(BertForMaskedLM, bert_config())
+    eet_hf.accelerate(model)
+    model.double()
+    ref.double()
+    assert packed_qkv(model.bert.encoder.layer[0].attention.self) is None  # .double() split them
+    ids, mask = padded_batch(2, 6, [6, 3], "right")
+    with torch.no_grad():
+        _compare(model(ids, attention_mask=mask), ref(ids, attention_mask=mask), mask)
+    assert packed_calls and packed_qkv(model.bert.encoder.layer[0].attention.self) is not None
+
+
+def test_restore_gives_hf_back(packed_calls):
+    model, ref = pair(BertForSequenceClassification, bert_config())
+    eet_hf.accelerate(model)
+    eet_hf.restore(model)
+    assert "_eet_encoder" not in model.bert.encoder.__dict__
+    ids, mask = padded_batch(3, 6, [6, 3, 1], "right")
+    with torch.no_grad():
+        assert torch.equal(model(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits)
+    assert not packed_calls
+
+
+# ------------------------------------------------------------------------------------------------ pipelines
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over helpers.WORDS with BERT's single and pair templates (question answering)."""
+    specials = ["[PAD]", "<bos>", "<eos>", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", mask_token="[MASK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", unk_token="[UNK]")
+
+
+def _same(got, expected, path=""):
+    """Equal structure and labels/tokens/spans; floats within 1e-5."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), path
+        for key in expected:
+            _same(got[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(got) == len(expected), path
+        for i, (a, b) in enumerate(zip(got, expected)):
+            _same(a, b, f"{path}[{i}]")
+    elif isinstance(expected, float) or getattr(getattr(expected, "dtype", None), "kind", "") == "f":
+        assert abs(got - expected) <= 1e-5, f"{path}: {got} vs {expected}"
+    else:
+        assert got == expected, f"{path}: {got!r} vs {expected!r}"
+
+
+TEXTS = ["w1 w2 w3 w4", "w5 w6 w7 w8 w9 w10 w11 w12 w13", "w14"]
+PIPELINES = [
+    ("fill-mask", BertForMaskedLM, {}, ["w1 [MASK] w3", "w4 w5 w6 w7 [MASK] w9 w10"], {"top_k": 5}),
+    ("feature-extraction", BertModel, {}, TEXTS, {}),
+    ("text-classification", BertForSequenceClassification, {"num_labels": 3}, TEXTS, {"top_k": None}),
+    ("token-classification", BertForTokenClassification, {"num_labels": 5}, TEXTS, {}),
+]
+
+
+@pytest.mark.parametrize("task, head, extra, inputs, kwargs", PIPELINES, ids=[p[0] for p in PIPELINES])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_pipelines_identical(task, head, extra, inputs, kwargs, batch_size, packed_calls):
+    tok = _tokenizer()
+    model, ref = pair(head, bert_config(**extra))
+    eet_hf.accelerate(model)
+    got = pipeline(task, model=model, tokenizer=tok, batch_size=batch_size)(inputs, **kwargs)
+    expected = pipeline(task, model=ref, tokenizer=tok, batch_size=batch_size)(inputs, **kwargs)
+    if task == "feature-extraction":
+        for text, a, b in zip(inputs, got, expected):
+            a, b = torch.tensor(a[0]), torch.tensor(b[0])
+            # Batched, HF returns features for the batch's padding positions too; eet returns zeros there
+            # (padding is never computed). Real tokens must match.
+            n_real = len(tok(text)["input_ids"])
+            assert_close(a[:n_real], b[:n_real], FP32_ATOL)
+            assert torch.equal(a[n_real:], torch.zeros_like(a[n_real:]))
+    else:
+        _same(got, expected)
+    assert packed_calls
+
+
+def test_deepcopy_of_accelerated_model_still_runs():
+    model, ref = pair(BertModel, bert_config())
+    eet_hf.accelerate(model)
+    clone = copy.deepcopy(model)
+    ids, mask = padded_batch(2, 5, [5, 2], "right")
+    with torch.no_grad():
+        _compare(clone(ids, attention_mask=mask), ref(ids, attention_mask=mask), mask)
