@@ -14,39 +14,60 @@
 
 namespace {
 
+// Error messages are built here, without iostreams: on the H200 image (torch 2.11), streaming an integer
+// through this extension's ostream (what TORCH_CHECK's variadic message does) segfaulted inside libstdc++'s
+// number formatting, so every op error killed the process (cuda-gdb backtrace in the session notes).
+// TORCH_CHECK with one std::string argument passes it through without a stream.
+std::string msg_piece(const char* s) { return s; }
+std::string msg_piece(const std::string& s) { return s; }
+std::string msg_piece(int64_t v) { return std::to_string(v); }
+std::string msg_piece(int v) { return std::to_string(v); }
+std::string msg_piece(double v) { return std::to_string(v); }
+std::string msg_piece(c10::ScalarType t) { return c10::toString(t); }
+std::string msg_piece(const c10::Device& d) { return d.str(); }
+std::string msg_piece(at::IntArrayRef dims) {
+  std::string out = "[";
+  for (size_t i = 0; i < dims.size(); ++i) out += (i ? ", " : "") + std::to_string(dims[i]);
+  return out + "]";
+}
+
+template <typename... Args>
+std::string msg(const Args&... args) {
+  std::string out;
+  ((out += msg_piece(args)), ...);
+  return out;
+}
+
 eet::DType to_dtype(const at::Tensor& t, const char* op) {
   switch (t.scalar_type()) {
     case at::kFloat: return eet::DType::kFloat32;
     case at::kHalf: return eet::DType::kFloat16;
     case at::kBFloat16: return eet::DType::kBFloat16;
     default:
-      TORCH_CHECK(false, "eet::", op, ": dtype must be float32, float16 or bfloat16, got ", t.scalar_type());
+      TORCH_CHECK(false, msg("eet::", op, ": dtype must be float32, float16 or bfloat16, got ", t.scalar_type()));
   }
 }
 
 void check_cuda(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), "eet::", op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.is_cuda(), msg("eet::", op, ": ", name, " must be a CUDA tensor, got ", t.device()));
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, "eet::", op, ": kernel launch failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, msg("eet::", op, ": kernel launch failed: ", cudaGetErrorString(err)));
 }
 
 // A [hidden] parameter vector matching x's last dim and dtype.
 void check_vector(const at::Tensor& p, const at::Tensor& x, const char* op, const char* name) {
   check_cuda(p, op, name);
-  TORCH_CHECK(p.dim() == 1 && p.size(0) == x.size(-1), "eet::", op, ": ", name, " must have shape [",
-              x.size(-1), "], got ", p.sizes());
-  TORCH_CHECK(p.scalar_type() == x.scalar_type(), "eet::", op, ": ", name, " dtype ", p.scalar_type(),
-              " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(p.dim() == 1 && p.size(0) == x.size(-1), msg("eet::", op, ": ", name, " must have shape [", x.size(-1), "], got ", p.sizes()));
+  TORCH_CHECK(p.scalar_type() == x.scalar_type(), msg("eet::", op, ": ", name, " dtype ", p.scalar_type(), " differs from x dtype ", x.scalar_type()));
 }
 
 std::tuple<at::Tensor, at::Tensor> layer_norm_impl(const at::Tensor& x_in, const std::optional<at::Tensor>& residual_in,
                                                    const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                                    double eps, const char* op) {
   check_cuda(x_in, op, "x");
-  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, "eet::", op, ": x must have a non-empty last dim, got ",
-              x_in.sizes());
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, msg("eet::", op, ": x must have a non-empty last dim, got ", x_in.sizes()));
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto dtype = to_dtype(x_in, op);
   check_vector(weight, x_in, op, "weight");
@@ -55,9 +76,7 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_impl(const at::Tensor& x_in, const
   at::Tensor residual;
   if (residual_in) {
     check_cuda(*residual_in, op, "residual");
-    TORCH_CHECK(residual_in->sizes() == x_in.sizes() && residual_in->scalar_type() == x_in.scalar_type(), "eet::", op,
-                ": residual must match x in shape and dtype, got ", residual_in->sizes(), " ",
-                residual_in->scalar_type(), " vs ", x_in.sizes(), " ", x_in.scalar_type());
+    TORCH_CHECK(residual_in->sizes() == x_in.sizes() && residual_in->scalar_type() == x_in.scalar_type(), msg("eet::", op, ": residual must match x in shape and dtype, got ", residual_in->sizes(), " ", residual_in->scalar_type(), " vs ", x_in.sizes(), " ", x_in.scalar_type()));
     residual = residual_in->contiguous();
   }
   at::Tensor out = at::empty_like(x);
@@ -91,8 +110,7 @@ std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at:
 at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& weight, double eps) {
   const char* op = "rms_norm";
   check_cuda(x_in, op, "x");
-  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, "eet::rms_norm: x must have a non-empty last dim, got ",
-              x_in.sizes());
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, msg("eet::rms_norm: x must have a non-empty last dim, got ", x_in.sizes()));
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto dtype = to_dtype(x_in, op);
   check_vector(weight, x_in, op, "weight");
@@ -114,8 +132,7 @@ at::Tensor bias_gelu(const at::Tensor& x_in, const std::optional<at::Tensor>& bi
   check_cuda(x_in, op, "x");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto dtype = to_dtype(x_in, op);
-  TORCH_CHECK(approximate == "tanh" || approximate == "none", "eet::bias_gelu: approximate must be 'tanh' or 'none', got '",
-              std::string(approximate), "'");
+  TORCH_CHECK(approximate == "tanh" || approximate == "none", msg("eet::bias_gelu: approximate must be 'tanh' or 'none', got '", std::string(approximate), "'"));
   if (bias) check_vector(*bias, x_in, op, "bias");
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x);
@@ -132,9 +149,7 @@ at::Tensor bias_gelu(const at::Tensor& x_in, const std::optional<at::Tensor>& bi
 
 void check_bounds(const at::Tensor& t, int64_t batch, const char* name) {
   check_cuda(t, "attention", name);
-  TORCH_CHECK(t.scalar_type() == at::kInt && t.dim() == 1 && t.size(0) == batch && t.is_contiguous(),
-              "eet::attention: ", name, " must be a contiguous int32 tensor of shape [", batch, "], got ",
-              t.scalar_type(), " ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kInt && t.dim() == 1 && t.size(0) == batch && t.is_contiguous(), msg("eet::attention: ", name, " must be a contiguous int32 tensor of shape [", batch, "], got ", t.scalar_type(), " ", t.sizes()));
 }
 
 // Head dims without a kernel instantiation: the same function through torch's SDPA with a materialized
@@ -167,21 +182,17 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   check_cuda(v, op, "v");
   const c10::cuda::CUDAGuard guard(q.device());
   const auto dtype = to_dtype(q, op);
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "eet::attention: q, k, v must be 4-D [batch, heads, seq, head_dim], got ",
-              q.sizes(), ", ", k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(k.sizes() == v.sizes(), "eet::attention: k and v shapes differ: ", k.sizes(), " vs ", v.sizes());
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-              "eet::attention: q, k, v dtypes differ: ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, msg("eet::attention: q, k, v must be 4-D [batch, heads, seq, head_dim], got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes()));
+  TORCH_CHECK(k.sizes() == v.sizes(), msg("eet::attention: k and v shapes differ: ", k.sizes(), " vs ", v.sizes()));
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), msg("eet::attention: q, k, v dtypes differ: ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type()));
   const int64_t batch = q.size(0), heads_q = q.size(1), q_len = q.size(2), head_dim = q.size(3);
   const int64_t heads_kv = k.size(1), kv_len = k.size(2);
-  TORCH_CHECK(k.size(0) == batch && k.size(3) == head_dim, "eet::attention: k shape ", k.sizes(),
-              " does not match q shape ", q.sizes());
-  TORCH_CHECK(heads_kv > 0 && heads_q % heads_kv == 0, "eet::attention: query heads (", heads_q,
-              ") must be a multiple of key/value heads (", heads_kv, ")");
+  TORCH_CHECK(k.size(0) == batch && k.size(3) == head_dim, msg("eet::attention: k shape ", k.sizes(), " does not match q shape ", q.sizes()));
+  TORCH_CHECK(heads_kv > 0 && heads_q % heads_kv == 0, msg("eet::attention: query heads (", heads_q, ") must be a multiple of key/value heads (", heads_kv, ")"));
   check_bounds(kv_start, batch, "kv_start");
   check_bounds(kv_end, batch, "kv_end");
   check_bounds(q_offset, batch, "q_offset");
-  TORCH_CHECK(q_len < INT32_MAX && kv_len < INT32_MAX, "eet::attention: sequence lengths must fit in int32");
+  TORCH_CHECK(q_len < INT32_MAX && kv_len < INT32_MAX, msg("eet::attention: sequence lengths must fit in int32"));
 
   at::Tensor out = at::empty({batch, q_len, heads_q, head_dim}, q.options());
   if (out.numel() == 0) return out;
@@ -251,24 +262,15 @@ at::Tensor attention_varlen(const at::Tensor& q, const at::Tensor& k, const at::
   check_cuda(cu_seqlens, op, "cu_seqlens");
   const c10::cuda::CUDAGuard guard(q.device());
   const auto dtype = to_dtype(q, op);
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
-              "eet::attention_varlen: q, k, v must be 3-D [tokens, heads, head_dim], got ", q.sizes(), ", ", k.sizes(),
-              ", ", v.sizes());
-  TORCH_CHECK(k.sizes() == v.sizes(), "eet::attention_varlen: k and v shapes differ: ", k.sizes(), " vs ", v.sizes());
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-              "eet::attention_varlen: q, k, v dtypes differ: ", q.scalar_type(), ", ", k.scalar_type(), ", ",
-              v.scalar_type());
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, msg("eet::attention_varlen: q, k, v must be 3-D [tokens, heads, head_dim], got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes()));
+  TORCH_CHECK(k.sizes() == v.sizes(), msg("eet::attention_varlen: k and v shapes differ: ", k.sizes(), " vs ", v.sizes()));
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), msg("eet::attention_varlen: q, k, v dtypes differ: ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type()));
   const int64_t tokens = q.size(0), heads_q = q.size(1), head_dim = q.size(2), heads_kv = k.size(1);
-  TORCH_CHECK(k.size(0) == tokens && k.size(2) == head_dim, "eet::attention_varlen: k shape ", k.sizes(),
-              " does not match q shape ", q.sizes());
-  TORCH_CHECK(heads_kv > 0 && heads_q % heads_kv == 0, "eet::attention_varlen: query heads (", heads_q,
-              ") must be a multiple of key/value heads (", heads_kv, ")");
+  TORCH_CHECK(k.size(0) == tokens && k.size(2) == head_dim, msg("eet::attention_varlen: k shape ", k.sizes(), " does not match q shape ", q.sizes()));
+  TORCH_CHECK(heads_kv > 0 && heads_q % heads_kv == 0, msg("eet::attention_varlen: query heads (", heads_q, ") must be a multiple of key/value heads (", heads_kv, ")"));
   TORCH_CHECK(cu_seqlens.scalar_type() == at::kInt && cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 &&
-                  cu_seqlens.is_contiguous(),
-              "eet::attention_varlen: cu_seqlens must be a contiguous int32 tensor of shape [batch + 1], got ",
-              cu_seqlens.scalar_type(), " ", cu_seqlens.sizes());
-  TORCH_CHECK(max_seqlen >= 0 && max_seqlen < INT32_MAX && tokens < INT32_MAX,
-              "eet::attention_varlen: max_seqlen and tokens must fit in int32, got ", max_seqlen, " and ", tokens);
+                  cu_seqlens.is_contiguous(), msg("eet::attention_varlen: cu_seqlens must be a contiguous int32 tensor of shape [batch + 1], got ", cu_seqlens.scalar_type(), " ", cu_seqlens.sizes()));
+  TORCH_CHECK(max_seqlen >= 0 && max_seqlen < INT32_MAX && tokens < INT32_MAX, msg("eet::attention_varlen: max_seqlen and tokens must fit in int32, got ", max_seqlen, " and ", tokens));
   const int64_t batch = cu_seqlens.size(0) - 1;
 
   at::Tensor out = at::empty({tokens, heads_q, head_dim}, q.options());
@@ -302,14 +304,12 @@ at::Tensor attention_varlen(const at::Tensor& q, const at::Tensor& k, const at::
 void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
                        const char* ref_name) {
   check_cuda(t, op, name);
-  TORCH_CHECK(t.device() == ref.device(), "eet::", op, ": ", name, " is on ", t.device(), " but ", ref_name,
-              " is on ", ref.device());
+  TORCH_CHECK(t.device() == ref.device(), msg("eet::", op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device()));
 }
 
 void check_token_indices(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2, "eet::embedding: ", name, " must be 2-D [batch, seq], got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, "eet::embedding: ", name,
-              " must be int64 or int32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2, msg("eet::embedding: ", name, " must be 2-D [batch, seq], got shape ", t.sizes()));
+  TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, msg("eet::embedding: ", name, " must be int64 or int32, got ", t.scalar_type()));
 }
 
 // Token + position embeddings (GPT-2 wte + wpe) in one gather; out-of-range indices give NaN rows.
@@ -323,18 +323,14 @@ at::Tensor embedding(const at::Tensor& input_ids, const at::Tensor& position_ids
   check_same_device(position_ids, wte_in, op, "position_ids", "wte");
   check_token_indices(input_ids, "input_ids");
   check_token_indices(position_ids, "position_ids");
-  TORCH_CHECK(position_ids.sizes() == input_ids.sizes(), "eet::embedding: position_ids shape ", position_ids.sizes(),
-              " must equal input_ids shape ", input_ids.sizes(),
-              " (a [1, seq] tensor can be broadcast for free with position_ids.expand(batch, -1))");
-  TORCH_CHECK(wte_in.dim() == 2, "eet::embedding: wte must be 2-D [vocab, hidden], got shape ", wte_in.sizes());
+  TORCH_CHECK(position_ids.sizes() == input_ids.sizes(), msg("eet::embedding: position_ids shape ", position_ids.sizes(), " must equal input_ids shape ", input_ids.sizes(), " (a [1, seq] tensor can be broadcast for free with position_ids.expand(batch, -1))"));
+  TORCH_CHECK(wte_in.dim() == 2, msg("eet::embedding: wte must be 2-D [vocab, hidden], got shape ", wte_in.sizes()));
   const at::Tensor wte = wte_in.contiguous();
   at::Tensor wpe;
   if (wpe_in) {
     check_same_device(*wpe_in, wte_in, op, "wpe", "wte");
-    TORCH_CHECK(wpe_in->dim() == 2 && wpe_in->size(1) == wte.size(1), "eet::embedding: wpe must be [positions, ",
-                wte.size(1), "] to match wte's hidden size, got shape ", wpe_in->sizes());
-    TORCH_CHECK(wpe_in->scalar_type() == wte.scalar_type(), "eet::embedding: wpe dtype ", wpe_in->scalar_type(),
-                " differs from wte dtype ", wte.scalar_type());
+    TORCH_CHECK(wpe_in->dim() == 2 && wpe_in->size(1) == wte.size(1), msg("eet::embedding: wpe must be [positions, ", wte.size(1), "] to match wte's hidden size, got shape ", wpe_in->sizes()));
+    TORCH_CHECK(wpe_in->scalar_type() == wte.scalar_type(), msg("eet::embedding: wpe dtype ", wpe_in->scalar_type(), " differs from wte dtype ", wte.scalar_type()));
     wpe = wpe_in->contiguous();
   }
   const int64_t batch = input_ids.size(0), seq = input_ids.size(1), hidden = wte.size(1);
@@ -359,39 +355,24 @@ at::Tensor kv_append(const at::Tensor& qkv_in, const std::optional<at::Tensor>& 
   check_same_device(k_cache, qkv_in, op, "k_cache", "qkv");
   check_same_device(v_cache, qkv_in, op, "v_cache", "qkv");
   check_same_device(write_pos_in, qkv_in, op, "write_pos", "qkv");
-  TORCH_CHECK(heads_q > 0 && heads_kv > 0 && heads_q + 2 * heads_kv <= INT32_MAX,
-              "eet::kv_append: heads_q and heads_kv must be positive, got ", heads_q, " and ", heads_kv);
-  TORCH_CHECK(qkv_in.dim() == 3, "eet::kv_append: qkv must be 3-D [batch, seq, (heads_q + 2 * heads_kv) * head_dim], ",
-              "got shape ", qkv_in.sizes());
+  TORCH_CHECK(heads_q > 0 && heads_kv > 0 && heads_q + 2 * heads_kv <= INT32_MAX, msg("eet::kv_append: heads_q and heads_kv must be positive, got ", heads_q, " and ", heads_kv));
+  TORCH_CHECK(qkv_in.dim() == 3, msg("eet::kv_append: qkv must be 3-D [batch, seq, (heads_q + 2 * heads_kv) * head_dim], ", "got shape ", qkv_in.sizes()));
   const int64_t batch = qkv_in.size(0), seq = qkv_in.size(1), width = qkv_in.size(2);
   const int64_t blocks = heads_q + 2 * heads_kv;
-  TORCH_CHECK(width > 0 && width % blocks == 0, "eet::kv_append: qkv's last dim (", width,
-              ") must be (heads_q + 2 * heads_kv) * head_dim = ", blocks, " * head_dim for heads_q=", heads_q,
-              ", heads_kv=", heads_kv);
+  TORCH_CHECK(width > 0 && width % blocks == 0, msg("eet::kv_append: qkv's last dim (", width, ") must be (heads_q + 2 * heads_kv) * head_dim = ", blocks, " * head_dim for heads_q=", heads_q, ", heads_kv=", heads_kv));
   const int64_t head_dim = width / blocks;
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(0) == batch && k_cache.size(1) == heads_kv &&
-                  k_cache.size(3) == head_dim,
-              "eet::kv_append: k_cache must be [", batch, ", ", heads_kv, ", cache_len, ", head_dim,
-              "] (batch, heads_kv, cache_len, head_dim from qkv), got shape ", k_cache.sizes());
-  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "eet::kv_append: v_cache shape ", v_cache.sizes(),
-              " differs from k_cache shape ", k_cache.sizes());
-  TORCH_CHECK(k_cache.scalar_type() == qkv_in.scalar_type() && v_cache.scalar_type() == qkv_in.scalar_type(),
-              "eet::kv_append: cache dtypes (", k_cache.scalar_type(), ", ", v_cache.scalar_type(),
-              ") must equal qkv dtype ", qkv_in.scalar_type());
-  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1,
-              "eet::kv_append: k_cache and v_cache need a contiguous last dim (they are written in place, so a ",
-              "copy would not do), got strides ", k_cache.strides(), " and ", v_cache.strides());
-  TORCH_CHECK(k_cache.data_ptr() != v_cache.data_ptr(), "eet::kv_append: k_cache and v_cache are the same memory");
-  TORCH_CHECK(write_pos_in.scalar_type() == at::kInt && write_pos_in.dim() == 1 && write_pos_in.size(0) == batch,
-              "eet::kv_append: write_pos must be an int32 tensor of shape [", batch, "], got ",
-              write_pos_in.scalar_type(), " ", write_pos_in.sizes());
+                  k_cache.size(3) == head_dim, msg("eet::kv_append: k_cache must be [", batch, ", ", heads_kv, ", cache_len, ", head_dim, "] (batch, heads_kv, cache_len, head_dim from qkv), got shape ", k_cache.sizes()));
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), msg("eet::kv_append: v_cache shape ", v_cache.sizes(), " differs from k_cache shape ", k_cache.sizes()));
+  TORCH_CHECK(k_cache.scalar_type() == qkv_in.scalar_type() && v_cache.scalar_type() == qkv_in.scalar_type(), msg("eet::kv_append: cache dtypes (", k_cache.scalar_type(), ", ", v_cache.scalar_type(), ") must equal qkv dtype ", qkv_in.scalar_type()));
+  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1, msg("eet::kv_append: k_cache and v_cache need a contiguous last dim (they are written in place, so a ", "copy would not do), got strides ", k_cache.strides(), " and ", v_cache.strides()));
+  TORCH_CHECK(k_cache.data_ptr() != v_cache.data_ptr(), msg("eet::kv_append: k_cache and v_cache are the same memory"));
+  TORCH_CHECK(write_pos_in.scalar_type() == at::kInt && write_pos_in.dim() == 1 && write_pos_in.size(0) == batch, msg("eet::kv_append: write_pos must be an int32 tensor of shape [", batch, "], got ", write_pos_in.scalar_type(), " ", write_pos_in.sizes()));
   at::Tensor bias;
   if (bias_in) {
     check_same_device(*bias_in, qkv_in, op, "bias", "qkv");
-    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == width, "eet::kv_append: bias must have shape [", width,
-                "] (qkv's last dim), got ", bias_in->sizes());
-    TORCH_CHECK(bias_in->scalar_type() == qkv_in.scalar_type(), "eet::kv_append: bias dtype ",
-                bias_in->scalar_type(), " differs from qkv dtype ", qkv_in.scalar_type());
+    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == width, msg("eet::kv_append: bias must have shape [", width, "] (qkv's last dim), got ", bias_in->sizes()));
+    TORCH_CHECK(bias_in->scalar_type() == qkv_in.scalar_type(), msg("eet::kv_append: bias dtype ", bias_in->scalar_type(), " differs from qkv dtype ", qkv_in.scalar_type()));
     bias = bias_in->contiguous();
   }
   const at::Tensor qkv = qkv_in.stride(2) == 1 ? qkv_in : qkv_in.contiguous();

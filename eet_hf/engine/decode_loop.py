@@ -136,7 +136,10 @@ class GPT2DecodeEngine:
         kv = self.arena.view(len(w.layers), batch, w.heads, capacity, w.head_dim, w.wte.dtype, device)
         weights = w.storage_signature()
         if self.arena.generation != generation or weights != self._weights:
-            self._graphs.clear()  # they captured views of the old arena, or weights that have since moved
+            # They captured views of the old arena, or weights that have since moved. Their memory pool goes with
+            # them: capturing into a pool whose last graph was destroyed trips an allocator assert.
+            self._graphs.clear()
+            self._pool = None
             self._weights = weights
 
         graph, state, runner = self._state_for(w, batch, capacity, device, policy, keep_scores, keep_logits)

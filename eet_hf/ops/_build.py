@@ -93,8 +93,10 @@ def _build_and_load() -> bool:
         cpp_extension.load(
             name=EXTENSION_NAME,
             sources=[str(s) for s in sources()],
-            extra_cflags=["-O3", "-std=c++17"],
-            extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"],
+            # No -std flag: cpp_extension passes the standard torch itself was built with. Forcing c++17 against
+            # torch 2.11's headers built, ran, and crashed the process whenever an op threw (TORCH_CHECK).
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
             is_python_module=False,
             verbose=os.environ.get("EET_HF_VERBOSE_BUILD", "") not in ("", "0"),
         )

@@ -18,7 +18,11 @@ def _fail(op: str, message: str) -> None:
     raise EetArgumentError(f"eet::{op}: {message}")
 
 
-def _same_device(op: str, named: dict[str, torch.Tensor], device: torch.device) -> None:
+def _same_device(op: str, named: dict[str, torch.Tensor]) -> None:
+    """All on one device; when any is on a GPU, that GPU."""
+    device = next((t.device for t in named.values() if t.is_cuda), None)
+    if device is None:
+        return
     for name, t in named.items():
         if device.type == "cuda" and not t.is_cuda:
             _fail(op, f"{name} must be a CUDA tensor, got {t.device}")
@@ -31,8 +35,7 @@ def kv_append(qkv, bias, k_cache, v_cache, write_pos, heads_q: int, heads_kv: in
     named = {"qkv": qkv, "k_cache": k_cache, "v_cache": v_cache, "write_pos": write_pos}
     if bias is not None:
         named["bias"] = bias
-    if any(t.is_cuda for t in named.values()):
-        _same_device(op, named, torch.device("cuda", qkv.device.index) if qkv.is_cuda else qkv.device)
+    _same_device(op, named)
     if heads_q <= 0 or heads_kv <= 0:
         _fail(op, f"heads_q and heads_kv must be positive, got {heads_q} and {heads_kv}")
     if qkv.dim() != 3:
@@ -66,8 +69,7 @@ def embedding(input_ids, position_ids, wte, wpe) -> None:
     named = {"input_ids": input_ids, "position_ids": position_ids, "wte": wte}
     if wpe is not None:
         named["wpe"] = wpe
-    if any(t.is_cuda for t in named.values()):
-        _same_device(op, named, wte.device if wte.is_cuda else torch.device("cuda"))
+    _same_device(op, named)
     for name, t in (("input_ids", input_ids), ("position_ids", position_ids)):
         if t.dtype not in (torch.int64, torch.int32) or t.dim() != 2:
             _fail(op, f"{name} must be a 2-D int64 or int32 tensor, got {t.dtype} {tuple(t.shape)}")

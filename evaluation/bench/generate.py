@@ -4,7 +4,7 @@ Method (BASELINES.md): prompt 128, 128 new tokens forced (min_new_tokens = max_n
 CUDA-event medians; prefill = generate(max_new_tokens=1); decode per token = (t(new=128) - t(new=1)) / 127;
 generate_ms = the whole generate(new=128); warmup_s = the first generate(new=128) on a freshly built model
 (compilation, graph capture, cache setup);
-peak_gib = torch.cuda.max_memory_allocated over a timed generate (weights included).
+peak_gib = peak allocation of a timed generate call above what was allocated before it, plus the model's weights.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def measure(ctx: RunContext, model, prepared: E.Prepared, ids: torch.Tensor, new
             run(new)()  # a compiled path may still specialise on its second call
         reset_peak(ctx.device)
         full = median_ms(run(new), ctx.device, ctx.repeats)
-        peak = peak_gib(ctx.device)
+        peak = peak_gib(ctx.device, model)
         prefill = median_ms(run(1), ctx.device, ctx.repeats, warmup=1)
     return {"warmup_s": warmup, "full_ms": full, "prefill_ms": prefill, "peak_gib": peak}
 

@@ -44,14 +44,27 @@ def median_ms(fn: Callable[[], object], device: str, repeats: int, warmup: int =
     return statistics.median(samples)
 
 
+_baseline = {"bytes": 0}
+
+
 def reset_peak(device: str) -> None:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        _baseline["bytes"] = torch.cuda.memory_allocated()
 
 
-def peak_gib(device: str) -> float | None:
-    """torch.cuda.max_memory_allocated since the last reset_peak, in GiB; None off CUDA (not measured)."""
-    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+def peak_gib(device: str, model: torch.nn.Module | None = None) -> float | None:
+    """Peak GPU memory of one call since the last reset_peak, in GiB; None off CUDA (not measured).
+
+    With `model`: what the call itself allocated at its peak plus that model's own weights, so memory still
+    held by an earlier engine in the process (torch.compile's caches keep compiled models alive) is not
+    charged to this one. Without: torch.cuda.max_memory_allocated as it is."""
+    if device != "cuda":
+        return None
+    if model is None:
+        return torch.cuda.max_memory_allocated() / 2**30
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if t.is_cuda)
+    return (torch.cuda.max_memory_allocated() - _baseline["bytes"] + weights) / 2**30
 
 
 def free_memory(device: str) -> None:
@@ -59,4 +72,6 @@ def free_memory(device: str) -> None:
 
     gc.collect()
     if device == "cuda":
+        torch._dynamo.reset()  # compiled models stay referenced by dynamo's caches until reset
+        gc.collect()
         torch.cuda.empty_cache()

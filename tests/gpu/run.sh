@@ -66,7 +66,7 @@ fi
 if [ -n "${EET_SKIP_TESTS:-}" ]; then
   skipped tests EET_SKIP_TESTS
 else
-  stage tests "${EET_TESTS_TIMEOUT:-480}" $PY -m pytest -q tests/gpu -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+  stage tests "${EET_TESTS_TIMEOUT:-480}" $PY -m pytest -v -rfE --tb=short tests/gpu -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
   tail -n 5 "$OUT/tests.log"
 fi
 

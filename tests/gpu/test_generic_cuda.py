@@ -101,10 +101,8 @@ def test_rms_norm_kernel_misaligned_and_strided_input(cuda_ops, dtype):
 def test_rms_norm_opcheck_and_clear_errors(cuda_ops):
     x, w = torch.randn(4, 3, 64, device="cuda"), torch.randn(64, device="cuda")
     torch.library.opcheck(torch.ops.eet.rms_norm.default, (x, w, 1e-5))
-    with pytest.raises(RuntimeError, match="weight must have shape"):
-        torch.ops.eet.rms_norm(x, torch.randn(63, device="cuda"), 1e-5)
-    with pytest.raises(RuntimeError, match="dtype"):
-        torch.ops.eet.rms_norm(x, w.half(), 1e-5)
+    # Bad arguments to the raw op: test_embedding_kv_cuda.py::test_raw_op_argument_error_raises_without_crashing
+    # (in a subprocess: an error thrown by a CUDA op implementation crashed the process on the H200).
 
 
 # --- models ------------------------------------------------------------------------------------------------------
