@@ -45,12 +45,28 @@ __device__ __forceinline__ float gelu_erf(float h) {
   return 0.5f * h * (1.0f + erff(h * kSqrtHalf));
 }
 
+// HF's gelu_new, 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * pow(x, 3)))), one torch CUDA op at a time:
+// each op computes in fp32 and rounds to T, except pow(x, 3.0), which torch's CUDA kernel evaluates as
+// x * x * x in T itself (two roundings). The _rn intrinsics keep nvcc from contracting a multiply and an add
+// into an fma that torch's separate kernels never form (fp32).
+template <typename T>
+__device__ __forceinline__ float gelu_tanh_staged(float h) {
+  const float x = round_to<T>(h);  // HF's Linear/Conv1D output is already in T
+  const float cube = round_to<T>(__fmul_rn(round_to<T>(__fmul_rn(x, x)), x));
+  const float inner = round_to<T>(__fadd_rn(x, round_to<T>(__fmul_rn(0.044715f, cube))));
+  const float t = round_to<T>(tanhf(round_to<T>(__fmul_rn(0.7978845608028654f, inner))));
+  return __fmul_rn(round_to<T>(__fmul_rn(0.5f, x)), round_to<T>(__fadd_rn(1.0f, t)));
+}
+
+// Which gelu bias_gelu_kernel computes.
+enum GeluForm : int { kFormErf = 0, kFormTanh = 1, kFormTanhStaged = 2 };
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMaxThreads)
 bias_gelu_kernel(const T* x,                    // [rows, cols]; may alias out
                  const T* __restrict__ bias,    // [cols] or nullptr
                  T* out,                        // [rows, cols]
-                 int64_t rows, int64_t cols, bool tanh_form) {
+                 int64_t rows, int64_t cols, int form) {
   const int64_t col = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (col >= cols) return;  // no barriers below, so idle threads may leave
   float b[VEC];
@@ -73,7 +89,9 @@ bias_gelu_kernel(const T* x,                    // [rows, cols]; may alias out
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const float h = v[k][j] + b[j];
-          v[k][j] = tanh_form ? gelu_tanh<sizeof(T) == 2>(h) : gelu_erf(h);
+          v[k][j] = form == kFormTanh          ? gelu_tanh<sizeof(T) == 2>(h)
+                    : form == kFormTanhStaged ? gelu_tanh_staged<T>(h)
+                                              : gelu_erf(h);
         }
         store_float<VEC>(out + (row0 + k) * cols + col, v[k]);
       }
@@ -82,7 +100,7 @@ bias_gelu_kernel(const T* x,                    // [rows, cols]; may alias out
 }
 
 template <typename T, int VEC>
-cudaError_t launch_bias_gelu(const void* x, const void* bias, void* out, int64_t rows, int64_t cols, bool tanh_form,
+cudaError_t launch_bias_gelu(const void* x, const void* bias, void* out, int64_t rows, int64_t cols, int form,
                              cudaStream_t stream) {
   const int64_t num_vecs = cols / VEC;
   // Split the row's vectors into equal chunks of at most kMaxThreads, so the last chunk's block is not
@@ -93,7 +111,7 @@ cudaError_t launch_bias_gelu(const void* x, const void* bias, void* out, int64_t
   const dim3 grid(static_cast<unsigned>(chunks),
                   static_cast<unsigned>(std::min(ceil_div(rows, kRowsPerThread), kMaxGridY)));
   bias_gelu_kernel<T, VEC><<<grid, static_cast<unsigned>(threads), 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<T*>(out), rows, cols, tanh_form);
+      static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<T*>(out), rows, cols, form);
   return cudaGetLastError();
 }
 
@@ -107,10 +125,11 @@ cudaError_t bias_gelu(DType dtype,
   if (rows < 0 || cols < 0) return cudaErrorInvalidValue;
   if (rows == 0 || cols == 0) return cudaSuccess;
   if (x == nullptr || out == nullptr) return cudaErrorInvalidValue;
-  bool tanh_form = false;
+  int form = kFormErf;
   switch (kind) {
-    case GeluKind::kTanh: tanh_form = true; break;
-    case GeluKind::kErf: tanh_form = false; break;
+    case GeluKind::kTanh: form = kFormTanh; break;
+    case GeluKind::kErf: form = kFormErf; break;
+    case GeluKind::kTanhStaged: form = kFormTanhStaged; break;
     default: return cudaErrorInvalidValue;
   }
   return dispatch_dtype(dtype, [&](auto tag) {
@@ -118,8 +137,8 @@ cudaError_t bias_gelu(DType dtype,
     constexpr int kVec = kVec16<T>;
     const bool vectorize =
         cols % kVec == 0 && is_aligned(x, 16) && is_aligned(bias, 16) && is_aligned(out, 16);
-    return vectorize ? launch_bias_gelu<T, kVec>(x, bias, out, rows, cols, tanh_form, stream)
-                     : launch_bias_gelu<T, 1>(x, bias, out, rows, cols, tanh_form, stream);
+    return vectorize ? launch_bias_gelu<T, kVec>(x, bias, out, rows, cols, form, stream)
+                     : launch_bias_gelu<T, 1>(x, bias, out, rows, cols, form, stream);
   });
 }
 

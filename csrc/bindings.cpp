@@ -132,7 +132,9 @@ at::Tensor bias_gelu(const at::Tensor& x_in, const std::optional<at::Tensor>& bi
   check_cuda(x_in, op, "x");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto dtype = to_dtype(x_in, op);
-  TORCH_CHECK(approximate == "tanh" || approximate == "none", msg("eet::bias_gelu: approximate must be 'tanh' or 'none', got '", std::string(approximate), "'"));
+  TORCH_CHECK(approximate == "tanh" || approximate == "none" || approximate == "tanh_staged",
+              msg("eet::bias_gelu: approximate must be 'tanh', 'tanh_staged' or 'none', got '", std::string(approximate),
+                  "'"));
   if (bias) check_vector(*bias, x_in, op, "bias");
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x);
@@ -140,7 +142,7 @@ at::Tensor bias_gelu(const at::Tensor& x_in, const std::optional<at::Tensor>& bi
   const int64_t rows = cols ? x.numel() / cols : 0;
   if (rows > 0 && cols > 0) {
     check_launch(eet::bias_gelu(dtype, x.data_ptr(), bias ? bias->contiguous().data_ptr() : nullptr, out.data_ptr(), rows,
-                                cols, approximate == "tanh" ? eet::GeluKind::kTanh : eet::GeluKind::kErf,
+                                cols, approximate == "tanh" ? eet::GeluKind::kTanh : approximate == "tanh_staged" ? eet::GeluKind::kTanhStaged : eet::GeluKind::kErf,
                                 at::cuda::getCurrentCUDAStream()),
                  op);
   }

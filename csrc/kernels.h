@@ -13,7 +13,10 @@ namespace eet {
 enum class DType { kFloat32, kFloat16, kBFloat16 };
 
 // GELU flavours HF uses: "tanh" is gelu_new / gelu_pytorch_tanh (GPT-2), "erf" is exact gelu (BERT).
-enum class GeluKind { kTanh, kErf };
+// kTanhStaged is HF's NewGELUActivation (gelu_new: GPT-2, GPT-Neo) evaluated op by op as torch does in the
+// storage dtype, every intermediate rounded to it: in bf16 those roundings move results by up to ~1%, enough to
+// flip near-tied greedy tokens against HF, so eet reproduces them instead of computing gelu more exactly.
+enum class GeluKind { kTanh, kErf, kTanhStaged };
 
 // LayerNorm over the last dimension, fp32 statistics.
 // With residual != nullptr: sum = x + residual (rounded to the storage dtype, as HF's `a + b` is),

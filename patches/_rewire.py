@@ -23,7 +23,8 @@ from eet_hf.report import Report
 _MISSING = object()
 
 # HF activation names (config.activation_function / hidden_act) -> eet bias_gelu's `approximate`.
-GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+# gelu_new (NewGELUActivation) is HF's formula evaluated in the storage dtype, reproduced with its roundings.
+GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh_staged", "gelu_pytorch_tanh": "tanh"}
 
 
 def inference_only(fused: Callable) -> Callable:

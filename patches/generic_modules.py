@@ -26,7 +26,7 @@ EPS_NAMES = ("variance_epsilon", "eps", "epsilon")
 # the first-call check measures whether it matches in the dtype at hand.
 _GELU_KINDS = {
     getattr(hf_act, name): kind
-    for name, kind in (("GELUActivation", "none"), ("NewGELUActivation", "tanh"), ("GELUTanh", "tanh"),
+    for name, kind in (("GELUActivation", "none"), ("NewGELUActivation", "tanh_staged"), ("GELUTanh", "tanh"),
                        ("PytorchGELUTanh", "tanh"), ("FastGELUActivation", "tanh"))
     if hasattr(hf_act, name)
 }

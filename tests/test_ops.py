@@ -160,3 +160,12 @@ def test_every_op_has_a_check():
 def test_opcheck(name):
     """Schema, fake (meta) implementation and dispatch agree: what torch.compile relies on."""
     torch.library.opcheck(getattr(torch.ops.eet, name).default, OPCHECK_INPUTS[name]())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_tanh_staged_gelu_is_hf_gelu_new_bit_for_bit(dtype):
+    """'tanh_staged' reproduces HF's NewGELUActivation (gelu_new) in the storage dtype, roundings included."""
+    from transformers.activations import NewGELUActivation
+
+    x = (torch.randn(64, 257) * 3).to(dtype)
+    assert torch.equal(ops.bias_gelu(x, None, "tanh_staged"), NewGELUActivation()(x))

@@ -67,7 +67,10 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> t
 def linear_gelu(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
     """gelu(x @ weight_t + bias). x: [..., in]; weight_t: [in, out] (a view is fine); bias: [out]."""
     x2d = x.reshape(-1, x.shape[-1])
-    if x.is_cuda and approximate == "tanh" and x.dtype != torch.float32:
+    if approximate == "tanh_staged":
+        # HF's gelu_new rounds the GEMM + bias output to the storage dtype first (Conv1D / Linear is addmm).
+        out = bias_gelu(torch.addmm(bias, x2d, weight_t), None, approximate)
+    elif x.is_cuda and approximate == "tanh" and x.dtype != torch.float32:
         # cuBLASLt fuses bias + tanh-GELU into the GEMM epilogue: one pass over the activations fewer.
         out = torch._addmm_activation(bias, x2d, weight_t, use_gelu=True)
     else:

@@ -6,6 +6,8 @@ kernels in csrc/ must match them within the dtype's tolerance.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -33,9 +35,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
-    """gelu(x + bias); approximate 'tanh' is HF's gelu_new, 'none' the exact erf form."""
-    if approximate not in ("tanh", "none"):
-        raise ValueError(f"eet::bias_gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    """gelu(x + bias). approximate: 'tanh' (gelu_pytorch_tanh, computed in fp32), 'none' (exact erf form), or
+    'tanh_staged': HF's gelu_new formula evaluated in x's dtype op by op, as HF's NewGELUActivation does."""
+    if approximate not in ("tanh", "none", "tanh_staged"):
+        raise ValueError(f"eet::bias_gelu: approximate must be 'tanh', 'tanh_staged' or 'none', got {approximate!r}")
+    if approximate == "tanh_staged":
+        h = x if bias is None else (x.float() + bias.float()).to(x.dtype)
+        return 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * torch.pow(h, 3.0))))
     h = x.float() if bias is None else x.float() + bias.float()
     return F.gelu(h, approximate=approximate).to(x.dtype)
 

@@ -234,3 +234,21 @@ def test_opcheck(cuda_ops, dtype):
     torch.library.opcheck(torch.ops.eet.add_layer_norm.default, (x, r, w, b, EPS))
     torch.library.opcheck(torch.ops.eet.bias_gelu.default, (x, b, "tanh"))
     torch.library.opcheck(torch.ops.eet.bias_gelu.default, (x, None, "none"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cols", [7, 768, 1000, 3200])
+def test_tanh_staged_gelu_matches_hf_gelu_new_on_gpu(cuda_ops, dtype, cols):
+    """The kernel's 'tanh_staged' against HF's NewGELUActivation run by torch on the same GPU tensor (what HF's
+    GPT-2 / GPT-Neo MLP computes there), output poisoned first: equal except where tanhf's last bit differs."""
+    from transformers.activations import NewGELUActivation
+
+    x = (torch.randn(37, cols, device="cuda") * 4).to(dtype)
+    expected = NewGELUActivation()(x)
+    poison_next_alloc(x.numel(), dtype)
+    out = cuda_ops.bias_gelu(x, None, "tanh_staged")
+    assert torch.isfinite(out).all()
+    same = (out == expected).float().mean().item()
+    worst = ((out.float() - expected.float()).abs() / expected.float().abs().clamp_min(1e-3)).max().item()
+    assert same >= 0.999 and worst <= {torch.float32: 2**-20, torch.float16: 2**-9, torch.bfloat16: 2**-6}[dtype], (
+        same, worst)
