@@ -95,11 +95,6 @@ class GPT2DecodeEngine:
         """What the engine holds: KV arena bytes and the number of captured decode graphs."""
         return {"kv_arena_bytes": self.arena.nbytes, "graphs": len(self._graphs)}
 
-    def release(self) -> None:
-        self._graphs.clear()
-        self.arena.release()
-        self._pool = None
-
     def _check_fits(self, w: GPT2Weights, batch: int, prompt_len: int, capacity: int, device: torch.device) -> None:
         """Raise before any kernel runs when the request cannot fit in free GPU memory."""
         if device.type != "cuda":

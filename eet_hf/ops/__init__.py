@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from . import _checks, _library, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
+from . import _library, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
 from ._build import build_info, ensure_loaded
 
 __all__ = [
@@ -196,7 +196,6 @@ def embedding(
 ) -> torch.Tensor:
     """wte[input_ids] + wpe[position_ids] (fp32 add, one rounding). ids, positions: int64/int32 [batch, seq];
     wte: [vocab, hidden]; wpe: [positions, hidden] or None. Returns [batch, seq, hidden]; out-of-range rows NaN."""
-    _checks.embedding(input_ids, position_ids, wte, wpe)
     _prepare(wte)
     return _ops.embedding(input_ids, position_ids, wte, wpe)
 
@@ -213,6 +212,5 @@ def kv_append(
     """Writes k, v of qkv (+ bias) into the caches at slot write_pos[b] + s (slots outside the cache are
     skipped) and returns q. qkv: [batch, seq, (heads_q + 2 * heads_kv) * head_dim]; k_cache, v_cache:
     [batch, heads_kv, cache_len, head_dim], mutated; write_pos: int32 [batch]. Returns [batch, heads_q, seq, head_dim]."""
-    _checks.kv_append(qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv)
     _prepare(qkv)
     return _ops.kv_append(qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv)
