@@ -10,15 +10,19 @@ It accelerates what it recognises and reports the rest, module by module:
 - left to HF and reported: rotary embeddings, activations without an eet kernel (SiLU-gated MLPs, ReLU, ...),
   attention of models that bypass the interface, cross-attention.
 A model with nothing to accelerate is left unchanged with one warning.
-Generation runs HF's generate loop over these forwards.
+Generation: decoder families listed in eet_hf/engine/decoder_families.py (Llama, Mistral, Qwen2, GPT-NeoX, OPT) get
+eet's decode loop (KV arena, CUDA graphs) driving HF's own layers with eet attention; other models run HF's
+generate loop over these forwards, reported.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from eet_hf import attention
+from eet_hf import attention, distributed
 from eet_hf._log import logger, warn_once
+from eet_hf.engine import decoder_families
+from eet_hf.engine import generate as generate_engine
 
 from . import generic_modules as M
 from ._rewire import PatchContext
@@ -41,6 +45,8 @@ def apply(model: nn.Module, ctx: PatchContext) -> None:
         _report_left_to_hf(module, ctx, fused_activations)
     if ctx.options["attention"]:
         _attention(model, ctx)
+    if ctx.report.accelerated:
+        _generate(model, ctx)
     if not ctx.report.accelerated:
         ctx.undo()
         ctx.fallback("<model>", "nothing eet recognises in this model (details in the other entries)")
@@ -127,3 +133,19 @@ def _attention(model: nn.Module, ctx: PatchContext) -> None:
     ctx.report.accelerated.append(ATTENTION_REPORT)
     for where, reason in partial_attention_fallbacks(model.config).items():
         ctx.fallback(where, reason)
+
+
+def _generate(model: nn.Module, ctx: PatchContext) -> None:
+    """eet's decode loop behind `generate` for the families it drives; HF's loop (on eet's forwards) otherwise."""
+    if not ctx.options["generate"] or not model.can_generate():
+        return
+    if ATTENTION_REPORT not in ctx.report.accelerated:
+        ctx.fallback("generate", "eet's decode loop needs eet attention: HF's generate loop runs")
+        return
+    reason = decoder_families.model_refusal(model)
+    if distributed.split_by_transformers(model):
+        reason = "tensor parallel (transformers' tp_plan): eet's decode loop runs on one device"
+    if reason is not None:
+        ctx.fallback("generate", f"HF's generate loop runs (on eet's forwards): {reason}")
+        return
+    generate_engine.install(model, ctx, decoder_families.decoder_stack, decoder_families.call_refusal)

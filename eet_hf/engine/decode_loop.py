@@ -1,4 +1,4 @@
-"""The fast generate loop for GPT-2: prefill, then decode steps replayed from CUDA graphs.
+"""The fast generate loop: prefill, then decode steps replayed from CUDA graphs (any DecodeModel).
 
 Everything a step needs — the token fed, its position, the cache slot it writes, the visible key range, the
 new-token counter, which sequences finished — lives in device tensors of a `DecodeState`, and the step itself
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gpt2_forward import GPT2Weights, StepBounds, forward_last_logits
+from .decode_model import DecodeModel, StepBounds
 from .kv_cache import KVArena, required_bytes, round_capacity
 from .policy import DecodePolicy, PolicyRunner
 
@@ -77,11 +77,11 @@ class DecodeResult:
     new_tokens: torch.Tensor  # [batch, n] int64
     scores: list[torch.Tensor] | None  # n × [batch, vocab] fp32, processed (HF's output_scores)
     logits: list[torch.Tensor] | None  # n × [batch, vocab] fp32, raw (HF's output_logits)
-    kv: torch.Tensor  # [layers, 2, batch, heads, capacity, head_dim]; the first prompt_len + n - 1 slots filled
+    kv: torch.Tensor  # [layers, 2, batch, kv_heads, capacity, head_dim]; the first prompt_len + n - 1 slots filled
 
 
-class GPT2DecodeEngine:
-    """Per accelerated GPT-2 model: the KV arena, the captured decode graphs, and the loop."""
+class DecodeEngine:
+    """Per accelerated model: the KV arena, the captured decode graphs, and the loop."""
 
     def __init__(self) -> None:
         self.arena = KVArena()
@@ -95,15 +95,14 @@ class GPT2DecodeEngine:
         """What the engine holds: KV arena bytes and the number of captured decode graphs."""
         return {"kv_arena_bytes": self.arena.nbytes, "graphs": len(self._graphs)}
 
-    def _check_fits(self, w: GPT2Weights, batch: int, prompt_len: int, capacity: int, device: torch.device) -> None:
+    def _check_fits(self, w: DecodeModel, batch: int, prompt_len: int, capacity: int, device: torch.device) -> None:
         """Raise before any kernel runs when the request cannot fit in free GPU memory."""
         if device.type != "cuda":
             return
-        dtype = w.wte.dtype
-        kv_bytes = required_bytes(len(w.layers), batch, w.heads, capacity, w.head_dim, dtype)
-        width = w.wte.shape[1]
+        kv_bytes = required_bytes(w.num_layers, batch, w.kv_heads, capacity, w.head_dim, w.dtype)
+        element = torch.empty((), dtype=w.dtype).element_size()
         # Prompt activations: qkv, attention, MLP inner (4x) and residual streams, plus fp32 logits.
-        act_bytes = batch * prompt_len * width * 12 * w.wte.element_size() + batch * w.vocab * 4 * 4
+        act_bytes = batch * prompt_len * w.width * 12 * element + batch * w.vocab * 4 * 4
         free, _ = torch.cuda.mem_get_info(device)
         reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device) + self.arena.nbytes
         need = kv_bytes + act_bytes
@@ -116,19 +115,19 @@ class GPT2DecodeEngine:
 
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
-    def run(self, w: GPT2Weights, input_ids: torch.Tensor, pads: torch.Tensor, has_padding: bool,
+    def run(self, w: DecodeModel, input_ids: torch.Tensor, pads: torch.Tensor, has_padding: bool,
             position_ids: torch.Tensor, policy: DecodePolicy, keep_scores: bool, keep_logits: bool) -> DecodeResult:
         """input_ids: [batch, prompt] left-padded; pads: int32 [batch] padding per row (has_padding: any > 0);
         position_ids: [batch, prompt] (HF's: cumsum of the mask). Returns up to policy.max_new_tokens new tokens
         per row."""
         self.stats["calls"] += 1
-        device = w.wte.device
+        device = w.device
         batch, prompt_len = input_ids.shape
         max_new = policy.max_new_tokens
         capacity = round_capacity(prompt_len + max_new)
         self._check_fits(w, batch, prompt_len, capacity, device)
         generation = self.arena.generation
-        kv = self.arena.view(len(w.layers), batch, w.heads, capacity, w.head_dim, w.wte.dtype, device)
+        kv = self.arena.view(w.num_layers, batch, w.kv_heads, capacity, w.head_dim, w.dtype, device)
         weights = w.storage_signature()
         if self.arena.generation != generation or weights != self._weights:
             # They captured views of the old arena, or weights that have since moved. Their memory pool goes with
@@ -144,7 +143,7 @@ class GPT2DecodeEngine:
             kv_end=torch.full((batch,), prompt_len, dtype=torch.int32, device=device),
             q_offset=torch.zeros(batch, dtype=torch.int32, device=device),
         )
-        logits = forward_last_logits(w, input_ids, position_ids, kv, prefill, padded=has_padding)
+        logits = w.forward_last_logits(input_ids, position_ids, kv, prefill, padded=has_padding)
         state.reset(input_ids, pads, position_ids[:, -1], policy.seen_from)
         scores, raw = [], []
         self._select(logits, state, runner)
@@ -218,8 +217,8 @@ class GPT2DecodeEngine:
         state.tokens.copy_(chosen.view(-1, 1))
         state.step += 1
 
-    def _step(self, w: GPT2Weights, kv: torch.Tensor, state: DecodeState, runner: PolicyRunner) -> None:
-        logits = forward_last_logits(w, state.tokens, state.positions, kv, state.bounds)
+    def _step(self, w: DecodeModel, kv: torch.Tensor, state: DecodeState, runner: PolicyRunner) -> None:
+        logits = w.forward_last_logits(state.tokens, state.positions, kv, state.bounds)
         self._select(logits, state, runner)
         state.counters += 1
 

@@ -1,4 +1,4 @@
-"""`model.generate` for accelerated GPT-2: HF prepares the call, eet's loop decodes it.
+"""`model.generate` for accelerated decoders: HF prepares the call, eet's loop decodes it.
 
 The installed `generate` calls HF's own `GenerationMixin.generate` with `custom_generate=eet_decode`, so HF
 validates the arguments, merges generation_config defaults, builds the attention mask, position ids, logits
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,9 +21,9 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from eet_hf._log import warn_once
 
-from .decode_loop import GPT2DecodeEngine
-from .gpt2_forward import gpt2_weights
-from .kv_cache import EetCache
+from .decode_loop import DecodeEngine
+from .decode_model import DecodeModel
+from .kv_cache import EetCache, round_capacity
 from .policy import translate
 
 ENGINE_ATTR = "_eet_decode_engine"
@@ -38,11 +39,14 @@ _CACHE_KEYS = ("cache", "past_key_values")
 
 @dataclasses.dataclass
 class EngineHandle:
-    engine: GPT2DecodeEngine
-    gelu: str
+    engine: DecodeEngine
+    build: Callable[[torch.nn.Module], DecodeModel]  # the engine's view of the model, rebuilt per call (by reference)
+    # Why one call (its cache capacity in tokens) cannot run in the engine, or None.
+    call_refusal: Callable[[torch.nn.Module, int], str | None] | None = None
 
 
-def install(model: torch.nn.Module, ctx, gelu: str) -> None:
+def install(model: torch.nn.Module, ctx, build: Callable[[torch.nn.Module], DecodeModel],
+            call_refusal: Callable[[torch.nn.Module, int], str | None] | None = None) -> None:
     """Give `model` eet's generate (and the engine that backs it); PatchContext undo removes both."""
     hf_generate = type(model).generate
 
@@ -54,7 +58,7 @@ def install(model: torch.nn.Module, ctx, gelu: str) -> None:
             return hf_generate(self, *args, **kwargs)
         return hf_generate(self, *args, custom_generate=eet_decode, **kwargs)
 
-    ctx.bind(model, ENGINE_ATTR, EngineHandle(GPT2DecodeEngine(), gelu))
+    ctx.bind(model, ENGINE_ATTR, EngineHandle(DecodeEngine(), build, call_refusal))
     ctx.bind(model, "generate", types.MethodType(generate, model))
     ctx.report.accelerated.append("generate (eet decode loop, CUDA graphs on GPU)")
 
@@ -125,8 +129,10 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
         policy = translate(logits_processor, stopping_criteria, generation_config, prompt_len)
         reason = policy if isinstance(policy, str) else None
     handle: EngineHandle = self.__dict__[ENGINE_ATTR]
-    w = gpt2_weights(self, handle.gelu)
-    device = w.wte.device
+    if reason is None and handle.call_refusal is not None:
+        reason = handle.call_refusal(self, round_capacity(prompt_len + policy.max_new_tokens))
+    w = handle.build(self)
+    device = w.device
     padding = None
     if reason is None:
         padding = _left_padding(model_kwargs.get("attention_mask"), input_ids.shape[0], prompt_len, device)
@@ -141,7 +147,8 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
     if position_ids is None:
         position_ids = torch.arange(prompt_len, device=device).expand(input_ids.shape[0], -1)
     position_ids = position_ids.to(device)
-    _check_positions(position_ids, policy.max_new_tokens, w.max_positions)
+    if w.max_positions is not None:
+        _check_positions(position_ids, policy.max_new_tokens, w.max_positions)
     pads, has_padding = padding
     want_dict = generation_config.return_dict_in_generate
     result = handle.engine.run(
@@ -161,7 +168,7 @@ def _check_positions(position_ids: torch.Tensor, max_new: int, max_positions: in
     if highest >= max_positions:
         raise ValueError(
             f"eet_hf generate: the prompt plus max_new_tokens={max_new} reaches position {highest}, beyond the "
-            f"model's {max_positions} position embeddings (n_positions); shorten the prompt or max_new_tokens"
+            f"model's {max_positions} position embeddings; shorten the prompt or max_new_tokens"
         )
 
 

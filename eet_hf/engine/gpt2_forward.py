@@ -15,6 +15,8 @@ from torch import nn
 
 from eet_hf import ops
 
+from .decode_model import StepBounds, tensor_signature
+
 
 @dataclass(frozen=True)
 class LayerWeights:
@@ -38,6 +40,7 @@ class GPT2Weights:
     head_dim: int
     gelu: str  # eet bias_gelu `approximate`
 
+    # DecodeModel (decode_model.py)
     @property
     def max_positions(self) -> int:
         return self.wpe.shape[0]
@@ -46,14 +49,36 @@ class GPT2Weights:
     def vocab(self) -> int:
         return self.lm_head.weight.shape[0]
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads
+
+    @property
+    def width(self) -> int:
+        return self.wte.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.wte.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.device
+
     def storage_signature(self) -> tuple:
         """Addresses and dtypes of every weight: a captured graph is valid only while none of them moved
         (model.to(), .half(), load_state_dict(assign=True) replace the storage)."""
         modules = [self.ln_f, self.lm_head]
         for layer in self.layers:
             modules += [layer.ln_1, layer.c_attn, layer.attn_proj, layer.ln_2, layer.c_fc, layer.mlp_proj]
-        tensors = [self.wte, self.wpe] + [p for m in modules for p in (m.weight, m.bias) if p is not None]
-        return tuple((t.data_ptr(), t.dtype) for t in tensors)
+        return tensor_signature([self.wte, self.wpe] + [p for m in modules for p in (m.weight, m.bias) if p is not None])
+
+    def forward_last_logits(self, tokens, positions, kv, bounds, padded=True) -> torch.Tensor:
+        return forward_last_logits(self, tokens, positions, kv, bounds, padded)
 
 
 def gpt2_weights(model: nn.Module, gelu: str) -> GPT2Weights:
@@ -75,16 +100,6 @@ def gpt2_weights(model: nn.Module, gelu: str) -> GPT2Weights:
 
 def _conv1d(module: nn.Module, x2d: torch.Tensor) -> torch.Tensor:
     return torch.addmm(module.bias, x2d, module.weight)
-
-
-@dataclass
-class StepBounds:
-    """Where this forward's tokens go and what they see; int32 [batch] on the device (see SeqBounds)."""
-
-    write_pos: torch.Tensor  # slot of each sequence's first new token in the cache
-    kv_start: torch.Tensor
-    kv_end: torch.Tensor
-    q_offset: torch.Tensor
 
 
 def forward_last_logits(
