@@ -1,10 +1,11 @@
-// Launchers of the attention kernels, shared by attention.cu (dispatch), attention_prefill.cu and
-// attention_decode.cu. Host-only declarations; see kernels.h for AttentionParams and the visibility rule.
+// Launchers of the attention kernels, shared by attention.cu (dispatch) and the attention_prefill*.cu /
+// attention_decode*.cu files. Host-only declarations; see kernels.h for AttentionParams and the visibility rule.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 #include "kernels.h"
 
@@ -23,11 +24,27 @@ bool vector_loads_ok(const AttentionParams& p, size_t elem_size);
 
 // Prefill: flash-attention over tiles of 64 query rows (tensor cores for fp16/bf16, SIMT for fp32).
 cudaError_t launch_prefill(DType dtype, const AttentionParams& p, bool aligned, cudaStream_t stream);
+// The two kernels behind it, each with a switch over the head dims (cudaErrorInvalidValue for others):
+// fp32 (attention_prefill_simt.cu), and T = __half or __nv_bfloat16 (attention_prefill_mma.cu).
+cudaError_t launch_prefill_simt(const AttentionParams& p, bool aligned, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, cudaStream_t stream);
 
 // Decode: split-K over the visible key range, then a combine kernel (skipped when there is one split).
 int decode_num_splits(const AttentionParams& p, int num_sms);
 size_t decode_workspace_bytes(const AttentionParams& p, int num_sms);
 cudaError_t launch_decode(DType dtype, const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream);
+// The kernels behind it, T = float, __half or __nv_bfloat16. launch_decode_split (attention_decode_split.cu):
+// the split-K kernel for p.head_dim (cudaErrorInvalidValue for other head dims), which writes out itself when
+// splits == 1 and otherwise its partials to p.workspace, then launches the combine.
+// launch_decode_combine (attention_decode_combine.cu): merges the partials of `splits` splits into out.
+template <typename T>
+cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, int splits, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_decode_combine(const float* ws_acc,  // [splits, rows_total, head_dim]
+                                  const float* ws_ml,   // [2, splits, rows_total]: running max, then sum
+                                  T* out,               // [rows_total, head_dim]
+                                  int64_t rows_total, int head_dim, int splits, cudaStream_t stream);
 
 }  // namespace attn
 }  // namespace eet

@@ -95,6 +95,13 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Max over the 32 lanes of a warp; every lane gets it. All 32 lanes must call it.
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 // Sum over the block; every thread gets the total. Requirements: blockDim.x a multiple of 32 (at most
 // 1024), 1-D block, every thread calls it (it synchronizes), scratch a __shared__ float[32].
 // Consecutive calls may share scratch: the leading barrier keeps a call from overwriting partials that

@@ -1,5 +1,5 @@
 // Host launchers of every eet kernel: plain pointers, sizes and a stream, no torch types.
-// bindings.cpp (the only file that includes torch) checks arguments and calls these; the .cu files
+// The bindings*.cpp files (the only ones that include torch) check arguments and call these; the .cu files
 // implement them. Every launcher returns cudaSuccess or the launch error, never aborts.
 #pragma once
 
@@ -113,5 +113,21 @@ struct KvAppendParams {
 };
 
 cudaError_t kv_append(DType dtype, const KvAppendParams& p, cudaStream_t stream);
+
+// HF's apply_rotary_pos_emb on q and k in one launch, with HF's roundings (rotary.cu): the first `rot` dims of
+// every head rotate (rotate_half form), the rest are copied. Strides in elements, [b, h, s] order; last dims
+// contiguous. cos / sin are [batch or 1 (stride 0), seq, rot].
+struct RotaryArgs {
+  const void* q;  // [batch, heads_q, seq, head_dim]
+  const void* k;  // [batch, heads_k, seq, head_dim]
+  const void* cos;
+  const void* sin;
+  void* q_out;    // shaped as q
+  void* k_out;    // shaped as k
+  int64_t q_stride[3], k_stride[3], q_out_stride[3], k_out_stride[3], cs_stride[2];
+  int64_t batch, seq, heads_q, heads_k, head_dim, rot;
+};
+
+cudaError_t rotary(DType dtype, const RotaryArgs& args, cudaStream_t stream);
 
 }  // namespace eet

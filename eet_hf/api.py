@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import attention, ops
+from . import attention, distributed, ops
 from ._log import warn_once
 from .errors import EetUnsupportedError
 from .patches import PatchContext, adapter_for
@@ -19,6 +19,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "mlp": True,  # fused GEMM + bias + GELU in the MLP
     "strict": False,  # raise EetUnsupportedError instead of leaving a part to HF
     "generate": True,  # eet's decode loop behind model.generate (GPT-2 LM heads; KV arena, CUDA graphs)
+    "tensor_parallel": None,  # True (default process group) or a ProcessGroup: split GPT-2 over its ranks
 }
 _STATE = "_eet_hf_state"
 
@@ -42,23 +43,28 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
     """Rewire a transformers model in place to run on eet's fused ops; returns the same object.
 
     Options: attention (bool), mlp (bool), generate (bool: eet's decode loop behind model.generate),
-    strict (bool: raise instead of falling back to HF code).
+    strict (bool: raise instead of falling back to HF code), tensor_parallel (None, True for the default
+    torch.distributed group, or a ProcessGroup: GPT-2's heads and MLP columns split over the group's ranks,
+    permanently; call it on every rank with the same inputs, see eet_hf/distributed.py).
     Calling it again with the same options does nothing; with other options it re-applies them.
     """
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise TypeError(f"eet_hf.accelerate: unknown option(s) {unknown}; known options: {sorted(DEFAULT_OPTIONS)}")
     opts = {**DEFAULT_OPTIONS, **options}
+    group = distributed.resolve(opts["tensor_parallel"])
     state = model.__dict__.get(_STATE)
     if state is not None:
         if state.options == opts:
             return model
-        restore(model)
+        distributed.check(model, group)
+        model.__dict__.pop(_STATE).ctx.undo()  # eet's rewiring only: a tensor-parallel split stays
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "model_type"):
         raise EetUnsupportedError(
             f"eet_hf.accelerate expects a transformers PreTrainedModel with a config, got {type(model).__name__}"
         )
+    distributed.check(model, group)
     ctx = PatchContext(model, opts, _kernels(model))
     adapter = adapter_for(config.model_type)
     try:
@@ -66,6 +72,8 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
             adapter.apply(model, ctx)  # generic path: picks attention itself, warns when nothing applies
         else:
             _apply(model, ctx, adapter)
+        if group is not None:  # after the adapter, so a strict refusal comes before any weight is split
+            ctx.report.accelerated.append(distributed.shard(model, group).describe())
     except BaseException:
         ctx.undo()
         raise
@@ -88,7 +96,9 @@ def _apply(model: torch.nn.Module, ctx: PatchContext, adapter) -> None:
 
 
 def restore(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo accelerate(): HF's own forwards, attention and config again. Harmless on a plain model."""
+    """Undo accelerate(): HF's own forwards, attention and config again. Harmless on a plain model.
+    Raises EetUnsupportedError, changing nothing, on a model split by accelerate(tensor_parallel=...)."""
+    distributed.refuse_restore(model)
     state = model.__dict__.pop(_STATE, None)
     if state is not None:
         state.ctx.undo()

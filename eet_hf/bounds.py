@@ -6,6 +6,7 @@ vectors of length batch and the kernels compute visibility from them (rule in cs
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,15 @@ class SeqBounds:
     # Known on the host: False when every key of every sequence is real (no padding). The op then takes the
     # fastest dense kernel for unpadded prefill; True (the safe default) keeps the bounds kernel.
     padded: bool = True
+
+    def to(self, device: torch.device | str | int, non_blocking: bool = False) -> SeqBounds:
+        """The same bounds on `device`. accelerate's dispatch hooks (device_map across GPUs) move a block's
+        inputs with `.to`, so a block on another GPU gets its bounds there, as HF's mask tensors would be."""
+        move = {name: getattr(self, name).to(device, non_blocking=non_blocking)
+                for name in ("kv_start", "kv_end", "q_offset")}
+        if all(moved is getattr(self, name) for name, moved in move.items()):
+            return self  # already there (Tensor.to returns the tensor itself)
+        return dataclasses.replace(self, **move)
 
     def dense_mask(self) -> torch.Tensor:
         """The same visibility as HF's boolean [batch, 1, q_len, kv_len] mask, for fallbacks."""

@@ -21,6 +21,7 @@ from eet_hf.errors import EetUnsupportedError
 from eet_hf.report import Report
 
 _MISSING = object()
+_REWIRED = object()  # an undo entry for rewire(): (module, _REWIRED, (our bound forward, the forward it replaced))
 
 # HF activation names (config.activation_function / hidden_act) -> eet bias_gelu's `approximate`.
 # gelu_new (NewGELUActivation) is HF's formula evaluated in the storage dtype, reproduced with its roundings.
@@ -54,6 +55,73 @@ def layer_norm_unfusable(module: nn.Module) -> str | None:
     return None
 
 
+def _offloading_hooks(module: nn.Module) -> list:
+    """accelerate AlignDevicesHooks that keep this module's own weights off-device (on meta) between calls."""
+    hook = module.__dict__.get("_hf_hook")
+    if hook is None:
+        return []
+    return [h for h in getattr(hook, "hooks", (hook,)) if getattr(h, "offload", False) and hasattr(h, "weights_map")]
+
+
+def with_offloaded_children(fused: Callable, module: nn.Module) -> Callable:
+    """`fused` for `module`, loading the weights of offloaded descendants around the call.
+
+    A fused forward reads its children's weights directly (GPT-2's block reads ln_1.weight without calling ln_1),
+    but accelerate's offload hooks (cpu_offload, device_map with "cpu"/"disk" offload) load a module's weights only
+    when that module itself is called and leave them on the meta device otherwise. So each offloaded descendant's
+    hook loads its weights before the fused forward and offloads them again after it, as its own call would.
+    Without such hooks this is one attribute lookup per descendant.
+    """
+    descendants = [m for m in module.modules() if m is not module]
+
+    @functools.wraps(fused)
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        loaded = [(m, h) for m in descendants for h in _offloading_hooks(m)]
+        if not loaded:
+            return fused(self, *args, **kwargs)
+        for child, hook in loaded:
+            hook.pre_forward(child)
+        try:
+            return fused(self, *args, **kwargs)
+        finally:
+            for child, hook in loaded:
+                hook.post_forward(child, None)
+
+    return forward
+
+
+def hf_generate_while_offloaded(model: nn.Module, ctx: PatchContext) -> None:
+    """Wrap the `generate` eet's decode engine installed: while accelerate's offload hooks (cpu_offload,
+    device_map offload) keep weights on the meta device between calls, HF's generate runs instead, on eet's fused
+    forwards (around which the hooks load the weights); the engine reads weights directly and would meet meta
+    tensors. One pass over the parameters per generate call."""
+    engine_generate = model.__dict__["generate"]
+
+    @functools.wraps(engine_generate)
+    def generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if any(p.device.type == "meta" for p in self.parameters()):
+            warn_once("generate: weights offloaded by accelerate hooks (meta device): HF's generate runs on eet's "
+                      "fused forward")
+            return type(self).generate(self, *args, **kwargs)
+        return engine_generate(*args, **kwargs)
+
+    ctx.bind(model, "generate", types.MethodType(generate, model))
+
+
+def _unwire(module: nn.Module, ours: Callable, replaced: Callable | None) -> None:
+    """Put back the forward `ours` replaced, wherever `ours` sits now: accelerate hooks added after accelerate()
+    moved it to `_old_forward` (their wrapper stays), hooks removed since moved it back to `forward`."""
+    for slot in ("_old_forward", "forward"):
+        if module.__dict__.get(slot) is ours:
+            if replaced is not None:
+                module.__dict__[slot] = replaced
+            elif slot == "forward":
+                del module.__dict__["forward"]  # the class's own shows through again
+            else:
+                module.__dict__[slot] = types.MethodType(type(module).forward, module)
+            return
+
+
 class PatchContext:
     """Collects what an adapter rewires and what it leaves to HF, and can undo every change."""
 
@@ -70,8 +138,9 @@ class PatchContext:
     def rewire(self, module: nn.Module, fused_forward: Callable) -> None:
         # accelerate's dispatch hooks keep the real forward in `_old_forward` and wrap it: rewire that one.
         name = "_old_forward" if "_old_forward" in module.__dict__ else "forward"
-        self._undo.append((module, name, module.__dict__.get(name, _MISSING)))
-        setattr(module, name, types.MethodType(fused_forward, module))
+        ours = types.MethodType(with_offloaded_children(fused_forward, module), module)
+        self._undo.append((module, _REWIRED, (ours, module.__dict__.get(name))))
+        setattr(module, name, ours)
         self.report.accelerated.append(self.path(module))
 
     def fallback(self, where: nn.Module | str, reason: str) -> None:
@@ -110,7 +179,9 @@ class PatchContext:
 
     def undo(self) -> None:
         for obj, name, old in reversed(self._undo):
-            if old is not _MISSING:
+            if name is _REWIRED:
+                _unwire(obj, *old)
+            elif old is not _MISSING:
                 setattr(obj, name, old)
             elif isinstance(obj, nn.Module):
                 obj.__dict__.pop(name, None)  # a rewired forward: the class's own shows through again

@@ -25,7 +25,7 @@ from eet_hf.engine import decoder_families
 from eet_hf.engine import generate as generate_engine
 
 from . import generic_modules as M
-from ._rewire import PatchContext
+from ._rewire import PatchContext, hf_generate_while_offloaded
 from .generic_check import Check, checked
 
 MODEL_TYPES: tuple[str, ...] = ()  # every model_type without its own adapter
@@ -149,3 +149,4 @@ def _generate(model: nn.Module, ctx: PatchContext) -> None:
         ctx.fallback("generate", f"HF's generate loop runs (on eet's forwards): {reason}")
         return
     generate_engine.install(model, ctx, decoder_families.decoder_stack, decoder_families.call_refusal)
+    hf_generate_while_offloaded(model, ctx)

@@ -10,17 +10,21 @@ Refused, left to HF: cross-attention blocks, activations eet does not implement.
 from __future__ import annotations
 
 import functools
-import types
 
 import torch
 from transformers.models.gpt2 import modeling_gpt2 as hf
 
 from eet_hf import ops
-from eet_hf._log import warn_once
 from eet_hf.engine import generate as generate_engine
 from eet_hf.engine.gpt2_forward import gpt2_weights
 
-from ._rewire import GELU_APPROXIMATE, PatchContext, inference_only, layer_norm_unfusable
+from ._rewire import (
+    GELU_APPROXIMATE,
+    PatchContext,
+    hf_generate_while_offloaded,
+    inference_only,
+    layer_norm_unfusable,
+)
 
 MODEL_TYPES = ("gpt2",)
 
@@ -85,21 +89,4 @@ def _install_generate(model: torch.nn.Module, ctx: PatchContext, approximate: st
         ctx.fallback("generate", "reorder_and_upcast_attn=True (fp32 attention scores) is not in eet's loop")
     else:
         generate_engine.install(model, ctx, functools.partial(gpt2_weights, gelu=approximate))
-        _hf_loop_while_offloaded(model, ctx)
-
-
-def _hf_loop_while_offloaded(model: torch.nn.Module, ctx: PatchContext) -> None:
-    """accelerate's offload hooks (cpu_offload, device_map offload) keep weights on the meta device between
-    calls; eet's decode loop reads the weights directly, so while any is there HF's generate runs instead (on
-    eet's fused forwards, around which the hooks load the weights)."""
-    engine_generate = model.__dict__["generate"]
-
-    @functools.wraps(engine_generate)
-    def generate(self, *args, **kwargs):
-        if any(p.device.type == "meta" for p in self.parameters()):
-            warn_once("generate: weights offloaded by accelerate hooks (meta device): HF's generate runs on eet's "
-                      "fused forward")
-            return type(self).generate(self, *args, **kwargs)
-        return engine_generate(*args, **kwargs)
-
-    ctx.bind(model, "generate", types.MethodType(generate, model))
+        hf_generate_while_offloaded(model, ctx)

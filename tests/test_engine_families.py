@@ -129,3 +129,21 @@ def test_arena_reused_across_calls_and_cache_returned():
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     assert cache.get_seq_length() == expected.sequences.shape[1] - 1
     assert model.__dict__[ENGINE_ATTR].engine.memory_report()["kv_arena_bytes"] > 0
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt_neox"])
+def test_rotary_swapped_verified_and_restored(name):
+    import sys
+
+    from eet_hf.engine import rotary_swap
+
+    model, ref = _pair(name)
+    attn_module = sys.modules[type(model.base_model.layers[0]).__module__]
+    original = attn_module.apply_rotary_pos_emb
+    stack = decoder_families.decoder_stack(model)
+    assert stack.rotary_modules == (attn_module,)
+    ids, mask = padded_batch(2, 6, [6, 3], "left")
+    out, expected, calls = _both(model, ref, ids, mask, max_new_tokens=4, do_sample=False)
+    assert calls == 1 and torch.equal(out, expected)
+    assert rotary_swap._VERIFIED.get((original, torch.float32)) is True
+    assert attn_module.apply_rotary_pos_emb is original, "HF's function must be back after the forward"

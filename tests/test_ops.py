@@ -149,6 +149,9 @@ OPCHECK_INPUTS = {
         torch.randn(2, 3, 64), torch.randn(64), torch.zeros(2, 2, 5, 8), torch.zeros(2, 2, 5, 8),
         torch.tensor([0, 3], dtype=torch.int32), 4, 2,
     ),
+    "rotary": lambda: (
+        torch.randn(2, 3, 5, 8).transpose(1, 2), torch.randn(2, 1, 3, 8), torch.randn(1, 3, 4), torch.randn(1, 3, 4),
+    ),
 }
 
 
@@ -169,3 +172,18 @@ def test_tanh_staged_gelu_is_hf_gelu_new_bit_for_bit(dtype):
 
     x = (torch.randn(64, 257) * 3).to(dtype)
     assert torch.equal(ops.bias_gelu(x, None, "tanh_staged"), NewGELUActivation()(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rot", [16, 6])
+def test_rotary_reference_is_hf_apply_rotary_pos_emb(dtype, rot):
+    """eet::rotary's reference reproduces HF's Llama (full) and GPT-NeoX (partial) rotary bit for bit."""
+    import transformers.models.gpt_neox.modeling_gpt_neox as neox
+    import transformers.models.llama.modeling_llama as llama
+
+    q = torch.randn(2, 7, 4, 16).to(dtype).transpose(1, 2)
+    k = torch.randn(2, 7, 2, 16).to(dtype).transpose(1, 2)
+    angles = torch.rand(2, 7, rot) * 30
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    hf = llama.apply_rotary_pos_emb if rot == 16 else neox.apply_rotary_pos_emb
+    assert all(torch.equal(a, b) for a, b in zip(ops.rotary(q, k, cos, sin), hf(q, k, cos, sin)))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from . import rotary_swap
 from .hf_layers_forward import HFDecoderStack
 
 _CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
@@ -113,8 +114,9 @@ def decoder_stack(model: nn.Module) -> HFDecoderStack:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(attn, "head_dim", None) or getattr(attn, "head_size", None) or config.hidden_size // heads
+    rotary = () if parts["rotary"] is None else rotary_swap.modules_using_rotary([_attention_module(x) for x in layers])
     return HFDecoderStack(model=model, lm_head=model.get_output_embeddings(), cache_kwarg=kwarg, kv_heads=kv_heads,
-                          head_dim=head_dim, width=config.hidden_size, **parts)
+                          head_dim=head_dim, width=config.hidden_size, rotary_modules=rotary, **parts)
 
 
 def _attention_module(layer: nn.Module) -> nn.Module:

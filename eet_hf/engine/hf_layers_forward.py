@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import nn
 
 from eet_hf.bounds import SeqBounds
 
+from . import rotary_swap
 from .decode_model import StepBounds, tensor_signature
 
 
@@ -62,6 +64,7 @@ class HFDecoderStack:
     head_dim: int
     width: int
     max_positions: int | None
+    rotary_modules: tuple[ModuleType, ...] = ()  # modeling modules whose apply_rotary_pos_emb eet's op stands in for
 
     # DecodeModel (decode_model.py)
     @property
@@ -97,9 +100,10 @@ class HFDecoderStack:
                          padded=padded or not prefill)
         hidden = self.embed(tokens, positions)
         extra = {} if self.rotary is None else {"position_embeddings": self.rotary(hidden, positions)}
-        for layer in self.layers:
-            out = layer(hidden, attention_mask=mask, position_ids=positions, use_cache=True,
-                        **{self.cache_kwarg: cache}, **extra)
-            hidden = out[0] if isinstance(out, tuple) else out
+        with rotary_swap.swapped(self.rotary_modules):
+            for layer in self.layers:
+                out = layer(hidden, attention_mask=mask, position_ids=positions, use_cache=True,
+                            **{self.cache_kwarg: cache}, **extra)
+                hidden = out[0] if isinstance(out, tuple) else out
         # Only the last position feeds the LM head (HF's logits_to_keep=1 in generate); the norm is per position.
         return self.lm_head(self.final(hidden[:, -1:]))[:, 0]

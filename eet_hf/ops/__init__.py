@@ -27,6 +27,7 @@ __all__ = [
     "linear_gelu",
     "reference",
     "rms_norm",
+    "rotary",
 ]
 
 _ops = torch.ops.eet
@@ -56,6 +57,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, HF Llama order (normalize, round, then * weight). x: [..., hidden] -> same."""
     _prepare(x)
     return _ops.rms_norm(x, weight, eps)
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF's apply_rotary_pos_emb for q [batch, heads_q, seq, head_dim] and k [batch, heads_k, seq, head_dim] with
+    cos, sin [batch or 1, seq, rot] (rot <= head_dim, even; dims past rot pass through), in one kernel, with HF's
+    roundings. Returns (q_embed, k_embed) shaped as q and k."""
+    _prepare(q)
+    return _ops.rotary(q, k, cos, sin)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:

@@ -33,8 +33,9 @@ def csrc_dir() -> Path:
 
 
 def sources() -> list[Path]:
+    """Every translation unit in csrc/: the kernel files (*.cu) and the torch bindings (bindings*.cpp)."""
     root = csrc_dir()
-    return sorted(root.glob("*.cu")) + [root / "bindings.cpp"]
+    return sorted(root.glob("*.cu")) + sorted(root.glob("*.cpp"))
 
 
 def build_directory() -> Path:

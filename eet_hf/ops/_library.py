@@ -29,6 +29,7 @@ SCHEMAS = {
         "float scale) -> Tensor"
     ),
     "embedding": "embedding(Tensor input_ids, Tensor position_ids, Tensor wte, Tensor? wpe) -> Tensor",
+    "rotary": "rotary(Tensor q, Tensor k, Tensor cos, Tensor sin) -> (Tensor, Tensor)",
     "kv_append": (
         "kv_append(Tensor qkv, Tensor? bias, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, "
         "int heads_q, int heads_kv) -> Tensor"
@@ -82,3 +83,8 @@ def _kv_append_fake(qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv):
     # The caches are mutated in place (declared Tensor(a!) / Tensor(b!)); only q is a new tensor.
     batch, seq, width = qkv.shape
     return qkv.new_empty((batch, heads_q, seq, width // (heads_q + 2 * heads_kv)))
+
+
+@torch.library.register_fake("eet::rotary")
+def _rotary_fake(q, k, cos, sin):
+    return q.new_empty(q.shape), k.new_empty(k.shape)

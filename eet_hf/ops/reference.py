@@ -190,3 +190,19 @@ def kv_append(
     k_cache[rows, :, slots[keep]] = k[keep]
     v_cache[rows, :, slots[keep]] = v[keep]
     return q.transpose(1, 2).contiguous()
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF's apply_rotary_pos_emb (unsqueeze_dim=1), partial rotary included: the first cos.shape[-1] dims of each
+    head rotate, the rest pass through. q: [batch, heads_q, seq, head_dim]; k: [batch, heads_k, seq, head_dim];
+    cos, sin: [batch or 1, seq, rot]. Same torch ops as HF, so the same roundings in every dtype."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    rot = cos.shape[-1]
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        x_rot, x_pass = x[..., :rot], x[..., rot:]
+        rotated = torch.cat((-x_rot[..., rot // 2 :], x_rot[..., : rot // 2]), dim=-1)
+        # cat: contiguous [batch, heads, seq, head_dim] whatever x's layout (the CUDA op's and the fake's layout).
+        return torch.cat([(x_rot * cos) + (rotated * sin), x_pass], dim=-1)
+
+    return apply(q), apply(k)

@@ -107,8 +107,9 @@ def decoder_layer_config(hidden: int, total: int, vocab: int = 1024) -> GPT2Conf
     return gpt2_config(1, hidden, hidden // head_dim, positions=total, vocab=vocab)
 
 
-def decoder_layer_model(hidden: int, total: int, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    return build(GPT2Model, decoder_layer_config(hidden, total), device, dtype)
+def decoder_layer_model(hidden: int, total: int, device: str, dtype: torch.dtype, lm_head: bool = False) -> torch.nn.Module:
+    """The one-layer GPT-2 (GPT2Model), or with lm_head the same shape under GPT-2's LM head."""
+    return build(GPT2LMHeadModel if lm_head else GPT2Model, decoder_layer_config(hidden, total), device, dtype)
 
 
 def build(model_class: type, config: PretrainedConfig, device: str, dtype: torch.dtype) -> torch.nn.Module:

@@ -307,6 +307,8 @@ calls = {
     "rms_norm": lambda: torch.ops.eet.rms_norm(torch.randn(4, 64, device="cuda"), torch.randn(63, device="cuda"), 1e-5),
     "kv_append": lambda: torch.ops.eet.kv_append(torch.randn(2, 3, 96, **f16), None, cache, cache.clone(),
                                                  torch.zeros(2, dtype=torch.int32, device="cuda"), 5, 4),
+    "rotary": lambda: torch.ops.eet.rotary(torch.randn(1, 2, 3, 8, **f16), torch.randn(1, 2, 3, 8, **f16),
+                                           torch.randn(1, 3, 5, **f16), torch.randn(1, 3, 5, **f16)),
 }
 try:
     calls[sys.argv[1]]()
@@ -315,7 +317,7 @@ except RuntimeError as error:
 """
 
 
-@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "embedding", "kv_append"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "embedding", "kv_append", "rotary"])
 def test_raw_op_argument_error_raises_without_crashing(cuda_ops, op):
     """torch.ops.eet.* called directly with bad arguments: a RuntimeError, never a dead process (a subprocess, so
     that a crash fails this test instead of the whole run)."""

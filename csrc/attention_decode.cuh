@@ -1,0 +1,133 @@
+// Shapes and helpers of the split-K decode kernels (attention_decode.cu has the design): the block shape and
+// split policy constants, the per-(dtype, head_dim) pipeline configuration, 16-byte row loads, and the key
+// chunk of one split. Header-only; shared by attention_decode.cu, attention_decode_split.cu and
+// attention_decode_combine.cu.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "attention_common.cuh"
+#include "kernels.h"
+
+namespace eet {
+namespace attn {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kQPerBlock = 4;   // query vectors per block (more go to further blocks of the grid)
+constexpr int kUnroll = 4;      // key rows per lane group per round
+constexpr int kMinChunk = 256;  // keys: a split shorter than this is not worth a block
+constexpr int kBlocksPerSm = 2; // decode_kernel's occupancy (registers and pipeline smem), all dtypes / dims
+constexpr int kWaves = 1;       // split so that the grid fills this many waves of resident blocks
+constexpr int kMaxSplits = 128;
+
+constexpr int pow2_ceil(int n) { return n <= 1 ? 1 : 2 * pow2_ceil((n + 1) / 2); }
+
+template <typename T, int D>
+struct DecodeConfig {
+  static constexpr int kVec = 16 / sizeof(T);          // elements per 16-byte vector
+  static constexpr int kNV = D / kVec;                 // vectors per row
+  static constexpr int kLPR = pow2_ceil(kNV) < 32 ? pow2_ceil(kNV) : 32;  // lanes per row
+  static constexpr int kVPL = (kNV + kLPR - 1) / kLPR; // vectors per lane
+  static constexpr int kGroups = 32 / kLPR;            // rows a warp reads at once
+  static constexpr int kKeysPerRound = kWarps * kGroups * kUnroll;  // keys a block consumes per round
+  // cp.async pipeline depth: kStages - 1 rounds (4 KB each per warp with one vector per lane) in flight.
+  static constexpr int kStages = kVPL == 1 ? 5 : 3;
+  // Pipeline buffers: [stage][warp][u][v][k or v][lane] 16-byte slots; each lane reads back only the slots
+  // it filled itself, so no barrier is needed, only cp.async.wait_group.
+  static constexpr int kSlotsPerStage = kWarps * kUnroll * kVPL * 2 * 32;
+  static constexpr size_t kSmemBytes = static_cast<size_t>(kStages) * kSlotsPerStage * 16;
+  static_assert(D % kVec == 0, "head_dim must be a multiple of 16 bytes");
+};
+
+// 16 bytes of T at p as 4 raw words; the scalar path for unaligned tensors reads element by element.
+template <typename T>
+__device__ __forceinline__ uint4 load16(const T* p, bool aligned) {
+  if (aligned) return __ldg(reinterpret_cast<const uint4*>(p));
+  uint4 r;
+  if constexpr (sizeof(T) == 4) {
+    const unsigned* s = reinterpret_cast<const unsigned*>(p);
+    r.x = s[0], r.y = s[1], r.z = s[2], r.w = s[3];
+  } else {
+    const unsigned short* s = reinterpret_cast<const unsigned short*>(p);
+    r.x = s[0] | (static_cast<unsigned>(s[1]) << 16);
+    r.y = s[2] | (static_cast<unsigned>(s[3]) << 16);
+    r.z = s[4] | (static_cast<unsigned>(s[5]) << 16);
+    r.w = s[6] | (static_cast<unsigned>(s[7]) << 16);
+  }
+  return r;
+}
+
+// Raw 16 bytes -> floats.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& r, float (&f)[16 / sizeof(T)]);
+template <>
+__device__ __forceinline__ void unpack16<float>(const uint4& r, float (&f)[4]) {
+  f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y), f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
+}
+template <>
+__device__ __forceinline__ void unpack16<__half>(const uint4& r, float (&f)[8]) {
+  const unsigned w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 h;
+    *reinterpret_cast<unsigned*>(&h) = w[i];
+    const float2 v = __half22float2(h);
+    f[2 * i] = v.x, f[2 * i + 1] = v.y;
+  }
+}
+template <>
+__device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4& r, float (&f)[8]) {
+  const unsigned w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __nv_bfloat162 h;
+    *reinterpret_cast<unsigned*>(&h) = w[i];
+    const float2 v = __bfloat1622float2(h);
+    f[2 * i] = v.x, f[2 * i + 1] = v.y;
+  }
+}
+
+// The visible key range of sequence b for any of its query rows, and its chunk `split` of `splits`.
+struct ChunkRange {
+  int lo, hi;    // keys [lo, hi) of this block's chunk; empty when hi <= lo
+  long long qo;  // q_offset of the sequence
+};
+
+template <int kRound>
+__device__ __forceinline__ ChunkRange chunk_range(const AttentionParams& p, int b, int split, int splits) {
+  ChunkRange c;
+  const int ks = min(max(p.kv_start[b], 0), p.kv_len);
+  const int ke = min(max(p.kv_end[b], 0), p.kv_len);
+  c.qo = static_cast<long long>(p.q_offset[b]);
+  long long hi = ke;
+  if (p.causal) {
+    const long long causal_end = c.qo + static_cast<long long>(p.q_len);  // last row sees j <= qo + q_len - 1
+    hi = causal_end < hi ? causal_end : hi;
+  }
+  const long long n = hi > ks ? hi - ks : 0;
+  // Chunk length rounded up to whole block rounds; trailing splits may get nothing.
+  long long len = (n + splits - 1) / splits;
+  len = (len + kRound - 1) / kRound * kRound;
+  long long lo = ks + split * len;
+  long long end = lo + len;
+  const long long stop = ks + n;
+  lo = lo < stop ? lo : stop;
+  end = end < stop ? end : stop;
+  c.lo = static_cast<int>(lo);
+  c.hi = static_cast<int>(end);
+  return c;
+}
+
+// Weight of a partial (a warp's or a split's) with running max m in a merge whose overall max is mmax:
+// 2^(m - mmax), and 0 for a partial that saw no visible key.
+__device__ __forceinline__ float partial_weight(float m, float mmax) { return m == -INFINITY ? 0.f : exp2f(m - mmax); }
+
+}  // namespace attn
+}  // namespace eet

@@ -1,0 +1,318 @@
+// The split-K decode kernel (design in attention_decode.cu): one block handles one key chunk of one (batch, kv
+// head) for up to kQPerBlock query vectors. With one split it normalizes and writes the output itself (a single
+// pass); otherwise it writes its partial (max, sum, unnormalized accumulator; log2 domain) to the workspace and
+// launches the combine kernel (attention_decode_combine.cu) behind it.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "attention_common.cuh"
+#include "attention_decode.cuh"
+#include "attention_kernels.h"
+#include "attention_ptx.cuh"
+#include "common.cuh"
+
+namespace eet {
+namespace attn {
+namespace {
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    decode_kernel(const AttentionParams p, const int aligned_flag, const int splits, const int q_chunks,
+                  float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+  using C = DecodeConfig<T, D>;
+  constexpr int kVec = C::kVec, NV = C::kNV, LPR = C::kLPR, VPL = C::kVPL, GROUPS = C::kGroups;
+  constexpr int U = kUnroll, Q = kQPerBlock, kStages = C::kStages;
+
+  __shared__ float sm_acc[kWarps][Q][D];
+  __shared__ float sm_m[kWarps][Q];
+  __shared__ float sm_l[kWarps][Q];
+
+  // Let the combine kernel (a programmatic dependent launch) get scheduled now; it waits for this grid's
+  // completion before reading anything.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+
+  const bool aligned = aligned_flag != 0;
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int grp = lane / LPR;  // which of the warp's rows this lane reads
+  const int lig = lane % LPR;  // lane in group: vectors lig, lig + LPR, ...
+
+  // Block -> (query chunk, split, kv head, batch); query chunks of one split are adjacent so that they
+  // read the same K/V while it is in L2.
+  int64_t idx = blockIdx.x;
+  const int qc = static_cast<int>(idx % q_chunks);
+  idx /= q_chunks;
+  const int split = static_cast<int>(idx % splits);
+  idx /= splits;
+  const int hk = static_cast<int>(idx % p.heads_kv);
+  const int b = static_cast<int>(idx / p.heads_kv);
+
+  const int group_size = p.heads_q / p.heads_kv;
+  const int nq_total = group_size * p.q_len;
+  const int nq = min(Q, nq_total - qc * Q);  // query vectors of this block, >= 1
+
+  const ChunkRange cr = chunk_range<C::kKeysPerRound>(p, b, split, splits);
+
+  // Query vectors, pre-scaled to log2 units; per query the last key it may see (causal) and its head/row.
+  float qv[Q][VPL][kVec];
+  int lim[Q];
+#pragma unroll
+  for (int k = 0; k < Q; ++k) {
+    const int qi = qc * Q + k;
+    const int hig = k < nq ? qi / p.q_len : 0;
+    const int row = k < nq ? qi - hig * p.q_len : 0;
+    const int h = hk * group_size + hig;
+    const T* qp = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h + row * p.q_stride_s;
+    long long l = p.causal ? cr.qo + row : static_cast<long long>(p.kv_len);
+    l = l < -1 ? -1 : (l > p.kv_len ? p.kv_len : l);
+    lim[k] = static_cast<int>(l);
+    const float sc = p.scale * kLog2e;
+#pragma unroll
+    for (int v = 0; v < VPL; ++v) {
+      const int vi = lig + v * LPR;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) qv[k][v][e] = 0.f;
+      if (k < nq && vi < NV) {
+        float f[kVec];
+        unpack16<T>(load16(qp + vi * kVec, aligned), f);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) qv[k][v][e] = f[e] * sc;
+      }
+    }
+  }
+
+  float m[Q], l[Q], acc[Q][VPL][kVec];
+#pragma unroll
+  for (int k = 0; k < Q; ++k) {
+    m[k] = -INFINITY;
+    l[k] = 0.f;
+#pragma unroll
+    for (int v = 0; v < VPL; ++v)
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[k][v][e] = 0.f;
+  }
+
+  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
+  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
+
+  // Warp w reads rows base + u * GROUPS + grp of round r, base = base0 + r * kKeysPerRound; the round
+  // count is warp-uniform. Rounds are prefetched kStages - 1 ahead into this lane's own smem slots.
+  extern __shared__ uint4 pipe[];
+  uint4* my_slots = pipe + warp * (kUnroll * VPL * 2 * 32) + lane;
+  const int base0 = cr.lo + warp * GROUPS * U;
+  const int rounds = cr.hi > base0 ? (cr.hi - base0 + C::kKeysPerRound - 1) / C::kKeysPerRound : 0;
+  auto issue = [&](int r) {
+    if (r < rounds) {
+      uint4* st = my_slots + (r % kStages) * C::kSlotsPerStage;
+      const int base = base0 + r * C::kKeysPerRound;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int j = base + u * GROUPS + grp;
+#pragma unroll
+        for (int v = 0; v < VPL; ++v) {
+          const int vi = lig + v * LPR;
+          if (j < cr.hi && vi < NV) {
+            const T* ksrc = kb + static_cast<int64_t>(j) * p.k_stride_s + vi * kVec;
+            const T* vsrc = vb + static_cast<int64_t>(j) * p.v_stride_s + vi * kVec;
+            uint4* kdst = st + ((u * VPL + v) * 2 + 0) * 32;
+            uint4* vdst = st + ((u * VPL + v) * 2 + 1) * 32;
+            if (aligned) {
+              cp_async_16(kdst, ksrc);
+              cp_async_16(vdst, vsrc);
+            } else {
+              *kdst = load16(ksrc, false);
+              *vdst = load16(vsrc, false);
+            }
+          }
+        }
+      }
+    }
+    cp_async_commit();  // possibly empty: keeps one group per round
+  };
+#pragma unroll
+  for (int r = 0; r < kStages - 1; ++r) issue(r);
+
+  for (int r = 0; r < rounds; ++r) {
+    issue(r + kStages - 1);  // into the stage consumed in round r - 1
+    cp_async_wait<kStages - 1>();  // this lane's copies of round r have landed
+    const uint4* st = my_slots + (r % kStages) * C::kSlotsPerStage;
+    const int base = base0 + r * C::kKeysPerRound;
+    uint4 kr[U][VPL], vr[U][VPL];
+    int j[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      j[u] = base + u * GROUPS + grp;
+#pragma unroll
+      for (int v = 0; v < VPL; ++v) {
+        const int vi = lig + v * LPR;
+        kr[u][v] = vr[u][v] = make_uint4(0u, 0u, 0u, 0u);  // slots not filled this round hold stale data
+        if (j[u] < cr.hi && vi < NV) {
+          kr[u][v] = st[((u * VPL + v) * 2 + 0) * 32];
+          vr[u][v] = st[((u * VPL + v) * 2 + 1) * 32];
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < Q; ++k) {
+      if (k >= nq) break;  // block-uniform
+      float s[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float d = 0.f;
+#pragma unroll
+        for (int v = 0; v < VPL; ++v) {
+          float f[kVec];
+          unpack16<T>(kr[u][v], f);
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) d = fmaf(qv[k][v][e], f[e], d);
+        }
+#pragma unroll
+        for (int off = LPR / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+        s[u] = (j[u] < cr.hi && j[u] <= lim[k]) ? d : -INFINITY;
+      }
+      float mx = s[0];
+#pragma unroll
+      for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[u]);
+#pragma unroll
+      for (int off = LPR; off < 32; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_new = fmaxf(m[k], mx);
+      const float m_use = softmax_offset(m_new);  // nothing visible yet: exp2(-inf - 0) = 0
+      const float alpha = exp2f(m[k] - m_use);
+      m[k] = m_new;
+      l[k] *= alpha;
+#pragma unroll
+      for (int v = 0; v < VPL; ++v)
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc[k][v][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pu = exp2f(s[u] - m_use);
+        l[k] += pu;
+#pragma unroll
+        for (int v = 0; v < VPL; ++v) {
+          float f[kVec];
+          unpack16<T>(vr[u][v], f);
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) acc[k][v][e] = fmaf(pu, f[e], acc[k][v][e]);
+        }
+      }
+    }
+  }
+
+  // Sum the lane groups of the warp (they share the warp's running max), then merge the warps.
+#pragma unroll
+  for (int k = 0; k < Q; ++k) {
+#pragma unroll
+    for (int off = LPR; off < 32; off <<= 1) {
+      l[k] += __shfl_xor_sync(0xffffffffu, l[k], off);
+#pragma unroll
+      for (int v = 0; v < VPL; ++v)
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc[k][v][e] += __shfl_xor_sync(0xffffffffu, acc[k][v][e], off);
+    }
+    if (grp == 0) {
+#pragma unroll
+      for (int v = 0; v < VPL; ++v) {
+        const int vi = lig + v * LPR;
+        if (vi < NV) {
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) sm_acc[warp][k][vi * kVec + e] = acc[k][v][e];
+        }
+      }
+    }
+    if (lane == 0) {
+      sm_m[warp][k] = m[k];
+      sm_l[warp][k] = l[k];
+    }
+  }
+  __syncthreads();
+
+  const int64_t rows_total = static_cast<int64_t>(p.batch) * p.q_len * p.heads_q;
+  for (int i = tid; i < nq * D; i += kThreads) {
+    const int k = i / D;
+    const int d = i - k * D;
+    float mmax = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mmax = fmaxf(mmax, sm_m[w][k]);
+    float lsum = 0.f, a = 0.f;
+    if (mmax != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = partial_weight(sm_m[w][k], mmax);
+        lsum += sm_l[w][k] * f;
+        a += sm_acc[w][k][d] * f;
+      }
+    }
+    const int qi = qc * Q + k;
+    const int hig = qi / p.q_len;
+    const int row = qi - hig * p.q_len;
+    const int h = hk * group_size + hig;
+    const int64_t o = (static_cast<int64_t>(b) * p.q_len + row) * p.heads_q + h;  // output row
+    if (splits == 1) {
+      static_cast<T*>(p.out)[o * D + d] = from_float<T>(lsum > 0.f ? a / lsum : 0.f);
+    } else {
+      const int64_t w = split * rows_total + o;
+      ws_acc[w * D + d] = a;
+      if (d == 0) {
+        ws_ml[w] = mmax;
+        ws_ml[splits * rows_total + w] = lsum;
+      }
+    }
+  }
+}
+
+template <typename T, int D>
+cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, int splits, cudaStream_t stream) {
+  const int64_t q_chunks = (static_cast<int64_t>(p.heads_q / p.heads_kv) * p.q_len + kQPerBlock - 1) / kQPerBlock;
+  const int64_t blocks = q_chunks * splits * p.heads_kv * p.batch;
+  if (blocks <= 0) return cudaSuccess;
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  const int64_t rows_total = static_cast<int64_t>(p.batch) * p.q_len * p.heads_q;
+  float* ws_acc = nullptr;
+  float* ws_ml = nullptr;
+  if (splits > 1) {
+    if (p.workspace == nullptr) return cudaErrorInvalidValue;
+    ws_acc = static_cast<float*>(p.workspace);
+    ws_ml = ws_acc + static_cast<int64_t>(splits) * rows_total * D;
+  }
+  constexpr size_t smem = DecodeConfig<T, D>::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(decode_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  decode_kernel<T, D><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p, aligned ? 1 : 0, splits,
+                                                                                static_cast<int>(q_chunks), ws_acc,
+                                                                                ws_ml);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || splits == 1) return err;
+  return launch_decode_combine<T>(ws_acc, ws_ml, static_cast<T*>(p.out), rows_total, D, splits, stream);
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, int splits, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 32: return launch_decode_d<T, 32>(p, aligned, splits, stream);
+    case 64: return launch_decode_d<T, 64>(p, aligned, splits, stream);
+    case 80: return launch_decode_d<T, 80>(p, aligned, splits, stream);
+    case 96: return launch_decode_d<T, 96>(p, aligned, splits, stream);
+    case 128: return launch_decode_d<T, 128>(p, aligned, splits, stream);
+    case 256: return launch_decode_d<T, 256>(p, aligned, splits, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template cudaError_t launch_decode_split<float>(const AttentionParams& p, bool aligned, int splits,
+                                                cudaStream_t stream);
+template cudaError_t launch_decode_split<__half>(const AttentionParams& p, bool aligned, int splits,
+                                                 cudaStream_t stream);
+template cudaError_t launch_decode_split<__nv_bfloat16>(const AttentionParams& p, bool aligned, int splits,
+                                                        cudaStream_t stream);
+
+}  // namespace attn
+}  // namespace eet
