@@ -135,13 +135,18 @@ class PatchContext:
     def path(self, module: nn.Module) -> str:
         return self._paths[module]
 
-    def rewire(self, module: nn.Module, fused_forward: Callable) -> None:
+    def rewire(self, module: nn.Module, fused_forward: Callable, *, label: str | None = None,
+               reads_children: bool = True) -> None:
+        """label: what explain() lists (default: the module's path). reads_children=False: fused_forward only
+        calls child modules (whose own hooks then load offloaded weights), so the per-call offload scan is
+        skipped."""
         # accelerate's dispatch hooks keep the real forward in `_old_forward` and wrap it: rewire that one.
         name = "_old_forward" if "_old_forward" in module.__dict__ else "forward"
-        ours = types.MethodType(with_offloaded_children(fused_forward, module), module)
+        forward = with_offloaded_children(fused_forward, module) if reads_children else fused_forward
+        ours = types.MethodType(forward, module)
         self._undo.append((module, _REWIRED, (ours, module.__dict__.get(name))))
         setattr(module, name, ours)
-        self.report.accelerated.append(self.path(module))
+        self.report.accelerated.append(label or self.path(module))
 
     def fallback(self, where: nn.Module | str, reason: str) -> None:
         path = where if isinstance(where, str) else self.path(where)

@@ -9,6 +9,8 @@ The packed encoder hands a call back to HF's layer loop over the fused modules (
 output_attentions / output_hidden_states, left-padded batches, masks eet's mask function could not express,
 caches or encoder states; decoder / cross-attention BERT and accelerate(attention=False) never take it.
 Refused, left to HF: cross-attention (decoder BERT with add_cross_attention), activations eet does not implement.
+The top-level model (BertModel or a head) whose encoder took the packed path also gets whole-model CUDA graphs for
+small batches (eet_hf/encoder/model_graphs.py: embeddings, mask, encoder and head as one graph).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from transformers.models.bert import modeling_bert as hf
 from eet_hf import ops
 from eet_hf._log import logger, warn_once
 from eet_hf.bounds import SeqBounds
-from eet_hf.encoder import BertEncoderRuntime
+from eet_hf.encoder import BertEncoderRuntime, model_graphs
 
 from ._rewire import GELU_APPROXIMATE, PatchContext, inference_only, layer_norm_unfusable
 
@@ -106,6 +108,25 @@ def _route_encoders(model: torch.nn.Module, ctx: PatchContext) -> None:
         ctx.rewire(encoder, encoder_forward)
 
 
+# Top-level classes whose forward model_graphs may capture: their outputs are ModelOutputs of tensors for the
+# plain call form, and their first three arguments are input_ids, attention_mask, token_type_ids.
+MODEL_GRAPH_CLASSES = (hf.BertModel, hf.BertForMaskedLM, hf.BertForSequenceClassification,
+                       hf.BertForTokenClassification, hf.BertForQuestionAnswering, hf.BertForMultipleChoice,
+                       hf.BertForNextSentencePrediction, hf.BertForPreTraining, hf.BertLMHeadModel)
+
+
+def _route_model_graphs(model: torch.nn.Module, ctx: PatchContext) -> None:
+    encoders = [m for m in model.modules() if isinstance(m, hf.BertEncoder)]
+    if type(model) not in MODEL_GRAPH_CLASSES or len(encoders) != 1 or "_eet_encoder" not in encoders[0].__dict__:
+        return  # decoder BERT, attention=False, custom classes: the packed encoder's own graphs only
+    if any("_hf_hook" in m.__dict__ for m in model.modules()):
+        logger.info("eet_hf: whole-model CUDA graphs not used: the model is placed or offloaded by accelerate hooks")
+        return
+    ctx.set_attr(model, model_graphs.ATTR, model_graphs.ModelGraphs())
+    ctx.rewire(model, model_graphs.graphed_forward, label="<model>: whole-model CUDA graphs for small batches",
+               reads_children=False)
+
+
 def apply(model: torch.nn.Module, ctx: PatchContext) -> None:
     config = model.config
     act = config.hidden_act if isinstance(config.hidden_act, str) else None
@@ -134,3 +155,4 @@ def apply(model: torch.nn.Module, ctx: PatchContext) -> None:
         if isinstance(module, torch.nn.LayerNorm) and module not in fused_norms:
             ctx.layer_norm(module)
     _route_encoders(model, ctx)
+    _route_model_graphs(model, ctx)

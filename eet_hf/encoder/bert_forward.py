@@ -109,12 +109,12 @@ class BertEncoderRuntime:
         self.graphs = GraphCache()
         for layer in self.layers:
             pack_qkv(layer.attention.self)
-        self._params = list(self.layers.parameters())
 
     def _weights_signature(self) -> tuple[int, ...]:
         # Graphs hold weight addresses: a replaced parameter (load_state_dict(assign=True), a device move)
-        # must not replay an old graph, so the addresses are part of the graph key.
-        return tuple(p.data_ptr() for p in self._params)
+        # must not replay an old graph, so the addresses are part of the graph key. Read from the modules on
+        # every call: a cached list of parameters would keep the replaced ones.
+        return tuple(p.data_ptr() for p in self.layers.parameters())
 
     def _capacity_forward(self, hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
         return packed_forward(self.layers, hidden, pk.plan(start, end, hidden.shape[1]))

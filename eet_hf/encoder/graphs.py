@@ -109,9 +109,12 @@ class GraphCache:
             self._graphs.popitem(last=False)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        static_hidden = torch.zeros(batch, bucket, width, dtype=dtype, device=device)
-        static_start = torch.zeros(batch, dtype=torch.int32, device=device)
-        static_end = torch.zeros(batch, dtype=torch.int32, device=device)
+        # Normal tensors even when this call runs under inference_mode: a later call under no_grad copies into them,
+        # which an inference tensor refuses ("Inplace update to inference tensor outside InferenceMode").
+        with torch.inference_mode(False):
+            static_hidden = torch.zeros(batch, bucket, width, dtype=dtype, device=device)
+            static_start = torch.zeros(batch, dtype=torch.int32, device=device)
+            static_end = torch.zeros(batch, dtype=torch.int32, device=device)
         entry = _Graph(torch.cuda.CUDAGraph(), static_hidden, static_start, static_end, static_hidden)
         self._load(entry, hidden, start, end)
         with torch.no_grad():

@@ -1,0 +1,417 @@
+"""Whole-model CUDA graphs for small encoder batches: embeddings, eet's mask, the packed encoder and the head
+(pooler, MLM head, classifier, ...) replayed as one graph, so a small forward pays one launch, not ~200.
+
+At batch 1 x 128 a BERT forward is host-bound (issue #6: 1.45 ms wall for 0.58 ms of kernels): per call, eet's
+mask function and the encoder's packing each read back to the host, and the embeddings and head run as eager
+Python. patches/bert.py installs `graphed_forward` on the accelerated top-level model (BertModel or a head);
+it replays a graph for calls of the plain form
+
+    model(input_ids, attention_mask=..., token_type_ids=...)       (position_ids=None, return_dict=True allowed)
+
+on CUDA, in eval mode with autograd off (torch.no_grad / inference_mode), without autocast, with
+input_ids.numel() <= graphs.MAX_TOKENS. Anything else (labels, inputs_embeds, output_hidden_states /
+output_attentions, other kwargs, config.return_dict=False, accelerate's hooks, torch.compile or an outer capture)
+runs the model's own forward, as before.
+
+Graphs: one per (input shape, input dtypes, device, which optional inputs were given, attention implementation,
+weight storage signature = the address of every parameter and buffer, so model.to() / half() /
+load_state_dict(assign=True) / a replaced submodule never replay a stale graph). A shape is captured on its 2nd
+call (one-off shapes never pay a capture), graphs live in a bounded LRU (graphs.MAX_GRAPHS) and share one
+memory pool. The static inputs are copied in before each replay; the static outputs are cloned out after it
+(the next replay overwrites them).
+
+The trade-off: inside a capture, eet's mask function and the packed encoder cannot read the mask on the host,
+so they assume right padding (README: "under CUDA-graph capture"). A graph therefore gives HF's answer only for
+masks that are one run of 1s from column 0 in every row (right padding, no padding, or an empty row) — what
+tokenizers produce. To stay correct for any mask, the graph also computes, on the device, one bool "every row
+is right-padded"; after the replay that bool is read back (the one host sync of the forward, at its end, where
+the caller reads the output anyway) and when it is False the call runs the model's own eager forward, which
+handles left padding and holes exactly (the replay's GPU time is then wasted). A call without a mask has no
+sync at all. Captures are only made on a right-padded call. Switches: EET_HF_ENCODER_GRAPHS=0 (all encoder
+graphs) or EET_HF_ENCODER_MODEL_GRAPHS=0 (these only).
+
+The capture itself is behind a small backend interface (`CudaGraphBackend`: supports(device), capture(fn,
+device) -> (replay, outputs)) so the routing, keys and fallbacks are tested on CPU with a fake backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from eet_hf._log import warn_once
+from eet_hf.attention import _is_compiling
+
+from . import graphs
+from .bert_forward import token_bounds
+
+ENABLED = os.environ.get("EET_HF_ENCODER_MODEL_GRAPHS", "1") != "0"
+ATTR = "_eet_model_graphs"  # the model's ModelGraphs, set by patches/bert.py
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # the leading positional order of every Bert head
+
+Outputs = tuple[ModelOutput, torch.Tensor | None]  # the captured forward's output and its "right-padded" flag
+
+
+class GraphBackend(Protocol):
+    def supports(self, device: torch.device) -> bool: ...
+
+    def capture(self, fn: Callable[[], Outputs], device: torch.device) -> tuple[Callable[[], None], Outputs]:
+        """Capture fn (after a warm-up run); returns (replay, fn's static outputs, rewritten by each replay)."""
+        ...
+
+
+class CudaGraphBackend:
+    """torch.cuda.CUDAGraph captures sharing one memory pool: graphs replay one after another on one stream and
+    their outputs are cloned right after each replay, so their intermediates may share memory."""
+
+    def __init__(self) -> None:
+        self._pool = None
+
+    def supports(self, device: torch.device) -> bool:
+        return device.type == "cuda"
+
+    def capture(self, fn: Callable[[], Outputs], device: torch.device) -> tuple[Callable[[], None], Outputs]:
+        with torch.cuda.device(device):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            # One eager run on a side stream first: lazy initialisation (cuBLAS workspaces, kernel attributes)
+            # must not happen inside the capture.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream(device).wait_stream(side)
+            with torch.cuda.graph(graph, pool=self._pool):
+                outputs = fn()
+        return graph.replay, outputs
+
+
+def plain_inputs(args: tuple, kwargs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """{"input_ids", and "attention_mask" / "token_type_ids" when given} for a call of the plain form, else None.
+
+    Accepted: up to three positional tensors in INPUT_NAMES order or those names as keywords; position_ids=None;
+    return_dict None or True. attention_mask and token_type_ids must have input_ids' shape and device.
+    """
+    if len(args) > len(INPUT_NAMES):
+        return None
+    inputs: dict[str, Any] = dict(zip(INPUT_NAMES, args))
+    for name, value in kwargs.items():
+        if name in INPUT_NAMES and name not in inputs:
+            inputs[name] = value
+        elif (name == "position_ids" and value is None) or (name == "return_dict" and (value is None or value is True)):
+            continue  # the defaults
+        else:
+            return None
+    ids = inputs.get("input_ids")
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dim() < 2:
+        return None
+    for name in INPUT_NAMES[1:]:
+        value = inputs.get(name)
+        if value is None:
+            inputs.pop(name, None)
+        elif not isinstance(value, torch.Tensor) or value.shape != ids.shape or value.device != ids.device:
+            return None
+    return inputs
+
+
+def right_padded(mask: torch.Tensor) -> torch.Tensor:
+    """Bool scalar on mask's device: every row of mask [..., seq] is one run of nonzeros starting at column 0
+    (right padding, no padding, or an empty row): the masks a capture computes correctly. No host read."""
+    real = mask != 0
+    return ~(real[..., 1:] & ~real[..., :-1]).any()
+
+
+# Bumped whenever any module, parameter or buffer is registered anywhere (setattr of a submodule or Parameter,
+# load_state_dict(assign=True)): the cached list of a model's parameter dicts is then rebuilt. Process-wide
+# torch hooks that only count; installed once, on the first ModelGraphs.
+_GENERATION = [0]
+_WATCHING = [False]
+
+
+def _bump(*_: Any) -> None:
+    _GENERATION[0] += 1
+
+
+def _watch_registrations() -> None:
+    if _WATCHING[0]:
+        return
+    from torch.nn.modules import module as nn_module
+
+    nn_module.register_module_module_registration_hook(_bump)
+    nn_module.register_module_parameter_registration_hook(_bump)
+    nn_module.register_module_buffer_registration_hook(_bump)
+    _WATCHING[0] = True
+
+
+_data_ptr = torch.Tensor.data_ptr
+
+
+class WeightSignature:
+    """The address of every parameter and buffer of a model (~0.1 µs per tensor: ~20 µs for bert-base). The
+    module tree is walked only after a registration (a module or parameter replaced); each call reads the
+    addresses, which change on .to() / .half() / `p.data = ...` / swaps."""
+
+    def __init__(self) -> None:
+        _watch_registrations()
+        self._dicts: list[dict] = []
+        self._generation = -1
+        self._has_none = False  # a None entry (e.g. Linear(bias=False)): the slower exact path
+
+    def __call__(self, model: nn.Module) -> tuple[int, ...]:
+        if self._generation != _GENERATION[0]:
+            self._generation = _GENERATION[0]
+            self._dicts = [d for m in model.modules() for d in (m._parameters, m._buffers) if d]
+            self._has_none = any(v is None for d in self._dicts for v in d.values())
+        if not self._has_none:
+            try:
+                return tuple(map(_data_ptr, itertools.chain.from_iterable(map(dict.values, self._dicts))))
+            except TypeError:  # set to None in place, past the registration hooks
+                self._has_none = True
+        values = itertools.chain.from_iterable(map(dict.values, self._dicts))
+        return tuple(0 if t is None else t.data_ptr() for t in values)
+
+
+class ConfigView:
+    """(whether the model returns plain ModelOutputs, its attention implementation), from its config; re-read only
+    when the config's attributes changed (a shallow comparison: unchanged values are the same objects), since an
+    HF config attribute read costs ~2 µs in transformers 5.x."""
+
+    def __init__(self) -> None:
+        self._snapshot: dict | None = None
+        self._value: tuple[bool, Any] = (False, None)
+
+    def __call__(self, config: Any) -> tuple[bool, Any]:
+        state = object.__getattribute__(config, "__dict__")  # past HF's own __getattribute__
+        try:
+            if state == self._snapshot:
+                return self._value
+        except Exception:  # noqa: BLE001 - a changed value whose == is not a bool (an array): read it again
+            pass
+        plain = (getattr(config, "return_dict", True) is not False
+                 and not getattr(config, "output_hidden_states", False)
+                 and not getattr(config, "output_attentions", False))
+        self._value = (plain, config._attn_implementation)
+        self._snapshot = dict(state)
+        return self._value
+
+
+def _capacity_forward(runtime: Any, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+    batch, seq_len = hidden.shape[:2]
+    start, end = token_bounds(mask, batch, seq_len, hidden.device)
+    return runtime._capacity_forward(hidden, start, end)
+
+
+@contextlib.contextmanager
+def capacity_mode(model: nn.Module) -> Iterator[None]:
+    """The model's packed encoders take their capture-time path (fixed-shape capacity packing, no host read, no
+    encoder graph of their own) also outside a capture, so the warm-up before a capture runs the same kernels
+    as the capture itself."""
+    runtimes = [m.__dict__["_eet_encoder"] for m in model.modules() if "_eet_encoder" in m.__dict__]
+    for runtime in runtimes:
+        runtime.forward = functools.partial(_capacity_forward, runtime)
+    try:
+        yield
+    finally:
+        for runtime in runtimes:
+            runtime.__dict__.pop("forward", None)
+
+
+def _tensor_output(out: Any) -> bool:
+    return isinstance(out, ModelOutput) and all(isinstance(v, torch.Tensor) for v in out.values())
+
+
+OutputBuilder = Callable[[list[tuple[str, torch.Tensor]]], ModelOutput]
+
+
+def output_builder(template: ModelOutput) -> OutputBuilder:
+    """A constructor of template's class from (field, tensor) pairs. The dataclass constructor costs 15-20 µs per
+    call in transformers 5.x (__setattr__ and __post_init__ walk the fields), a tenth of a small replayed forward;
+    setting the same attributes and keys directly costs 2. The direct one is used only when it builds the same
+    object as the constructor for this template (checked here, once per graph)."""
+    cls = type(template)
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def direct(items: list[tuple[str, torch.Tensor]]) -> ModelOutput:
+        out = cls.__new__(cls)
+        OrderedDict.__init__(out)
+        for name in names:
+            object.__setattr__(out, name, None)
+        for name, value in items:
+            OrderedDict.__setitem__(out, name, value)
+            object.__setattr__(out, name, value)
+        return out
+
+    def constructor(items: list[tuple[str, torch.Tensor]]) -> ModelOutput:
+        return cls(**dict(items))
+
+    items = list(template.items())
+    built, reference = direct(items), constructor(items)
+    same = (list(built.keys()) == list(reference.keys()) and list(built.__dict__) == list(reference.__dict__)
+            and all(built.__dict__[k] is v for k, v in reference.__dict__.items()))
+    return direct if same else constructor
+
+
+@dataclass
+class _Entry:
+    replay: Callable[[], None]
+    inputs: dict[str, torch.Tensor]  # static input buffers, by argument name
+    outputs: list[tuple[str, torch.Tensor]]  # the static output tensors, by field, in the output's order
+    build: OutputBuilder  # the output object from (field, tensor) pairs
+    ok: torch.Tensor | None  # bool scalar: the mask was right-padded (None: no mask)
+
+
+class ModelGraphs:
+    """Lazily captured, bounded whole-model CUDA graphs of one accelerated model's forward."""
+
+    def __init__(self, backend: GraphBackend | None = None, max_graphs: int = graphs.MAX_GRAPHS,
+                 max_tokens: int = graphs.MAX_TOKENS) -> None:
+        self.backend = backend if backend is not None else CudaGraphBackend()
+        self.max_graphs = max_graphs
+        self.max_tokens = max_tokens
+        self.signature = WeightSignature()
+        self.config_view = ConfigView()
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._seen: set[tuple] = set()
+        self._refused: set[tuple] = set()
+        self._weights: tuple[int, ...] | None = None  # the signature the entries were captured with
+        self.captures = 0  # for tests and reports
+        self.replays = 0
+        self.fallbacks = 0  # replays whose mask was not right-padded: the eager forward ran instead
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __deepcopy__(self, memo: dict) -> ModelGraphs:
+        # Graphs hold the original's weight addresses: a copy starts empty (and walks its own modules).
+        return ModelGraphs(self.backend if not isinstance(self.backend, CudaGraphBackend) else None,
+                           self.max_graphs, self.max_tokens)
+
+    def eligible(self, model: nn.Module, ids: torch.Tensor) -> bool:
+        """Whether this call may take a graph (cheap checks only; the call's form was checked by plain_inputs)."""
+        return (
+            ENABLED
+            and graphs.ENABLED
+            and self.max_graphs > 0
+            and 0 < ids.numel() <= self.max_tokens
+            and not model.training
+            and not torch.is_grad_enabled()
+            and self.backend.supports(ids.device)
+            and not torch.is_autocast_enabled(ids.device.type)
+            and "_hf_hook" not in model.__dict__
+            and self.config_view(model.config)[0]
+            and not _is_compiling()
+        )
+
+    def key(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple:
+        ids = inputs["input_ids"]
+        mask, types = inputs.get("attention_mask"), inputs.get("token_type_ids")
+        weights = self.signature(model)
+        if weights != self._weights:
+            self._forget_stale(weights)
+        return (tuple(ids.shape), ids.dtype, ids.device, None if mask is None else mask.dtype,
+                None if types is None else types.dtype, self.config_view(model.config)[1], weights)
+
+    def _forget_stale(self, weights: tuple[int, ...]) -> None:
+        """The weights moved (.to(), .half(), load_state_dict(assign=True)): graphs captured on the old ones can
+        never replay again; free them (and their static buffers) now rather than when the LRU evicts them."""
+        self._entries.clear()
+        self._seen.clear()
+        self._refused.clear()
+        self._weights = weights
+
+    def run(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> ModelOutput | None:
+        """The model's output for these inputs through a graph, or None when the caller must run the eager
+        forward: the shape's first call, a refused shape, or a replay whose mask turned out not right-padded."""
+        key = self.key(model, inputs)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._first_calls(model, key, inputs)
+            if entry is None:
+                return None
+        else:
+            self._entries.move_to_end(key)
+            for name, static in entry.inputs.items():
+                static.copy_(inputs[name])
+        entry.replay()
+        self.replays += 1
+        # The static outputs are overwritten by the next replay: hand out copies.
+        out = entry.build([(name, static.clone()) for name, static in entry.outputs])
+        if entry.ok is not None and not bool(entry.ok):  # the one host read, after the replay's work
+            self.fallbacks += 1
+            return None
+        return out
+
+    def _first_calls(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor]) -> _Entry | None:
+        """None for a shape's first call (remembered) or a refused one; else the entry captured now."""
+        if key in self._refused:
+            return None
+        if key not in self._seen:
+            if len(self._seen) > 4096:  # bounded like the graphs: forget one-off shapes
+                self._seen.clear()
+            self._seen.add(key)
+            return None
+        mask = inputs.get("attention_mask")
+        if mask is not None and not bool(right_padded(mask)):
+            return None  # capture on a call the graph computes correctly; this one runs eagerly
+        return self._capture(model, key, inputs)
+
+    def _capture(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor]) -> _Entry | None:
+        while len(self._entries) >= self.max_graphs:
+            self._entries.popitem(last=False)
+        with torch.inference_mode(False):  # static buffers stay writable outside inference_mode
+            static = {name: torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+                      for name, t in inputs.items()}
+        forward = type(model).forward
+
+        def captured() -> Outputs:
+            with capacity_mode(model):
+                out = forward(model, **static)
+            mask = static.get("attention_mask")
+            return out, None if mask is None else right_padded(mask)
+
+        try:
+            with torch.no_grad():
+                replay, (outputs, ok) = self.backend.capture(captured, inputs["input_ids"].device)
+        except Exception as exc:  # noqa: BLE001 - e.g. an op that syncs inside capture: this shape stays eager
+            warn_once(f"whole-model CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:200]}): "
+                      "the model's own forward runs for that shape")
+            self._refused.add(key)
+            return None
+        if not _tensor_output(outputs):
+            warn_once(f"whole-model CUDA graphs: {type(model).__name__} returned {type(outputs).__name__} with "
+                      "non-tensor fields: the model's own forward runs")
+            self._refused.add(key)
+            return None
+        entry = _Entry(replay, static, list(outputs.items()), output_builder(outputs), ok)
+        # The warm-up may have re-packed weights (the encoder's QKV after a dtype move): key by the addresses
+        # the graph was captured with.
+        weights = self.signature(model)
+        if weights != self._weights:
+            self._forget_stale(weights)
+        self._entries[key[:-1] + (weights,)] = entry
+        self.captures += 1
+        return entry
+
+
+def graphed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The top-level model's forward through a whole-model CUDA graph where eligible, else its own forward."""
+    cache = self.__dict__.get(ATTR)
+    # Under torch.compile the model's own forward is traced (dynamo would only graph-break on the cache).
+    inputs = plain_inputs(args, kwargs) if cache is not None and not torch.compiler.is_compiling() else None
+    if inputs is not None and cache.eligible(self, inputs["input_ids"]):
+        out = cache.run(self, inputs)
+        if out is not None:
+            return out
+    return type(self).forward(self, *args, **kwargs)
