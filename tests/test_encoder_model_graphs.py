@@ -27,7 +27,8 @@ import eet_hf
 import eet_hf.attention as eet_attention
 import eet_hf.encoder.bert_forward as bert_forward
 from eet_hf.encoder import graphs, model_graphs
-from eet_hf.encoder.model_graphs import INPUT_NAMES, ModelGraphs, plain_inputs, right_padded
+from eet_hf.encoder.model_graph_keys import INPUT_NAMES, plain_inputs, right_padded
+from eet_hf.encoder.model_graphs import ModelGraphs
 from patches.bert import MODEL_GRAPH_CLASSES
 
 from .helpers import assert_close, bert_config, padded_batch, pair

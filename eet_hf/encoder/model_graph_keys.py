@@ -1,0 +1,162 @@
+"""What identifies a whole-model graph and a call it may take (model_graphs.py): the accepted call form, the
+on-device right-padding check, the weights' storage signature, the config view, and rebuilding HF's output class
+from the graph's static outputs cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # the leading positional order of every Bert head
+
+
+def plain_inputs(args: tuple, kwargs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """{"input_ids", and "attention_mask" / "token_type_ids" when given} for a call of the plain form, else None.
+
+    Accepted: up to three positional tensors in INPUT_NAMES order or those names as keywords; position_ids=None;
+    return_dict None or True. attention_mask and token_type_ids must have input_ids' shape and device.
+    """
+    if len(args) > len(INPUT_NAMES):
+        return None
+    inputs: dict[str, Any] = dict(zip(INPUT_NAMES, args))
+    for name, value in kwargs.items():
+        if name in INPUT_NAMES and name not in inputs:
+            inputs[name] = value
+        elif (name == "position_ids" and value is None) or (name == "return_dict" and (value is None or value is True)):
+            continue  # the defaults
+        else:
+            return None
+    ids = inputs.get("input_ids")
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dim() < 2:
+        return None
+    for name in INPUT_NAMES[1:]:
+        value = inputs.get(name)
+        if value is None:
+            inputs.pop(name, None)
+        elif not isinstance(value, torch.Tensor) or value.shape != ids.shape or value.device != ids.device:
+            return None
+    return inputs
+
+
+def right_padded(mask: torch.Tensor) -> torch.Tensor:
+    """Bool scalar on mask's device: every row of mask [..., seq] is one run of nonzeros starting at column 0
+    (right padding, no padding, or an empty row): the masks a capture computes correctly. No host read."""
+    real = mask != 0
+    return ~(real[..., 1:] & ~real[..., :-1]).any()
+
+
+# Bumped whenever any module, parameter or buffer is registered anywhere (setattr of a submodule or Parameter,
+# load_state_dict(assign=True)): the cached list of a model's parameter dicts is then rebuilt. Process-wide
+# torch hooks that only count; installed once, on the first ModelGraphs.
+_GENERATION = [0]
+_WATCHING = [False]
+
+
+def _bump(*_: Any) -> None:
+    _GENERATION[0] += 1
+
+
+def _watch_registrations() -> None:
+    if _WATCHING[0]:
+        return
+    from torch.nn.modules import module as nn_module
+
+    nn_module.register_module_module_registration_hook(_bump)
+    nn_module.register_module_parameter_registration_hook(_bump)
+    nn_module.register_module_buffer_registration_hook(_bump)
+    _WATCHING[0] = True
+
+
+_data_ptr = torch.Tensor.data_ptr
+
+
+class WeightSignature:
+    """The address of every parameter and buffer of a model (~0.1 µs per tensor: ~20 µs for bert-base). The
+    module tree is walked only after a registration (a module or parameter replaced); each call reads the
+    addresses, which change on .to() / .half() / `p.data = ...` / swaps."""
+
+    def __init__(self) -> None:
+        _watch_registrations()
+        self._dicts: list[dict] = []
+        self._generation = -1
+        self._has_none = False  # a None entry (e.g. Linear(bias=False)): the slower exact path
+
+    def __call__(self, model: nn.Module) -> tuple[int, ...]:
+        if self._generation != _GENERATION[0]:
+            self._generation = _GENERATION[0]
+            self._dicts = [d for m in model.modules() for d in (m._parameters, m._buffers) if d]
+            self._has_none = any(v is None for d in self._dicts for v in d.values())
+        if not self._has_none:
+            try:
+                return tuple(map(_data_ptr, itertools.chain.from_iterable(map(dict.values, self._dicts))))
+            except TypeError:  # set to None in place, past the registration hooks
+                self._has_none = True
+        values = itertools.chain.from_iterable(map(dict.values, self._dicts))
+        return tuple(0 if t is None else t.data_ptr() for t in values)
+
+
+class ConfigView:
+    """(whether the model returns plain ModelOutputs, its attention implementation), from its config; re-read only
+    when the config's attributes changed (a shallow comparison: unchanged values are the same objects), since an
+    HF config attribute read costs ~2 µs in transformers 5.x."""
+
+    def __init__(self) -> None:
+        self._snapshot: dict | None = None
+        self._value: tuple[bool, Any] = (False, None)
+
+    def __call__(self, config: Any) -> tuple[bool, Any]:
+        state = object.__getattribute__(config, "__dict__")  # past HF's own __getattribute__
+        try:
+            if state == self._snapshot:
+                return self._value
+        except Exception:  # noqa: BLE001 - a changed value whose == is not a bool (an array): read it again
+            pass
+        plain = (getattr(config, "return_dict", True) is not False
+                 and not getattr(config, "output_hidden_states", False)
+                 and not getattr(config, "output_attentions", False))
+        self._value = (plain, config._attn_implementation)
+        self._snapshot = dict(state)
+        return self._value
+
+
+def _tensor_output(out: Any) -> bool:
+    return isinstance(out, ModelOutput) and all(isinstance(v, torch.Tensor) for v in out.values())
+
+
+OutputBuilder = Callable[[list[tuple[str, torch.Tensor]]], ModelOutput]
+
+
+def output_builder(template: ModelOutput) -> OutputBuilder:
+    """A constructor of template's class from (field, tensor) pairs. The dataclass constructor costs 15-20 µs per
+    call in transformers 5.x (__setattr__ and __post_init__ walk the fields), a tenth of a small replayed forward;
+    setting the same attributes and keys directly costs 2. The direct one is used only when it builds the same
+    object as the constructor for this template (checked here, once per graph)."""
+    cls = type(template)
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def direct(items: list[tuple[str, torch.Tensor]]) -> ModelOutput:
+        out = cls.__new__(cls)
+        OrderedDict.__init__(out)
+        for name in names:
+            object.__setattr__(out, name, None)
+        for name, value in items:
+            OrderedDict.__setitem__(out, name, value)
+            object.__setattr__(out, name, value)
+        return out
+
+    def constructor(items: list[tuple[str, torch.Tensor]]) -> ModelOutput:
+        return cls(**dict(items))
+
+    items = list(template.items())
+    built, reference = direct(items), constructor(items)
+    same = (list(built.keys()) == list(reference.keys()) and list(built.__dict__) == list(reference.__dict__)
+            and all(built.__dict__[k] is v for k, v in reference.__dict__.items()))
+    return direct if same else constructor
