@@ -1,7 +1,8 @@
 // CUDA implementations of the eet ops. The schemas are declared once, in eet_hf/ops/_library.py, so that
 // machines without a GPU have the same ops (reference implementations); this file registers the CUDA
 // kernels for them. The entry points live in bindings_norm_gelu.cpp, bindings_attention.cpp,
-// bindings_embedding_kv.cpp and bindings_rotary.cpp (the only files besides this one that include torch):
+// bindings_embedding_kv.cpp, bindings_rotary.cpp and bindings_small_linear.cpp (the only files besides this one
+// that include torch):
 // they check arguments with messages a user can act on, map dtypes, and launch on the current stream of the
 // inputs' device under a device guard (bindings.h).
 #include <torch/library.h>
@@ -27,4 +28,6 @@ TORCH_LIBRARY_IMPL(eet, CUDA, m) {
   m.impl("kv_append", &eet::bindings::kv_append);
   // Rotary position embedding of q and k: Llama / Mistral / Qwen2 / GPT-NeoX attention in the decode engine.
   m.impl("rotary", &eet::bindings::rotary);
+  // Small-batch (decode-step) linear layer, optional fused gelu_new: opt-in for GPT-2's Conv1Ds (EET_HF_SMALL_LINEAR).
+  m.impl("small_linear", &eet::bindings::small_linear);
 }

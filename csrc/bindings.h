@@ -106,5 +106,9 @@ at::Tensor kv_append(const at::Tensor& qkv, const std::optional<at::Tensor>& bia
 std::tuple<at::Tensor, at::Tensor> rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                           const at::Tensor& sin);
 
+// bindings_small_linear.cpp
+at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        c10::string_view activation);
+
 }  // namespace bindings
 }  // namespace eet

@@ -130,4 +130,32 @@ struct RotaryArgs {
 
 cudaError_t rotary(DType dtype, const RotaryArgs& args, cudaStream_t stream);
 
+// Small-batch linear layer (small_linear.cu): out[m, n] = act(round_T(sum_k x[m, k] * weight[k, n] + bias[n])),
+// fp32 accumulation, for m <= kSmallLinearMaxRows (decode steps). The weight is GPT-2's Conv1D layout [K, N]
+// with N contiguous. kGeluTanhStaged then applies HF's gelu_new with torch's roundings (gelu_staged.cuh), the
+// same bits as bias_gelu's kTanhStaged on the rounded output.
+enum class LinearActivation { kNone, kGeluTanhStaged };
+constexpr int64_t kSmallLinearMaxRows = 8;
+// Split-K across blocks needs one arrival counter per column tile; plans never use more than this many.
+constexpr int64_t kSmallLinearCounters = 65536;
+
+// How small_linear cuts the work: `tiles` column tiles x `splits` K-slices of `k_chunk` rows, one block each.
+struct SmallLinearPlan {
+  int64_t tiles, splits, k_chunk;
+  size_t workspace_bytes;  // fp32 partials [splits, m, n] when splits > 1, else 0
+};
+SmallLinearPlan small_linear_plan(DType dtype, int64_t m, int64_t n, int64_t k, int num_sms);
+
+struct SmallLinearParams {
+  const void* x;       // [m, k], row stride ldx, last dim contiguous
+  const void* weight;  // [k, n], row stride ldw, last dim contiguous
+  const void* bias;    // [n] or nullptr
+  void* out;           // [m, n], contiguous
+  void* workspace;     // plan.workspace_bytes bytes (nullptr when 0)
+  int* counters;       // [kSmallLinearCounters], all zero between launches (each launch leaves them zero)
+  int64_t m, n, k, ldx, ldw;
+  LinearActivation act;
+};
+cudaError_t small_linear(DType dtype, const SmallLinearParams& p, const SmallLinearPlan& plan, cudaStream_t stream);
+
 }  // namespace eet

@@ -1,4 +1,4 @@
-"""Kernel benchmark: eet layer_norm, add_layer_norm and bias_gelu against the torch ops they replace.
+"""Kernel benchmark: eet layer_norm, add_layer_norm, bias_gelu and small_linear against the torch ops they replace.
 
 run(rows_out) appends one row per (case, engine, metric):
     {"case": "layer_norm/rows8192/hidden1600/fp16", "engine": "eet" | "torch", "metric": "ms" | "gbps",
@@ -14,6 +14,7 @@ the batch before the first event fires (so launch overhead is not timed). Median
 from __future__ import annotations
 
 import functools
+import itertools
 import statistics
 
 import torch
@@ -29,6 +30,10 @@ LN_SHAPES = [(8192, 768), (8192, 1024), (8192, 1600), (8192, 4096), (4096, 12288
 # bias_gelu runs on the MLP's 4 * hidden activations.
 _NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 GELU_SHAPES = [(8192, 3072), (8192, 4096), (4096, 6400), (4096, 16384)]
+# small_linear (decode-step Conv1Ds, weight [K, N]): GPT-2 small and XL c_attn, attn_proj, c_fc, mlp_proj; gbps
+# counts the weight bytes (what a decode-step GEMV must stream), for eet and torch's addmm alike.
+LINEAR_SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768), (1600, 4800), (1600, 1600), (1600, 6400), (6400, 1600)]
+LINEAR_ROWS = [1, 8]
 
 
 def _time_ms(fn, input_sets) -> float:
@@ -106,6 +111,33 @@ def _bench_bias_gelu(rows_out: list, rows: int, cols: int, dtype: torch.dtype) -
         _record(rows_out, case, "torch", ms, 2 * n * size)
 
 
+def _cycling(fn, input_sets):
+    """A no-argument call running fn on every set in turn, across repetitions too: _time_ms restarts at the first
+    set each repetition, so 10 calls on ~1 MB weights would read them from L2 after the first repetition."""
+    sets = itertools.cycle(input_sets)
+    return lambda: fn(*next(sets))
+
+
+def _bench_small_linear(rows_out: list, k: int, n: int, dtype: torch.dtype) -> None:
+    dev, size = "cuda", torch.finfo(dtype).bits // 8
+    sets = _input_sets(
+        lambda: (torch.randn(k, n, dtype=dtype, device=dev) * k**-0.5, torch.randn(n, dtype=dtype, device=dev)),
+        k * n * size,
+    )
+    for rows in LINEAR_ROWS:
+        x = torch.randn(rows, k, dtype=dtype, device=dev)
+        for act in ("none", "tanh_staged"):
+            case = f"small_linear_{act}/rows{rows}/k{k}/n{n}/{_NAMES[dtype]}"
+            ms = _time_ms(_cycling(lambda w, b, x=x, act=act: ops.small_linear(x, w, b, act), sets), [()])
+            _record(rows_out, case, "eet", ms, k * n * size)
+            # torch: HF's Conv1D (addmm); with gelu, today's GPT-2 path (addmm, then eet's bias_gelu tanh_staged).
+            if act == "none":
+                ms = _time_ms(_cycling(lambda w, b, x=x: torch.addmm(b, x, w), sets), [()])
+            else:
+                ms = _time_ms(_cycling(lambda w, b, x=x: ops.linear_gelu(x, w, b, "tanh_staged"), sets), [()])
+            _record(rows_out, case, "torch", ms, k * n * size)
+
+
 def run(rows_out: list) -> None:
     if not torch.cuda.is_available() or not ops.ensure_loaded():
         raise RuntimeError(f"bench_kernels_norm needs a CUDA GPU and the built extension: {ops.build_info()}")
@@ -113,6 +145,8 @@ def run(rows_out: list) -> None:
         _bench_layer_norm(rows_out, rows, hidden, torch.float16)
     for rows, cols in GELU_SHAPES:
         _bench_bias_gelu(rows_out, rows, cols, torch.float16)
+    for k, n in LINEAR_SHAPES:
+        _bench_small_linear(rows_out, k, n, torch.float16)
     torch.cuda.empty_cache()
 
 

@@ -152,6 +152,7 @@ OPCHECK_INPUTS = {
     "rotary": lambda: (
         torch.randn(2, 3, 5, 8).transpose(1, 2), torch.randn(2, 1, 3, 8), torch.randn(1, 3, 4), torch.randn(1, 3, 4),
     ),
+    "small_linear": lambda: (torch.randn(3, 16), torch.randn(16, 24), torch.randn(24), "tanh_staged"),
 }
 
 
@@ -187,3 +188,52 @@ def test_rotary_reference_is_hf_apply_rotary_pos_emb(dtype, rot):
     cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
     hf = llama.apply_rotary_pos_emb if rot == 16 else neox.apply_rotary_pos_emb
     assert all(torch.equal(a, b) for a, b in zip(ops.rotary(q, k, cos, sin), hf(q, k, cos, sin)))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 769), (8, 768, 2304), (5, 1000, 7)])
+def test_small_linear_none_is_addmm_bit_for_bit_in_fp32(shape, bias):
+    """small_linear(..., 'none') is HF's Conv1D, addmm(bias, x, weight): in fp32 on the CPU the same bits."""
+    rows, k, n = shape
+    x, w, b = torch.randn(rows, k), torch.randn(k, n), torch.randn(n) if bias else None
+    out = ops.small_linear(x, w, b, "none")
+    assert torch.equal(out, torch.addmm(b, x, w) if bias else x @ w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 7, 769), (8, 768, 2304), (4, 1600, 5)])
+def test_small_linear_gelu_is_hf_gelu_new_of_the_rounded_linear(shape, dtype):
+    """'tanh_staged' is HF's NewGELUActivation applied to the 'none' output (rounded to the dtype first, as HF's
+    Conv1D output is), and that output is within one rounding of the float64 product."""
+    from transformers.activations import NewGELUActivation
+
+    rows, k, n = shape
+    x, w, b = torch.randn(rows, k).to(dtype), (torch.randn(k, n) / k**0.5).to(dtype), torch.randn(n).to(dtype)
+    linear = ops.small_linear(x, w, b, "none")
+    expected = torch.addmm(b.double(), x.double(), w.double())
+    assert linear.dtype == dtype and linear.shape == (rows, n)
+    assert_close(linear, expected, TOL[dtype] * max(1.0, expected.abs().max().item()))
+    assert torch.equal(ops.small_linear(x, w, b, "tanh_staged"), NewGELUActivation()(linear))
+    if dtype == torch.float32:
+        assert torch.equal(ops.small_linear(x, w, b, "tanh_staged"), NewGELUActivation()(torch.addmm(b, x, w)))
+
+
+def test_small_linear_strided_rows():
+    x = torch.randn(4, 40)[:, 3:19]  # row stride 40, last dim contiguous
+    w, b = torch.randn(16, 9), torch.randn(9)
+    assert torch.equal(ops.small_linear(x, w, b, "none"), torch.addmm(b, x, w))
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((torch.randn(9, 4), torch.randn(4, 3), None, "none"), "at most 8"),
+        ((torch.randn(2, 4), torch.randn(5, 3), None, "none"), "weight"),
+        ((torch.randn(2, 4), torch.randn(4, 3), torch.randn(4), "none"), "bias"),
+        ((torch.randn(2, 4), torch.randn(4, 3), None, "gelu"), "activation"),
+        ((torch.randn(2, 4), torch.randn(4, 3).half(), None, "none"), "dtype"),
+    ],
+)
+def test_small_linear_rejects_bad_arguments(args, match):
+    with pytest.raises(Exception, match=match):
+        ops.small_linear(*args)

@@ -8,6 +8,7 @@ sequence), and can be captured in a CUDA graph. Matches HF's GPT2LMHeadModel wit
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -98,8 +99,26 @@ def gpt2_weights(model: nn.Module, gelu: str) -> GPT2Weights:
     )
 
 
-def _conv1d(module: nn.Module, x2d: torch.Tensor) -> torch.Tensor:
+# EET_HF_SMALL_LINEAR=1 (read once, at import) runs the Conv1Ds of forwards with at most 8 rows (decode steps of
+# batch <= 8) on eet's small_linear kernel instead of cuBLAS, c_fc with gelu_new fused. Opt-in until its GPU tests
+# and timings are in (tests/gpu/test_small_linear_cuda.py, evaluation/bench_kernels_norm.py).
+_SMALL_LINEAR = os.environ.get("EET_HF_SMALL_LINEAR", "") == "1"
+
+
+def _small_linear_applies(x2d: torch.Tensor) -> bool:
+    return _SMALL_LINEAR and x2d.is_cuda and x2d.shape[0] <= 8 and x2d.dtype in (torch.float16, torch.bfloat16)
+
+
+def _conv1d(module: nn.Module, x2d: torch.Tensor, small: bool = False) -> torch.Tensor:
+    if small:
+        return ops.small_linear(x2d, module.weight, module.bias, "none")
     return torch.addmm(module.bias, x2d, module.weight)
+
+
+def _mlp_up(layer: LayerWeights, normed: torch.Tensor, gelu: str, small: bool) -> torch.Tensor:
+    if small and gelu == "tanh_staged":
+        return ops.small_linear(normed, layer.c_fc.weight, layer.c_fc.bias, "tanh_staged")
+    return ops.linear_gelu(normed, layer.c_fc.weight, layer.c_fc.bias, gelu)
 
 
 def forward_last_logits(
@@ -118,6 +137,7 @@ def forward_last_logits(
     batch, seq = tokens.shape
     hidden = ops.embedding(tokens, positions, w.wte, w.wpe).view(batch * seq, -1)
     width = hidden.shape[-1]
+    small = _small_linear_applies(hidden)
     mlp_out = None
     for index, layer in enumerate(w.layers):
         if mlp_out is None:
@@ -125,7 +145,7 @@ def forward_last_logits(
         else:
             # The previous block's residual add, fused with this block's ln_1.
             normed, hidden = ops.add_layer_norm(mlp_out, hidden, layer.ln_1.weight, layer.ln_1.bias, layer.ln_1.eps)
-        qkv = _conv1d(layer.c_attn, normed).view(batch, seq, 3 * width)
+        qkv = _conv1d(layer.c_attn, normed, small).view(batch, seq, 3 * width)
         k_cache, v_cache = kv[index, 0], kv[index, 1]
         q = ops.kv_append(qkv, None, k_cache, v_cache, bounds.write_pos, w.heads, w.heads)
         if seq > 1:
@@ -134,10 +154,10 @@ def forward_last_logits(
             q, k_cache, v_cache, bounds.kv_start, bounds.kv_end, bounds.q_offset, seq > 1, layer.scale,
             padded=padded or seq == 1,
         )
-        attn_out = _conv1d(layer.attn_proj, attn.reshape(batch * seq, width))
+        attn_out = _conv1d(layer.attn_proj, attn.reshape(batch * seq, width), small)
         normed, hidden = ops.add_layer_norm(attn_out, hidden, layer.ln_2.weight, layer.ln_2.bias, layer.ln_2.eps)
-        inner = ops.linear_gelu(normed, layer.c_fc.weight, layer.c_fc.bias, w.gelu)
-        mlp_out = _conv1d(layer.mlp_proj, inner)
+        inner = _mlp_up(layer, normed, w.gelu, small)
+        mlp_out = _conv1d(layer.mlp_proj, inner, small)
     # Only the last position of each sequence feeds the LM head (HF's logits_to_keep=1 in generate).
     last_mlp = mlp_out.view(batch, seq, width)[:, -1]
     last_hidden = hidden.view(batch, seq, width)[:, -1]

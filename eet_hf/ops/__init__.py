@@ -28,6 +28,7 @@ __all__ = [
     "reference",
     "rms_norm",
     "rotary",
+    "small_linear",
 ]
 
 _ops = torch.ops.eet
@@ -71,6 +72,14 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> t
     """gelu(x + bias). x: [..., cols]; bias: [cols]; approximate 'tanh' (gelu_new) or 'none' (erf)."""
     _prepare(x)
     return _ops.bias_gelu(x, bias, approximate)
+
+
+def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+    """act(x @ weight + bias) for decode-step batches, one kernel streaming the weight once (small_linear.cu).
+    x: [rows <= 8, in], last dim contiguous; weight: [in, out] (Conv1D layout); bias: [out] or None; activation
+    'none' or 'tanh_staged' (HF gelu_new with its roundings, as linear_gelu's). Returns [rows, out] in x's dtype."""
+    _prepare(x)
+    return _ops.small_linear(x, weight, bias, activation)
 
 
 def linear_gelu(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:

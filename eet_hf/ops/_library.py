@@ -34,6 +34,7 @@ SCHEMAS = {
         "kv_append(Tensor qkv, Tensor? bias, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, "
         "int heads_q, int heads_kv) -> Tensor"
     ),
+    "small_linear": "small_linear(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor",
 }
 
 for _name, _schema in SCHEMAS.items():
@@ -88,3 +89,8 @@ def _kv_append_fake(qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv):
 @torch.library.register_fake("eet::rotary")
 def _rotary_fake(q, k, cos, sin):
     return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+@torch.library.register_fake("eet::small_linear")
+def _small_linear_fake(x, weight, bias, activation):
+    return x.new_empty((x.shape[0], weight.shape[1]))

@@ -206,3 +206,30 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
         return torch.cat([(x_rot * cos) + (rotated * sin), x_pass], dim=-1)
 
     return apply(q), apply(k)
+
+
+SMALL_LINEAR_MAX_ROWS = 8  # csrc/kernels.h kSmallLinearMaxRows
+
+
+def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+    """act(x @ weight + bias) for a decode step. x: [rows <= 8, in]; weight: [in, out] (GPT-2's Conv1D layout);
+    bias: [out] or None. The product and bias are accumulated in fp32 and rounded once to x's dtype (what addmm
+    returns, up to summation order); activation 'tanh_staged' then applies HF's gelu_new in that dtype op by op
+    (bias_gelu's 'tanh_staged'), 'none' nothing. Returns [rows, out]. The argument rules match the CUDA kernel's."""
+    if activation not in ("none", "tanh_staged"):
+        raise ValueError(f"eet::small_linear: activation must be 'none' or 'tanh_staged', got {activation!r}")
+    if x.dim() != 2 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"eet::small_linear: x must be [rows, in] and weight [in, out], got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    if x.shape[0] > SMALL_LINEAR_MAX_ROWS:
+        raise ValueError(
+            f"eet::small_linear: x has {x.shape[0]} rows, at most {SMALL_LINEAR_MAX_ROWS} are supported; use torch.addmm"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[1],):
+        raise ValueError(f"eet::small_linear: bias must have shape [{weight.shape[1]}], got {tuple(bias.shape)}")
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise ValueError("eet::small_linear: x, weight and bias must share one dtype")
+    xf, wf = x.float(), weight.float()
+    out = (xf @ wf if bias is None else torch.addmm(bias.float(), xf, wf)).to(x.dtype)
+    return bias_gelu(out, None, "tanh_staged") if activation == "tanh_staged" else out

@@ -53,7 +53,7 @@ fi
 # The kernel test files (model-level files build whole models, far too slow under the sanitizer);
 # EET_SANITIZER_TESTS overrides the list.
 mapfile -t TESTS < <(ls ${EET_SANITIZER_TESTS:-tests/gpu/test_attention_cuda.py tests/gpu/test_norm_gelu_cuda.py \
-  tests/gpu/test_embedding_kv_cuda.py tests/gpu/test_rotary_cuda.py})
+  tests/gpu/test_embedding_kv_cuda.py tests/gpu/test_rotary_cuda.py tests/gpu/test_small_linear_cuda.py})
 status=0
 for tool in ${EET_SANITIZER_TOOLS:-memcheck racecheck}; do
   log="$OUT/sanitizer-$tool.log"
