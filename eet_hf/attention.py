@@ -63,6 +63,14 @@ def _window_hides_nothing(window: int, q_length: int, q_offset: int | torch.Tens
     return q_offset + q_length - 1 - kv_offset < window
 
 
+def config_sliding_window(config) -> int | None:
+    """The sliding window some of the model's attention layers apply (config.sliding_window, when layer_types
+    does not say that no layer slides), or None."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    return window if window is not None and (layer_types is None or "sliding_attention" in layer_types) else None
+
+
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 

@@ -109,8 +109,8 @@ def partial_attention_fallbacks(config) -> dict[str, str]:
     """Attention features in the config that eet's kernels lack: those forwards take HF's sdpa path."""
     found = {}
     layer_types = getattr(config, "layer_types", None)
-    window = getattr(config, "sliding_window", None)
-    if window is not None and (layer_types is None or "sliding_attention" in layer_types):
+    window = attention.config_sliding_window(config)
+    if window is not None:
         found["attention (sliding window)"] = (
             f"forwards where the {window}-token sliding window hides keys (longer sequences) use HF's sdpa attention"
         )

@@ -356,3 +356,17 @@ def test_deepcopy_of_accelerated_model_still_runs():
     ids, mask = padded_batch(2, 5, [5, 2], "right")
     with torch.no_grad():
         _compare(clone(ids, attention_mask=mask), ref(ids, attention_mask=mask), mask)
+
+
+def test_encoder_graph_key_follows_replaced_weights():
+    """The encoder graphs' weight key reads the current parameters: load_state_dict(assign=True) replaces them,
+    and a graph captured on the old ones must not match any more."""
+    from transformers import BertModel
+
+    model = eet_hf.accelerate(BertModel(bert_config()).eval())
+    runtime = model.encoder.__dict__["_eet_encoder"]
+    before = runtime._weights_signature()
+    assert before == runtime._weights_signature()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    assert runtime._weights_signature() != before

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 
 import pytest
 import torch
-from torch import nn
 from transformers import (
     BertForMaskedLM,
     BertForMultipleChoice,
@@ -27,9 +25,7 @@ import eet_hf
 import eet_hf.attention as eet_attention
 import eet_hf.encoder.bert_forward as bert_forward
 from eet_hf.encoder import graphs, model_graphs
-from eet_hf.encoder.model_graph_keys import INPUT_NAMES, plain_inputs, right_padded
 from eet_hf.encoder.model_graphs import ModelGraphs
-from patches.bert import MODEL_GRAPH_CLASSES
 
 from .helpers import assert_close, bert_config, padded_batch, pair
 
@@ -119,65 +115,6 @@ def _compare(out, expected, mask):
 # ------------------------------------------------------------------------------------------------ routing
 
 
-IDS = torch.zeros(2, 5, dtype=torch.long)
-MASK = torch.ones(2, 5, dtype=torch.long)
-ACCEPTED = [
-    ((IDS,), {}, {"input_ids"}),
-    ((IDS,), {"attention_mask": MASK}, {"input_ids", "attention_mask"}),
-    ((IDS, MASK, MASK), {}, {"input_ids", "attention_mask", "token_type_ids"}),
-    ((), {"input_ids": IDS, "attention_mask": MASK, "token_type_ids": MASK, "position_ids": None,
-          "return_dict": True}, {"input_ids", "attention_mask", "token_type_ids"}),
-    ((IDS,), {"attention_mask": None, "token_type_ids": None, "return_dict": None}, {"input_ids"}),
-]
-REFUSED = {
-    "labels": ((IDS,), {"labels": IDS}),
-    "output_hidden_states": ((IDS,), {"output_hidden_states": True}),
-    "output_attentions_false": ((IDS,), {"output_attentions": False}),
-    "position_ids": ((IDS,), {"position_ids": IDS}),
-    "inputs_embeds": ((), {"inputs_embeds": torch.zeros(2, 5, 8)}),
-    "head_mask": ((IDS,), {"head_mask": torch.ones(2)}),
-    "return_dict_false": ((IDS,), {"return_dict": False}),
-    "return_dict_tensor": ((IDS,), {"return_dict": torch.ones(3)}),
-    "four_positional": ((IDS, MASK, MASK, IDS), {}),
-    "mask_twice": ((IDS, MASK), {"attention_mask": MASK}),
-    "mask_shape": ((IDS,), {"attention_mask": MASK[:, :4]}),
-    "mask_device": ((IDS,), {"attention_mask": MASK.to("meta")}),
-    "mask_not_tensor": ((IDS,), {"attention_mask": [[1] * 5] * 2}),
-    "float_ids": ((torch.zeros(2, 5),), {}),
-    "one_dim_ids": ((IDS[0],), {}),
-    "no_ids": ((), {"attention_mask": MASK}),
-}
-
-
-@pytest.mark.parametrize("args, kwargs, names", ACCEPTED)
-def test_plain_calls_are_accepted(args, kwargs, names):
-    inputs = plain_inputs(args, kwargs)
-    assert inputs is not None and set(inputs) == names
-    assert all(isinstance(t, torch.Tensor) for t in inputs.values())
-
-
-@pytest.mark.parametrize("case", REFUSED)
-def test_other_calls_are_refused(case):
-    args, kwargs = REFUSED[case]
-    assert plain_inputs(args, kwargs) is None
-
-
-def test_every_graphed_class_takes_the_inputs_in_order():
-    for cls in MODEL_GRAPH_CLASSES:
-        assert tuple(inspect.signature(cls.forward).parameters)[1:4] == INPUT_NAMES, cls.__name__
-
-
-@pytest.mark.parametrize("rows, expected", [
-    ([[1, 1, 1]], True), ([[1, 1, 0], [1, 0, 0]], True), ([[0, 0, 0], [1, 1, 1]], True),
-    ([[0, 1, 1]], False), ([[1, 0, 1]], False), ([[1, 1, 1], [0, 0, 1]], False), ([[1]], True),
-])
-def test_right_padded(rows, expected):
-    mask = torch.tensor(rows)
-    assert bool(right_padded(mask)) is expected
-    assert bool(right_padded(mask.bool())) is expected
-    assert bool(right_padded(mask.view(1, *mask.shape))) is expected  # multiple choice: [batch, choices, seq]
-
-
 def test_key_composition():
     model, _, cache = _graphed(BertForMaskedLM)
     ids, mask = padded_batch(2, 6, [6, 3], "right")
@@ -193,32 +130,6 @@ def test_key_composition():
     ]
     keys = [cache.key(model, inputs) for inputs in others]
     assert len(set(keys + [base])) == len(others) + 1
-
-
-def _replace_dense(model):
-    new = nn.Linear(64, 64)  # built before the baseline: only the replacement itself may change the signature
-    return lambda: setattr(model.cls.predictions.transform, "dense", new)
-
-
-WEIGHT_CHANGES = {
-    "double": lambda m: m.double,
-    "load_state_dict_assign": lambda m: lambda: m.load_state_dict(
-        {k: v.clone() for k, v in m.state_dict().items()}, assign=True),
-    "replaced_submodule": _replace_dense,
-    "data_swap": lambda m: lambda: setattr(m.bert.embeddings.LayerNorm.weight, "data", torch.ones(64)),
-    "bias_set_to_none": lambda m: lambda: setattr(m.cls.predictions.transform.dense, "bias", None),
-    "bias_none_in_place": lambda m: lambda: m.cls.predictions.transform.dense._parameters.update(bias=None),
-}
-
-
-@pytest.mark.parametrize("case", WEIGHT_CHANGES)
-def test_weight_signature_follows_storage(case):
-    model, _, cache = _graphed(BertForMaskedLM)
-    change = WEIGHT_CHANGES[case](model)
-    before = cache.signature(model)
-    assert cache.signature(model) == before
-    change()
-    assert cache.signature(model) != before
 
 
 # ------------------------------------------------------------------------------------------------ lifecycle

@@ -12,6 +12,8 @@ Parameter objects, the same state_dict keys, no second copy of the weights.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -21,6 +23,7 @@ from eet_hf.bounds import SeqBounds
 
 from . import packing as pk
 from .graphs import GraphCache
+from .model_graph_keys import WeightSignature
 
 
 def pack_qkv(attn: nn.Module) -> None:
@@ -109,12 +112,9 @@ class BertEncoderRuntime:
         self.graphs = GraphCache()
         for layer in self.layers:
             pack_qkv(layer.attention.self)
-
-    def _weights_signature(self) -> tuple[int, ...]:
         # Graphs hold weight addresses: a replaced parameter (load_state_dict(assign=True), a device move)
-        # must not replay an old graph, so the addresses are part of the graph key. Read from the modules on
-        # every call: a cached list of parameters would keep the replaced ones.
-        return tuple(p.data_ptr() for p in self.layers.parameters())
+        # must not replay an old graph, so the addresses are part of the graph key.
+        self._weights_signature = functools.partial(WeightSignature(), self.layers)
 
     def _capacity_forward(self, hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
         return packed_forward(self.layers, hidden, pk.plan(start, end, hidden.shape[1]))

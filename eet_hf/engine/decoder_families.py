@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from eet_hf.attention import config_sliding_window
+
 from . import rotary_swap
 from .hf_layers_forward import HFDecoderStack
 
@@ -91,13 +93,8 @@ def model_refusal(model: nn.Module) -> str | None:
 def call_refusal(model: nn.Module, capacity: int) -> str | None:
     """Why this call (cache capacity `capacity` tokens) cannot run in the engine, or None: eet's bounds express
     causal attention over the whole cache, so a sliding window must not hide any key of the call."""
-    config = model.config
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    uses_window = window is not None and (layer_types is None or "sliding_attention" in layer_types)
-    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
-        uses_window = False
-    if uses_window and window < capacity:
+    window = config_sliding_window(model.config)
+    if window is not None and window < capacity:
         return f"a {window}-token sliding window shorter than the call's {capacity}-token cache"
     return None
 
