@@ -1,6 +1,6 @@
-// Shapes and helpers of the split-K decode kernels (attention_decode.cu has the design): the block shape and
-// split policy constants, the per-(dtype, head_dim) pipeline configuration, 16-byte row loads, and the key
-// chunk of one split. Header-only; shared by attention_decode.cu, attention_decode_split.cu and
+// Shapes and helpers of the decode kernels (attention_decode.cu has the design): the block shape and split
+// policy constants, the per-(dtype, head_dim) pipeline configuration, 16-byte row loads, and the key chunk of one
+// split. Header-only; shared by attention_decode.cu, attention_decode_split.cu, attention_decode_merge.cuh and
 // attention_decode_combine.cu.
 #pragma once
 
@@ -22,21 +22,38 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kQPerBlock = 4;   // query vectors per block (more go to further blocks of the grid)
 constexpr int kUnroll = 4;      // key rows per lane group per round
-constexpr int kMinChunk = 256;  // keys: a split shorter than this is not worth a block
 constexpr int kBlocksPerSm = 2; // decode_kernel's occupancy (registers and pipeline smem), all dtypes / dims
-constexpr int kWaves = 1;       // split so that the grid fills this many waves of resident blocks
-constexpr int kMaxSplits = 128;
+// Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
+// little more than its own loads, so chunks go down to one pipeline round of keys.
+constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)
+constexpr int kMaxClusterSplits = 16;      // splits merged in one cluster; above 8 needs the non-portable size
+constexpr int kMaxSplits = 128;            // the combine path's cap (its smem holds one weight per split)
+// The combine path (workspace + second kernel) only pays for its ~2-3 us of fixed cost where it at least doubles
+// the splits and a split capped at kMaxClusterSplits would stream at least this many key elements (keys x
+// head_dim): 1024 keys at d64, 512 at d128, i.e. >= 256 KB of fp16 K+V per block. Elsewhere the cluster path
+// with fewer, longer splits is faster. A first estimate: the GPU benchmark should place it.
+constexpr int64_t kCombineMinSplitElems = 65536;
 
 constexpr int pow2_ceil(int n) { return n <= 1 ? 1 : 2 * pow2_ceil((n + 1) / 2); }
+
+// Lanes that read one key row (16 bytes each, at most a warp) and keys a block consumes per pipeline round,
+// for a row of head_dim elements of elem_bytes bytes. Host and device.
+constexpr int decode_lanes_per_row(int head_dim, int elem_bytes) {
+  return pow2_ceil(head_dim * elem_bytes / 16) < 32 ? pow2_ceil(head_dim * elem_bytes / 16) : 32;
+}
+constexpr int decode_keys_per_round(int head_dim, int elem_bytes) {
+  return kWarps * (32 / decode_lanes_per_row(head_dim, elem_bytes)) * kUnroll;
+}
 
 template <typename T, int D>
 struct DecodeConfig {
   static constexpr int kVec = 16 / sizeof(T);          // elements per 16-byte vector
   static constexpr int kNV = D / kVec;                 // vectors per row
-  static constexpr int kLPR = pow2_ceil(kNV) < 32 ? pow2_ceil(kNV) : 32;  // lanes per row
+  static constexpr int kLPR = decode_lanes_per_row(D, sizeof(T));  // lanes per row
   static constexpr int kVPL = (kNV + kLPR - 1) / kLPR; // vectors per lane
   static constexpr int kGroups = 32 / kLPR;            // rows a warp reads at once
   static constexpr int kKeysPerRound = kWarps * kGroups * kUnroll;  // keys a block consumes per round
+  static_assert(kKeysPerRound == decode_keys_per_round(D, sizeof(T)), "host split rule out of step");
   // cp.async pipeline depth: kStages - 1 rounds (4 KB each per warp with one vector per lane) in flight.
   static constexpr int kStages = kVPL == 1 ? 5 : 3;
   // Pipeline buffers: [stage][warp][u][v][k or v][lane] 16-byte slots; each lane reads back only the slots

@@ -1,5 +1,6 @@
-// Combine step of split-K decode (design in attention_decode.cu): merges the splits' partials (running max, sum
-// and unnormalized accumulator, log2 domain) of each output row into the normalized output.
+// Combine step of split-K decode on its long-context path (design in attention_decode.cu: shapes that want more
+// splits than one cluster holds): merges the splits' partials (running max, sum and unnormalized accumulator,
+// log2 domain) of each output row into the normalized output.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -16,12 +17,13 @@ namespace attn {
 namespace {
 
 // Merge the splits' partials of each output row: one warp per row. Launched as a programmatic dependent
-// of decode_kernel where supported: it may start early and waits here for the partials.
+// of decode_kernel (launch_pdl): it may start early and waits here for the partials.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     combine_kernel(const float* __restrict__ ws_acc, const float* __restrict__ ws_ml, T* __restrict__ out,
                    int64_t rows_total, int head_dim, int splits) {
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // no-op without a programmatic dependency
+  pdl_wait();     // decode_kernel's partials are complete and visible (at once without a dependency)
+  pdl_trigger();  // the next kernel may get scheduled; it waits for this grid in its own pdl_wait
   __shared__ float weights[kWarps][kMaxSplits];
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -63,23 +65,9 @@ cudaError_t launch_decode_combine(const float* ws_acc, const float* ws_ml, T* ou
   const int64_t cblocks = (rows_total + kWarps - 1) / kWarps;
   if (cblocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
   // Programmatic dependent launch: the combine grid is launched while decode_kernel runs and waits in
-  // griddepcontrol.wait for its completion, which hides the launch gap. Plain launch if refused.
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(cblocks));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  cudaError_t err = cudaLaunchKernelEx(&cfg, combine_kernel<T>, ws_acc, ws_ml, out, rows_total, head_dim, splits);
-  if (err == cudaSuccess) return cudaGetLastError();
-  (void)cudaGetLastError();  // clear the refusal, launch plainly
-  combine_kernel<T><<<static_cast<unsigned>(cblocks), kThreads, 0, stream>>>(ws_acc, ws_ml, out, rows_total,
-                                                                            head_dim, splits);
-  return cudaGetLastError();
+  // pdl_wait for its completion, which hides the launch gap (plain launch under EET_HF_PDL=0 or if refused).
+  return launch_pdl(combine_kernel<T>, dim3(static_cast<unsigned>(cblocks)), dim3(kThreads), 0, stream, 1u, ws_acc,
+                    ws_ml, out, rows_total, head_dim, splits);
 }
 
 template cudaError_t launch_decode_combine<float>(const float* ws_acc, const float* ws_ml, float* out,

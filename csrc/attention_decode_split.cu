@@ -1,7 +1,8 @@
-// The split-K decode kernel (design in attention_decode.cu): one block handles one key chunk of one (batch, kv
-// head) for up to kQPerBlock query vectors. With one split it normalizes and writes the output itself (a single
-// pass); otherwise it writes its partial (max, sum, unnormalized accumulator; log2 domain) to the workspace and
-// launches the combine kernel (attention_decode_combine.cu) behind it.
+// The split-K decode kernel and its launcher (design in attention_decode.cu): one block handles one key chunk of
+// one (batch, kv head) for up to kQPerBlock query vectors. With one split it normalizes and writes the output
+// itself; with a cluster of splits the cluster merges the partials over distributed shared memory
+// (attention_decode_merge.cuh); on the combine path it writes its partial (max, sum, unnormalized accumulator;
+// log2 domain) to the workspace and the launcher puts the combine kernel (attention_decode_combine.cu) behind it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -11,14 +12,18 @@
 
 #include "attention_common.cuh"
 #include "attention_decode.cuh"
+#include "attention_decode_merge.cuh"
 #include "attention_kernels.h"
 #include "attention_ptx.cuh"
+#include "cluster_fit.h"
 #include "common.cuh"
 
 namespace eet {
 namespace attn {
 namespace {
 
+// Grid (q_chunks * heads_kv * batch, splits); with splits > 1 and no workspace, clusters of (1, splits, 1).
+// ws_acc / ws_ml: the combine path's partials, nullptr otherwise.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_kernel(const AttentionParams p, const int aligned_flag, const int splits, const int q_chunks,
@@ -27,13 +32,16 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   constexpr int kVec = C::kVec, NV = C::kNV, LPR = C::kLPR, VPL = C::kVPL, GROUPS = C::kGroups;
   constexpr int U = kUnroll, Q = kQPerBlock, kStages = C::kStages;
 
-  __shared__ float sm_acc[kWarps][Q][D];
+  __shared__ float sm_acc[kWarps][Q][D];  // the warps' partials; then the block's in sm_acc[0] (cluster merge)
   __shared__ float sm_m[kWarps][Q];
   __shared__ float sm_l[kWarps][Q];
+  __shared__ float sm_block_m[Q], sm_block_l[Q];  // the block's partial max and sum (cluster merge)
 
-  // Let the combine kernel (a programmatic dependent launch) get scheduled now; it waits for this grid's
-  // completion before reading anything.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  // Programmatic dependent launch: let the next kernel (the combine, or whatever follows) get scheduled now; it
+  // waits for this grid's completion before reading anything. Then wait for the previous kernel: q, k, v and
+  // the bounds are its outputs or earlier ones.
+  pdl_trigger();
+  pdl_wait();
 
   const bool aligned = aligned_flag != 0;
   const int tid = threadIdx.x;
@@ -42,15 +50,14 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int grp = lane / LPR;  // which of the warp's rows this lane reads
   const int lig = lane % LPR;  // lane in group: vectors lig, lig + LPR, ...
 
-  // Block -> (query chunk, split, kv head, batch); query chunks of one split are adjacent so that they
-  // read the same K/V while it is in L2.
+  // Block -> (query chunk, kv head, batch) along x, split along y (= the cluster rank on the cluster path).
+  // The clusters of a head's query chunks are adjacent, so they read the same K/V while it is in L2.
   int64_t idx = blockIdx.x;
   const int qc = static_cast<int>(idx % q_chunks);
   idx /= q_chunks;
-  const int split = static_cast<int>(idx % splits);
-  idx /= splits;
   const int hk = static_cast<int>(idx % p.heads_kv);
   const int b = static_cast<int>(idx / p.heads_kv);
+  const int split = static_cast<int>(blockIdx.y);
 
   const int group_size = p.heads_q / p.heads_kv;
   const int nq_total = group_size * p.q_len;
@@ -232,6 +239,14 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   }
   __syncthreads();
 
+  // Output row of query vector k: out is [batch, q_len, heads_q, D].
+  auto out_row = [&](int k) -> int64_t {
+    const int qi = qc * Q + k;
+    const int hig = qi / p.q_len;
+    const int row = qi - hig * p.q_len;
+    return (static_cast<int64_t>(b) * p.q_len + row) * p.heads_q + hk * group_size + hig;
+  };
+  const bool in_cluster = splits > 1 && ws_acc == nullptr;  // grid-uniform
   const int64_t rows_total = static_cast<int64_t>(p.batch) * p.q_len * p.heads_q;
   for (int i = tid; i < nq * D; i += kThreads) {
     const int k = i / D;
@@ -248,15 +263,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
         a += sm_acc[w][k][d] * f;
       }
     }
-    const int qi = qc * Q + k;
-    const int hig = qi / p.q_len;
-    const int row = qi - hig * p.q_len;
-    const int h = hk * group_size + hig;
-    const int64_t o = (static_cast<int64_t>(b) * p.q_len + row) * p.heads_q + h;  // output row
     if (splits == 1) {
-      static_cast<T*>(p.out)[o * D + d] = from_float<T>(lsum > 0.f ? a / lsum : 0.f);
+      static_cast<T*>(p.out)[out_row(k) * D + d] = from_float<T>(lsum > 0.f ? a / lsum : 0.f);
+    } else if (in_cluster) {
+      sm_acc[0][k][d] = a;  // in place: this thread alone reads or writes element (k, d)
+      if (d == 0) sm_block_m[k] = mmax, sm_block_l[k] = lsum;
     } else {
-      const int64_t w = split * rows_total + o;
+      const int64_t w = split * rows_total + out_row(k);
       ws_acc[w * D + d] = a;
       if (d == 0) {
         ws_ml[w] = mmax;
@@ -264,54 +277,68 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       }
     }
   }
+  if (in_cluster) cluster_merge_write<T, D>(&sm_acc[0][0][0], sm_block_m, sm_block_l, nq, splits, static_cast<T*>(p.out),
+                                            out_row);
 }
 
 template <typename T, int D>
-cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, int splits, cudaStream_t stream) {
+cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan plan, cudaStream_t stream) {
   const int64_t q_chunks = (static_cast<int64_t>(p.heads_q / p.heads_kv) * p.q_len + kQPerBlock - 1) / kQPerBlock;
-  const int64_t blocks = q_chunks * splits * p.heads_kv * p.batch;
-  if (blocks <= 0) return cudaSuccess;
-  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  const int64_t rows_total = static_cast<int64_t>(p.batch) * p.q_len * p.heads_q;
-  float* ws_acc = nullptr;
-  float* ws_ml = nullptr;
-  if (splits > 1) {
-    if (p.workspace == nullptr) return cudaErrorInvalidValue;
-    ws_acc = static_cast<float*>(p.workspace);
-    ws_ml = ws_acc + static_cast<int64_t>(splits) * rows_total * D;
-  }
+  const int64_t work = q_chunks * p.heads_kv * p.batch;  // blocks per split (grid x), clusters on the cluster path
+  if (work <= 0) return cudaSuccess;
+  if (work > 0x7fffffffLL || plan.splits < 1 || plan.splits > kMaxSplits) return cudaErrorInvalidConfiguration;
   constexpr size_t smem = DecodeConfig<T, D>::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(decode_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  decode_kernel<T, D><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p, aligned ? 1 : 0, splits,
-                                                                                static_cast<int>(q_chunks), ws_acc,
-                                                                                ws_ml);
-  err = cudaGetLastError();
-  if (err != cudaSuccess || splits == 1) return err;
+  const int64_t rows_total = static_cast<int64_t>(p.batch) * p.q_len * p.heads_q;
+  int splits = plan.splits;
+  float* ws_acc = nullptr;
+  float* ws_ml = nullptr;
+  if (plan.combine) {
+    if (p.workspace == nullptr) return cudaErrorInvalidValue;
+    ws_acc = static_cast<float*>(p.workspace);
+    ws_ml = ws_acc + static_cast<int64_t>(splits) * rows_total * D;
+  } else if (splits > 1) {
+    static ClusterFitCache fit_cache;  // one per kernel instantiation
+    splits = cluster_width_that_fits(reinterpret_cast<const void*>(decode_kernel<T, D>), kThreads, smem, splits, work,
+                                     fit_cache);
+  }
+  auto launch = [&](int n) {
+    return launch_pdl(decode_kernel<T, D>, dim3(static_cast<unsigned>(work), static_cast<unsigned>(n)),
+                      dim3(kThreads), smem, stream, plan.combine ? 1u : static_cast<unsigned>(n), p, aligned ? 1 : 0,
+                      n, static_cast<int>(q_chunks), ws_acc, ws_ml);
+  };
+  err = launch(splits);
+  if (err != cudaSuccess && !plan.combine && splits > kPortableClusterWidth) {
+    (void)cudaGetLastError();  // a refused non-portable cluster: the portable width always launches
+    splits = kPortableClusterWidth;
+    err = launch(splits);
+  }
+  if (err != cudaSuccess || !plan.combine) return err;
   return launch_decode_combine<T>(ws_acc, ws_ml, static_cast<T*>(p.out), rows_total, D, splits, stream);
 }
 
 }  // namespace
 
 template <typename T>
-cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, int splits, cudaStream_t stream) {
+cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, DecodePlan plan, cudaStream_t stream) {
   switch (p.head_dim) {
-    case 32: return launch_decode_d<T, 32>(p, aligned, splits, stream);
-    case 64: return launch_decode_d<T, 64>(p, aligned, splits, stream);
-    case 80: return launch_decode_d<T, 80>(p, aligned, splits, stream);
-    case 96: return launch_decode_d<T, 96>(p, aligned, splits, stream);
-    case 128: return launch_decode_d<T, 128>(p, aligned, splits, stream);
-    case 256: return launch_decode_d<T, 256>(p, aligned, splits, stream);
+    case 32: return launch_decode_d<T, 32>(p, aligned, plan, stream);
+    case 64: return launch_decode_d<T, 64>(p, aligned, plan, stream);
+    case 80: return launch_decode_d<T, 80>(p, aligned, plan, stream);
+    case 96: return launch_decode_d<T, 96>(p, aligned, plan, stream);
+    case 128: return launch_decode_d<T, 128>(p, aligned, plan, stream);
+    case 256: return launch_decode_d<T, 256>(p, aligned, plan, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
-template cudaError_t launch_decode_split<float>(const AttentionParams& p, bool aligned, int splits,
+template cudaError_t launch_decode_split<float>(const AttentionParams& p, bool aligned, DecodePlan plan,
                                                 cudaStream_t stream);
-template cudaError_t launch_decode_split<__half>(const AttentionParams& p, bool aligned, int splits,
+template cudaError_t launch_decode_split<__half>(const AttentionParams& p, bool aligned, DecodePlan plan,
                                                  cudaStream_t stream);
-template cudaError_t launch_decode_split<__nv_bfloat16>(const AttentionParams& p, bool aligned, int splits,
+template cudaError_t launch_decode_split<__nv_bfloat16>(const AttentionParams& p, bool aligned, DecodePlan plan,
                                                         cudaStream_t stream);
 
 }  // namespace attn

@@ -30,16 +30,24 @@ cudaError_t launch_prefill_simt(const AttentionParams& p, bool aligned, cudaStre
 template <typename T>
 cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, cudaStream_t stream);
 
-// Decode: split-K over the visible key range, then a combine kernel (skipped when there is one split).
-int decode_num_splits(const AttentionParams& p, int num_sms);
-size_t decode_workspace_bytes(const AttentionParams& p, int num_sms);
+// Decode: split-K over the visible key range. The splits of one (batch, kv head, query chunk) form one thread
+// block cluster and merge over distributed shared memory inside the one kernel; only shapes that want more splits
+// than a cluster holds, over a long context, write partials to p.workspace for a second (combine) kernel.
+struct DecodePlan {
+  int splits;    // key chunks per (batch, kv head, query chunk), >= 1
+  bool combine;  // true: partials to p.workspace + combine kernel; false: one kernel (a cluster of `splits`)
+};
+// Shapes only (never device data): fixed on the host, so the launch is graph-capture safe.
+DecodePlan decode_plan(const AttentionParams& p, int num_sms);
+size_t decode_workspace_bytes(const AttentionParams& p, int num_sms);  // 0 unless plan.combine
 cudaError_t launch_decode(DType dtype, const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream);
 // The kernels behind it, T = float, __half or __nv_bfloat16. launch_decode_split (attention_decode_split.cu):
-// the split-K kernel for p.head_dim (cudaErrorInvalidValue for other head dims), which writes out itself when
-// splits == 1 and otherwise its partials to p.workspace, then launches the combine.
+// the split-K kernel for p.head_dim (cudaErrorInvalidValue for other head dims); it writes out itself (one split,
+// or a cluster of splits), or, with plan.combine, writes its partials to p.workspace and launches the combine.
+// A cluster wider than fits the device (occupancy, or no non-portable size) runs with fewer splits.
 // launch_decode_combine (attention_decode_combine.cu): merges the partials of `splits` splits into out.
 template <typename T>
-cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, int splits, cudaStream_t stream);
+cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, DecodePlan plan, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_decode_combine(const float* ws_acc,  // [splits, rows_total, head_dim]
                                   const float* ws_ml,   // [2, splits, rows_total]: running max, then sum

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels.h"
 
@@ -116,6 +117,75 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   // Every warp folds the per-warp partials itself, which saves a broadcast through shared memory.
   return warp_sum(lane < num_warps ? scratch[lane] : 0.0f);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Programmatic dependent launch (PDL, sm_90). At decode batch sizes a step is ~100 kernels of a few µs each, and
+// each one's launch, block scheduling and first global loads add ~1-2 µs of latency on top of its own work.
+// A kernel launched with launch_pdl may start while the kernel before it on the stream still runs, once every block
+// of that kernel has called pdl_trigger() (or exited), and overlap that latency with the previous kernel's tail.
+// Contract for a kernel launched with launch_pdl:
+// - before pdl_wait() it reads only memory that no kernel of the step writes (weights, biases) and writes nothing;
+// - pdl_wait() returns once the previous grid has completed and its writes are visible (at once when the kernel
+//   was not launched as a dependent, e.g. the first kernel of a graph or after a non-PDL kernel).
+// pdl_trigger() only lets the next kernel be scheduled early; that kernel still waits in its own pdl_wait().
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+// EET_HF_PDL=0 in the environment (read once per process) launches plainly: for A/B timing and as an escape hatch.
+inline bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("EET_HF_PDL");
+    return v == nullptr || v[0] != '0';
+  }();
+  return enabled;
+}
+
+// May PDL launches be recorded into a CUDA graph here? Probed once per process (pdl.cu): a refusal during a
+// capture would invalidate the capture, so a capture never tries what the probe did not see work.
+bool pdl_capture_supported();
+
+// Launch kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent of the stream's previous
+// kernel, with an optional thread block cluster of `cluster_y` blocks along y (1: none). A refused PDL attribute
+// falls back to a plain launch (same cluster); the kernel must follow the contract above either way.
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       unsigned cluster_y, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attrs[2];
+  unsigned n = 0;
+  if (cluster_y > 1) {
+    attrs[n].id = cudaLaunchAttributeClusterDimension;
+    attrs[n].val.clusterDim.x = 1;
+    attrs[n].val.clusterDim.y = cluster_y;
+    attrs[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  const unsigned cluster_attrs = n;
+  bool pdl = pdl_enabled();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (pdl && cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+    (void)cudaGetLastError();  // unknown capture state: launch plainly
+    pdl = false;
+  } else if (pdl && capture != cudaStreamCaptureStatusNone) {
+    pdl = pdl_capture_supported();
+  }
+  if (pdl) {
+    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  cfg.attrs = attrs;
+  cfg.numAttrs = n;
+  cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+  if (err == cudaSuccess || n == cluster_attrs) return err;
+  (void)cudaGetLastError();  // clear the refusal; retry without PDL
+  cfg.numAttrs = cluster_attrs;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
 }
 
 // ---------------------------------------------------------------------------------------------------

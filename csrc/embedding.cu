@@ -32,6 +32,10 @@ embedding_kernel(const IdT* __restrict__ ids,        // [batch, seq] with stride
                  int64_t ids_stride_b, int64_t ids_stride_s, int64_t pos_stride_b, int64_t pos_stride_s,
                  int64_t seq, int64_t tokens, int64_t vocab, int64_t positions, int64_t hidden) {
   const int64_t col = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+  pdl_trigger();
+  // ids and positions come from earlier kernels (PDL contract, common.cuh). Every thread waits, even one with no
+  // column: a grid that completes implies its predecessor did, which later kernels' ordering relies on.
+  pdl_wait();
   if (col >= hidden) return;  // no barriers below
   for (int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
     const int64_t b = t / seq, s = t - b * seq;
@@ -78,11 +82,10 @@ cudaError_t launch_embedding(const EmbeddingArgs& a, cudaStream_t stream) {
   if (chunks > INT_MAX) return cudaErrorInvalidValue;
   const int64_t tokens = a.batch * a.seq;
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min(tokens, kMaxGridY)));
-  embedding_kernel<T, IdT, PosT, VEC><<<grid, static_cast<unsigned>(threads), 0, stream>>>(
-      static_cast<const IdT*>(a.ids), static_cast<const PosT*>(a.pos), static_cast<const T*>(a.wte),
-      static_cast<const T*>(a.wpe), static_cast<T*>(a.out), a.ids_stride_b, a.ids_stride_s, a.pos_stride_b,
-      a.pos_stride_s, a.seq, tokens, a.vocab, a.positions, a.hidden);
-  return cudaGetLastError();
+  return launch_pdl(embedding_kernel<T, IdT, PosT, VEC>, grid, dim3(static_cast<unsigned>(threads)), 0, stream, 1,
+                    static_cast<const IdT*>(a.ids), static_cast<const PosT*>(a.pos), static_cast<const T*>(a.wte),
+                    static_cast<const T*>(a.wpe), static_cast<T*>(a.out), a.ids_stride_b, a.ids_stride_s,
+                    a.pos_stride_b, a.pos_stride_s, a.seq, tokens, a.vocab, a.positions, a.hidden);
 }
 
 // Index types are a runtime choice of the caller (HF passes int64, a decode engine may keep int32).

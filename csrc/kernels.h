@@ -136,13 +136,12 @@ cudaError_t rotary(DType dtype, const RotaryArgs& args, cudaStream_t stream);
 // same bits as bias_gelu's kTanhStaged on the rounded output.
 enum class LinearActivation { kNone, kGeluTanhStaged };
 constexpr int64_t kSmallLinearMaxRows = 8;
-// Split-K across blocks needs one arrival counter per column tile; plans never use more than this many.
-constexpr int64_t kSmallLinearCounters = 65536;
 
-// How small_linear cuts the work: `tiles` column tiles x `splits` K-slices of `k_chunk` rows, one block each.
+// How small_linear cuts the work: `tiles` column tiles x `splits` K-slices of `k_chunk` rows, one block each; the
+// splits of a tile form one thread block cluster (splits <= 8) and reduce through distributed shared memory.
 struct SmallLinearPlan {
   int64_t tiles, splits, k_chunk;
-  size_t workspace_bytes;  // fp32 partials [splits, m, n] when splits > 1, else 0
+  bool forced;  // splits set by EET_HF_SMALL_LINEAR_SPLITS (a sweep): not narrowed to the device's cluster fit
 };
 SmallLinearPlan small_linear_plan(DType dtype, int64_t m, int64_t n, int64_t k, int num_sms);
 
@@ -151,8 +150,6 @@ struct SmallLinearParams {
   const void* weight;  // [k, n], row stride ldw, last dim contiguous
   const void* bias;    // [n] or nullptr
   void* out;           // [m, n], contiguous
-  void* workspace;     // plan.workspace_bytes bytes (nullptr when 0)
-  int* counters;       // [kSmallLinearCounters], all zero between launches (each launch leaves them zero)
   int64_t m, n, k, ldx, ldw;
   LinearActivation act;
 };

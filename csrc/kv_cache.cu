@@ -32,6 +32,11 @@ __global__ void __launch_bounds__(kMaxThreads) kv_append_kernel(KvAppendParams p
   T* __restrict__ q_out = static_cast<T*>(p.q_out);            // [batch, heads_q, seq, head_dim]
   const int64_t width = static_cast<int64_t>(p.heads_q + 2 * p.heads_kv) * p.head_dim;
   const int64_t col = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+  pdl_trigger();
+  // qkv and write_pos come from earlier kernels, and the cache slots written here may still be read by an earlier
+  // kernel until it completes (PDL contract, common.cuh). Every thread waits, even one with no column: a grid that
+  // completes implies its predecessor did, which later kernels' ordering relies on.
+  pdl_wait();
   if (col >= width) return;  // no barriers below
   const int head = static_cast<int>(col / p.head_dim);  // 0 .. heads_q + 2 * heads_kv - 1
   const int64_t d = col - static_cast<int64_t>(head) * p.head_dim;
@@ -78,8 +83,7 @@ cudaError_t launch_kv_append(const KvAppendParams& p, cudaStream_t stream) {
   if (chunks > INT_MAX) return cudaErrorInvalidValue;
   const int64_t tokens = p.batch * p.seq;
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min(tokens, kMaxGridY)));
-  kv_append_kernel<T, VEC><<<grid, static_cast<unsigned>(threads), 0, stream>>>(p, tokens);
-  return cudaGetLastError();
+  return launch_pdl(kv_append_kernel<T, VEC>, grid, dim3(static_cast<unsigned>(threads)), 0, stream, 1, p, tokens);
 }
 
 // May every access use VEC-element vectors? Each vector starts at base + (row strides) + a multiple of

@@ -81,6 +81,8 @@ layer_norm_regs_kernel(const T* __restrict__ x,         // [rows, hidden]
                        int64_t rows, int hidden, float eps) {
   __shared__ float scratch[32];
   const int num_vecs = hidden / VEC;
+  pdl_trigger();
+  pdl_wait();  // x and residual come from the previous kernel (PDL contract, common.cuh)
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * hidden;
     // Held in the storage type: half the registers of fp32 for fp16 / bf16, hence more rows in flight.
@@ -141,6 +143,8 @@ layer_norm_stream_kernel(const T* __restrict__ x,         // [rows, hidden]
                          int64_t rows, int hidden, float eps) {
   __shared__ float scratch[32];
   const int num_vecs = hidden / VEC;
+  pdl_trigger();
+  pdl_wait();  // x and residual come from the previous kernel (PDL contract, common.cuh)
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * hidden;
     float sum = 0.0f;
@@ -203,13 +207,11 @@ cudaError_t launch_with_vec(const LayerNormArgs& a, cudaStream_t stream) {
     // threads as useful, since each scalar access moves few bytes.
     const int64_t threads =
         VEC > 1 ? round_up(ceil_div(num_vecs, kItems), 32) : std::min<int64_t>(round_up(num_vecs, 32), kMaxThreads);
-    layer_norm_regs_kernel<T, VEC, kItems><<<grid, static_cast<unsigned>(threads), 0, stream>>>(
-        x, residual, weight, bias, out, sum_out, a.rows, a.hidden, a.eps);
-  } else {
-    layer_norm_stream_kernel<T, VEC><<<grid, kMaxThreads, 0, stream>>>(x, residual, weight, bias, out, sum_out,
-                                                                        a.rows, a.hidden, a.eps);
+    return launch_pdl(layer_norm_regs_kernel<T, VEC, kItems>, dim3(grid), dim3(static_cast<unsigned>(threads)), 0,
+                      stream, 1, x, residual, weight, bias, out, sum_out, a.rows, a.hidden, a.eps);
   }
-  return cudaGetLastError();
+  return launch_pdl(layer_norm_stream_kernel<T, VEC>, dim3(grid), dim3(kMaxThreads), 0, stream, 1, x, residual,
+                    weight, bias, out, sum_out, a.rows, a.hidden, a.eps);
 }
 
 template <typename T>

@@ -172,3 +172,18 @@ def test_cli_rejects_unknown_names():
         cli.parse_args(["--quick", "--engines", "tensorrt"])
     args = cli.parse_args(["--quick", "--suite", "encoder", "--models", "bert-tiny", "--engines", "eet,hf-sdpa"])
     assert args.models == {"bert-tiny"} and args.engines == {"eet", "hf-sdpa"}
+
+
+def test_hf_sdpa_without_cudnn_switches_only_hf_sdpa_and_restores():
+    from evaluation.bench.context import Budget, RunContext
+
+    ctx = RunContext(quick=True, device="cpu", dtype=torch.float32, repeats=1, budget=Budget(1.0),
+                     hf_sdpa_without_cudnn=True)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with ctx.engine_backends("hf-sdpa"):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    with ctx.engine_backends("eet"):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    args = cli.parse_args(["--quick", "--suite", "decoder-layer", "--hf-sdpa-without-cudnn"])
+    assert args.hf_sdpa_without_cudnn

@@ -99,24 +99,35 @@ def gpt2_weights(model: nn.Module, gelu: str) -> GPT2Weights:
     )
 
 
-# EET_HF_SMALL_LINEAR=1 (read once, at import) runs the Conv1Ds of forwards with at most 8 rows (decode steps of
-# batch <= 8) on eet's small_linear kernel instead of cuBLAS, c_fc with gelu_new fused. Opt-in until its GPU tests
-# and timings are in (tests/gpu/test_small_linear_cuda.py, evaluation/bench_kernels_norm.py).
-_SMALL_LINEAR = os.environ.get("EET_HF_SMALL_LINEAR", "") == "1"
+# Which Conv1Ds of a forward run on eet's small_linear kernel instead of cuBLAS (c_fc with gelu_new fused). Measured
+# on the H200 (scripts/sweep_small_linear.py, fp16): at one row it beats torch.addmm on weights up to ~2.6M elements
+# (GPT-2 small's four, XL's attn_proj: 4.4-6.7 us against 5.2-7.7) and loses on larger ones (XL's c_attn, c_fc,
+# mlp_proj: 10-12 us against 8-11), and at 8 rows it is 1.5-3x slower everywhere. Being one PDL-launched kernel,
+# it also lets its neighbours (layer norm, KV append, attention) overlap it. EET_HF_SMALL_LINEAR (read once, at
+# import): "0" never, "1" every forward of at most 8 rows (experiments), anything else the measured rule.
+_SMALL_LINEAR_MODE = os.environ.get("EET_HF_SMALL_LINEAR", "auto")
+_SMALL_LINEAR_MAX_WEIGHT = 4 * 2**20  # elements: between the measured wins (<= 2.6M) and losses (>= 7.7M)
 
 
 def _small_linear_applies(x2d: torch.Tensor) -> bool:
-    return _SMALL_LINEAR and x2d.is_cuda and x2d.shape[0] <= 8 and x2d.dtype in (torch.float16, torch.bfloat16)
+    """May this forward's Conv1Ds use small_linear at all (device, dtype, rows)?"""
+    if _SMALL_LINEAR_MODE == "0" or not x2d.is_cuda or x2d.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return x2d.shape[0] <= (8 if _SMALL_LINEAR_MODE == "1" else 1)
+
+
+def _use_small(module: nn.Module, small: bool) -> bool:
+    return small and (_SMALL_LINEAR_MODE == "1" or module.weight.numel() <= _SMALL_LINEAR_MAX_WEIGHT)
 
 
 def _conv1d(module: nn.Module, x2d: torch.Tensor, small: bool = False) -> torch.Tensor:
-    if small:
+    if _use_small(module, small):
         return ops.small_linear(x2d, module.weight, module.bias, "none")
     return torch.addmm(module.bias, x2d, module.weight)
 
 
 def _mlp_up(layer: LayerWeights, normed: torch.Tensor, gelu: str, small: bool) -> torch.Tensor:
-    if small and gelu == "tanh_staged":
+    if _use_small(layer.c_fc, small) and gelu == "tanh_staged":
         return ops.small_linear(normed, layer.c_fc.weight, layer.c_fc.bias, "tanh_staged")
     return ops.linear_gelu(normed, layer.c_fc.weight, layer.c_fc.bias, gelu)
 

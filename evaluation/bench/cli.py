@@ -47,6 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3; 1 quick)")
     parser.add_argument("--budget-s", type=float, default=None, help="wall-clock cap per suite, seconds")
     parser.add_argument("--merge", action="store_true", help="keep earlier rows of other (case, engine) pairs")
+    parser.add_argument("--hf-sdpa-without-cudnn", action="store_true",
+                        help="decoder-layer: run hf-sdpa with torch's cuDNN SDPA backend off (its per-length plan "
+                             "builds make a first pass over long decode sequences take minutes); noted in the results")
     args = parser.parse_args(argv)
     args.suite = args.suite or list(SUITES)
     args.models, args.engines = _names(args.models), _names(args.engines)
@@ -89,7 +92,11 @@ def run_suite(name: str, args: argparse.Namespace, command: str) -> bool:
         budget=Budget(budget),
         models=args.models,
         engines=args.engines,
+        hf_sdpa_without_cudnn=args.hf_sdpa_without_cudnn,
     )
+    if args.hf_sdpa_without_cudnn:
+        ctx.notes.append("hf-sdpa rows of this run: torch's cuDNN SDPA backend off (--hf-sdpa-without-cudnn); torch "
+                         "picks among flash, efficient and math attention instead.")
     ctx.log(f"suite {name}: budget {budget:.0f} s, {ctx.device} {ctx.dtype}, repeats {ctx.repeats}")
     ok = True
     handler = _NotesLog(ctx.notes)

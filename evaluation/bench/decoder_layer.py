@@ -3,7 +3,9 @@ whole sequence — prefill of the prompt, then single-token steps with a KV cach
 
 Grid (the EET paper's decoder-layer figures): hidden 768 ... 12288 at batch 4, prompt 512, total 1024; and a
 prompt-length sweep 128 ... 4096 (total = 2 x prompt) at hidden 1024. The paper's other baselines,
-FasterTransformer and Fairseq, are not available in this environment; HF eager and sdpa stand in.
+FasterTransformer and Fairseq, are not available in this environment; HF eager and sdpa stand in
+(--hf-sdpa-without-cudnn runs HF sdpa without torch's cuDNN backend, whose first pass over thousands of new key
+lengths takes minutes: context.py).
 HF's engines run the sequence as HF runs it: a prefill forward, then plain single-token forwards with the cache
 passed positionally (transformers 5.24 renamed the keyword). eet runs it as eet runs it: the same layer under an LM
 head (GPT2LMHeadModel, n_layer=1, vocabulary 1024: the embedding gather and a [hidden x 1024] head add under 1%
@@ -105,7 +107,7 @@ def one_case(ctx: RunContext, engine: str, hidden: int, batch: int, prompt: int,
             ctx.notes.append(f"eet on {case}: {prepared.path}")
         generator = torch.Generator().manual_seed(S.SEED + hidden)
         ids = torch.randint(1, model.config.vocab_size, (batch, prompt), generator=generator).to(ctx.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), ctx.engine_backends(engine):
             cached = run(model, ids, 2)  # kernels loaded, cache paths taken, allocator primed
             if cached != prompt + 2:  # else the steps would not be attending a growing cache
                 raise RuntimeError(f"the cache holds {cached} tokens after prompt {prompt} + 2 steps")

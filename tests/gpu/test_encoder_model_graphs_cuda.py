@@ -228,6 +228,7 @@ def test_replayed_forward_syncs_at_most_once(cuda_ops, with_mask):
             _call_all([model], inputs)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    # torch's one-time notice that sync debug mode is a prototype is not a sync.
+    syncs = [w for w in caught if "synchroniz" in str(w.message) and "prototype feature" not in str(w.message)]
     assert cache.replays == before + 1
     assert len(syncs) == (1 if with_mask else 0), [str(w.message)[:120] for w in syncs]

@@ -1,7 +1,9 @@
 """eet::small_linear on the GPU: random decode-step shapes (rows 1-8, odd K and N, strided x, fp32/fp16/bf16, bias or
 none, 'none' or fused gelu_new) against a float64 reference, held to at most twice torch.addmm's error in the same
 dtype plus one ulp; the output allocation poisoned with NaN first; bit-identical repeated calls (split-K order is
-fixed); CUDA graph capture and replay with new inputs; bad arguments raising instead of crashing."""
+fixed); every cluster split count 1..8 and K longer than one staged chunk per block; CUDA graph capture and replay
+with new inputs; a chain of PDL-launched kernels in a graph equal to the same chain run with a full synchronization
+between kernels; bad arguments raising instead of crashing."""
 
 from __future__ import annotations
 
@@ -83,12 +85,109 @@ def test_small_linear_matches_float64_within_twice_torch_error(cuda_ops, case):
 @pytest.mark.parametrize("shape", [(1, 768, 2304), (8, 3072, 768), (3, 6400, 1600), (5, 5125, 7)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_linear_is_deterministic(cuda_ops, shape, dtype):
-    """Split-K shapes included: the last block sums the partials in a fixed order, whichever block arrives last."""
+    """Split-K shapes included: the cluster's blocks sum the partials in split order, whatever order they finish in."""
     rows, k, n = shape
     x, w, b = _inputs(dtype, rows, k, n, True, False)
     first = torch.ops.eet.small_linear(x, w, b, "tanh_staged")
     for _ in range(3):
         assert torch.equal(torch.ops.eet.small_linear(x, w, b, "tanh_staged"), first)
+
+
+def _plan_splits(k: int, n: int, dtype) -> int:
+    """The split count small_linear_plan (csrc/small_linear.cu) picks on this GPU, mirrored: one wave of 2 blocks per
+    SM over 64-column tiles (32 in fp32), at most 8 (a portable cluster), none under 64 rows."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tiles = -(-n // (32 if dtype == torch.float32 else 64))
+    splits = max(1, min(2 * sms // tiles, max(k // 64, 1), 8))
+    chunk = -(-k // splits)
+    return -(-k // chunk)
+
+
+# (k, n) chosen per split count on a 132-SM H200 (fp16): N sets the tiles, K the rows per split; K = 12288 and 20000
+# give splits longer than one staged x chunk (1024 rows), so the staging loop runs more than once.
+_SPLIT_SHAPES = [(768, 50304), (768, 8448), (768, 5632), (768, 4224), (768, 3200), (768, 2816), (768, 2304),
+                 (768, 768), (12288, 64), (20000, 7), (100, 100)]
+
+
+@pytest.mark.parametrize("k,n", _SPLIT_SHAPES)
+@pytest.mark.parametrize("rows", [1, 8])
+def test_small_linear_every_split_count(cuda_ops, k, n, rows):
+    """Each cluster size 1..8 (which one the shape gets is printed: the mirror of the plan rule) and multi-chunk
+    staging, against the float64 reference within twice torch's error, poisoned output, bit-identical on repeat."""
+    dtype = torch.float16
+    x, w, b = _inputs(dtype, rows, k, n, True, False, seed=k + n)
+    print("splits", _plan_splits(k, n, dtype))
+    ref = _float64_reference(x, w, b, "none")
+    torch_err = max(_torch_error(x, w, b, "none", ref), _torch_error_probe(x, "none"))
+    poison_next_alloc(rows * n, dtype)
+    out = torch.ops.eet.small_linear(x, w, b, "none")
+    assert torch.isfinite(out).all(), (k, n, rows)
+    err = (out.double() - ref).abs().max().item()
+    ulp = torch.finfo(dtype).eps * ref.abs().max().item()
+    assert err <= 2 * torch_err + ulp, f"{(k, n, rows)}: max error {err:.3g}, torch's {torch_err:.3g}"
+    assert torch.equal(torch.ops.eet.small_linear(x, w, b, "none"), out)
+
+
+def test_split_shapes_cover_every_cluster_size():
+    """The table above really reaches splits 1..8 on this GPU (else the test above proves less than it says)."""
+    if torch.cuda.get_device_properties(0).multi_processor_count != 132:
+        pytest.skip("the shapes are chosen for a 132-SM GPU")
+    assert {_plan_splits(k, n, torch.float16) for k, n in _SPLIT_SHAPES} == set(range(1, 9))
+
+
+def test_pdl_chain_in_graph_equals_synchronized_chain(cuda_ops):
+    """Programmatic dependent launch lets each kernel start before the previous one ends (common.cuh): a chain
+    embedding -> layer_norm -> small_linear -> kv_append -> add_layer_norm -> small_linear(gelu) -> small_linear,
+    captured in one graph and replayed with new tokens, must give the bits of the same chain run op by op with a
+    device synchronization after every kernel (where no overlap is possible)."""
+    dev = dict(device="cuda", dtype=torch.float16)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    hidden, heads, vocab = 768, 12, 1000
+    wte = torch.randn(vocab, hidden, generator=g, device="cuda").to(torch.float16)
+    wpe = torch.randn(64, hidden, generator=g, device="cuda").to(torch.float16)
+    ln_w, ln_b = torch.rand(hidden, **dev) + 0.5, torch.randn(hidden, **dev)
+    w_qkv, b_qkv = (torch.randn(hidden, 3 * hidden, generator=g, device="cuda") / 28).half(), torch.randn(3 * hidden, **dev)
+    w_up, b_up = (torch.randn(hidden, 4 * hidden, generator=g, device="cuda") / 28).half(), torch.randn(4 * hidden, **dev)
+    w_dn, b_dn = (torch.randn(4 * hidden, hidden, generator=g, device="cuda") / 55).half(), torch.randn(hidden, **dev)
+    k_cache = torch.zeros(1, heads, 16, hidden // heads, **dev)
+    v_cache = torch.zeros_like(k_cache)
+    write_pos = torch.tensor([3], device="cuda", dtype=torch.int32)
+    positions = torch.tensor([[3]], device="cuda")
+
+    def chain(tokens, sync):
+        def step(value):  # called right after each op is enqueued: with sync, it has finished before the next starts
+            if sync:
+                torch.cuda.synchronize()
+            return value
+
+        h = step(cuda_ops.embedding(tokens, positions, wte, wpe).view(1, hidden))
+        normed = step(cuda_ops.layer_norm(h, ln_w, ln_b, 1e-5))
+        qkv = step(torch.ops.eet.small_linear(normed, w_qkv, b_qkv, "none"))
+        q = step(cuda_ops.kv_append(qkv.view(1, 1, -1), None, k_cache, v_cache, write_pos, heads, heads))
+        normed2, h2 = cuda_ops.add_layer_norm(q.reshape(1, hidden), h, ln_w, ln_b, 1e-5)
+        step(normed2)
+        up = step(torch.ops.eet.small_linear(normed2, w_up, b_up, "tanh_staged"))
+        out = step(torch.ops.eet.small_linear(up, w_dn, b_dn, "none"))
+        return out + h2, k_cache.clone(), v_cache.clone()
+
+    static_tokens = torch.tensor([[7]], device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        chain(static_tokens, sync=False)  # warm-up off the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = chain(static_tokens, sync=False)
+    for token in (11, 523, 999):
+        static_tokens.fill_(token)
+        k_cache.zero_(), v_cache.zero_()
+        graph.replay()
+        got = [t.clone() for t in static_out]
+        k_cache.zero_(), v_cache.zero_()
+        want = chain(torch.tensor([[token]], device="cuda"), sync=True)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b), token
 
 
 def test_small_linear_gelu_equals_bias_gelu_of_its_linear(cuda_ops):
@@ -100,8 +199,8 @@ def test_small_linear_gelu_equals_bias_gelu_of_its_linear(cuda_ops):
 
 @pytest.mark.parametrize("shape", [(1, 768, 2304), (4, 3072, 768), (8, 7, 769)])
 def test_small_linear_graph_capture_and_replay(cuda_ops, shape):
-    """Captured with no eager call first on the capture stream (its split-K counters are allocated during the
-    capture), then replayed twice on new inputs: the same bits as eager calls on those inputs."""
+    """Captured with no eager call first on the capture stream (the cluster and PDL launch attributes are recorded by
+    the capture), then replayed twice on new inputs: the same bits as eager calls on those inputs."""
     rows, k, n = shape
     x, w, b = _inputs(torch.float16, rows, k, n, True, False)
     static_x = x.clone()
@@ -159,7 +258,7 @@ def test_raw_op_argument_error_raises_without_crashing(cuda_ops, bad):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_engine_with_small_linear_keeps_greedy_agreement(cuda_ops, dtype, monkeypatch):
-    """The GPT-2 engine's opt-in path (EET_HF_SMALL_LINEAR=1): 32 left-padded prompts x 32 greedy tokens agree with
+    """The GPT-2 engine's experiment mode (EET_HF_SMALL_LINEAR=1): 32 left-padded prompts x 32 greedy tokens agree with
     HF sdpa at least as often as HF eager does (the parity rule), and its decode steps really ran the op."""
     import copy
 
@@ -179,7 +278,7 @@ def test_engine_with_small_linear_keeps_greedy_agreement(cuda_ops, dtype, monkey
         model.set_attn_implementation(attn)
         return model.to("cuda", dtype).eval()
 
-    monkeypatch.setattr(gpt2_forward, "_SMALL_LINEAR", True)
+    monkeypatch.setattr(gpt2_forward, "_SMALL_LINEAR_MODE", "1")
     calls = []
     real = gpt2_forward.ops.small_linear
     monkeypatch.setattr(gpt2_forward.ops, "small_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
@@ -200,3 +299,42 @@ def test_engine_with_small_linear_keeps_greedy_agreement(cuda_ops, dtype, monkey
     assert calls and set(calls) == {8}, calls[:8]
     agree = {name: (small[name] == small["sdpa"]).all(-1).float().mean().item() for name in ("eet", "eager")}
     assert agree["eet"] >= agree["eager"], agree
+
+
+@pytest.mark.parametrize("mode", ["auto", "0"])
+def test_engine_default_rule_uses_small_linear_at_batch_1_only(cuda_ops, mode, monkeypatch):
+    """The default rule (gpt2_forward._SMALL_LINEAR_MODE "auto"): decode steps of one row run every Conv1D whose
+    weight has at most 4M elements on small_linear, 8 rows never; "0" never. (Agreement of the tokens with HF is the
+    experiment-mode test's, above, which runs the op in every decode step.)"""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import eet_hf
+    from eet_hf.engine import gpt2_forward
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=1000, n_positions=128, n_embd=256, n_layer=2, n_head=4, pad_token_id=0)
+    base = GPT2LMHeadModel(config).to("cuda", torch.float16).eval()
+    calls = []
+    real = gpt2_forward.ops.small_linear
+    monkeypatch.setattr(gpt2_forward.ops, "small_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    ids = torch.randint(1, 1000, (8, 12), device="cuda")
+    kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
+    monkeypatch.setattr(gpt2_forward, "_SMALL_LINEAR_MODE", "0")
+    off = eet_hf.accelerate(copy.deepcopy(base))
+    with torch.no_grad():
+        want = off.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), **kwargs)
+    assert not calls
+    monkeypatch.setattr(gpt2_forward, "_SMALL_LINEAR_MODE", mode)
+    model = eet_hf.accelerate(copy.deepcopy(base))
+    with torch.no_grad():
+        got = model.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), **kwargs)
+        if mode == "auto":
+            assert calls and set(calls) == {1}, calls[:8]
+        else:
+            assert not calls
+        calls.clear()
+        model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    assert not calls, "8 rows: the default rule keeps cuBLAS"
+    assert got.shape == want.shape and got[:, :12].equal(want[:, :12])
