@@ -118,6 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [gpt2_decode(), gpt2_decode((1600, 48, 25)), bert_forward()]
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / "profile-steps.json"
     path.write_text(json.dumps({"meta": meta, "probes": results}, indent=1) + "\n")
     print("\nwritten", path)
