@@ -1,7 +1,7 @@
 """eet::small_linear on the GPU: random decode-step shapes (rows 1-8, odd K and N, strided x, fp32/fp16/bf16, bias or
 none, 'none' or fused gelu_new) against a float64 reference, held to at most twice torch.addmm's error in the same
 dtype plus one ulp; the output allocation poisoned with NaN first; bit-identical repeated calls (split-K order is
-fixed); every cluster split count 1..8 and K longer than one staged chunk per block; CUDA graph capture and replay
+fixed); planned cluster split counts 1..8 and K longer than one staged chunk per block; CUDA graph capture and replay
 with new inputs; a chain of PDL-launched kernels in a graph equal to the same chain run with a full synchronization
 between kernels; bad arguments raising instead of crashing."""
 
@@ -94,8 +94,9 @@ def test_small_linear_is_deterministic(cuda_ops, shape, dtype):
 
 
 def _plan_splits(k: int, n: int, dtype) -> int:
-    """The split count small_linear_plan (csrc/small_linear.cu) picks on this GPU, mirrored: one wave of 2 blocks per
-    SM over 64-column tiles (32 in fp32), at most 8 (a portable cluster), none under 64 rows."""
+    """The split count small_linear_plan (csrc/small_linear.cu) asks for on this GPU, mirrored: one wave of 2 blocks
+    per SM over 64-column tiles (32 in fp32), at most 8 (a portable cluster), none under 64 rows. The launcher may
+    then narrow it to the widest cluster the device holds in one wave (cluster_fit.h), e.g. 7 -> 6 for n = 2304."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     tiles = -(-n // (32 if dtype == torch.float32 else 64))
     splits = max(1, min(2 * sms // tiles, max(k // 64, 1), 8))
@@ -112,8 +113,9 @@ _SPLIT_SHAPES = [(768, 50304), (768, 8448), (768, 5632), (768, 4224), (768, 3200
 @pytest.mark.parametrize("k,n", _SPLIT_SHAPES)
 @pytest.mark.parametrize("rows", [1, 8])
 def test_small_linear_every_split_count(cuda_ops, k, n, rows):
-    """Each cluster size 1..8 (which one the shape gets is printed: the mirror of the plan rule) and multi-chunk
-    staging, against the float64 reference within twice torch's error, poisoned output, bit-identical on repeat."""
+    """Split counts 1..8 as planned (printed; the launch may narrow a wide one to what fits in one wave, so not every
+    width is certain to launch) and multi-chunk staging, against the float64 reference within twice torch's error,
+    poisoned output, bit-identical on repeat."""
     dtype = torch.float16
     x, w, b = _inputs(dtype, rows, k, n, True, False, seed=k + n)
     print("splits", _plan_splits(k, n, dtype))
@@ -129,7 +131,7 @@ def test_small_linear_every_split_count(cuda_ops, k, n, rows):
 
 
 def test_split_shapes_cover_every_cluster_size():
-    """The table above really reaches splits 1..8 on this GPU (else the test above proves less than it says)."""
+    """The table above really asks for splits 1..8 on this GPU (else the test above proves less than it says)."""
     if torch.cuda.get_device_properties(0).multi_processor_count != 132:
         pytest.skip("the shapes are chosen for a 132-SM GPU")
     assert {_plan_splits(k, n, torch.float16) for k, n in _SPLIT_SHAPES} == set(range(1, 9))
