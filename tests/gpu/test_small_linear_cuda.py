@@ -308,8 +308,6 @@ def test_engine_default_rule_uses_small_linear_at_batch_1_only(cuda_ops, mode, m
     """The default rule (gpt2_forward._SMALL_LINEAR_MODE "auto"): decode steps of one row run every Conv1D whose
     weight has at most 4M elements on small_linear, 8 rows never; "0" never. (Agreement of the tokens with HF is the
     experiment-mode test's, above, which runs the op in every decode step.)"""
-    import copy
-
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import eet_hf
@@ -317,21 +315,15 @@ def test_engine_default_rule_uses_small_linear_at_batch_1_only(cuda_ops, mode, m
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=1000, n_positions=128, n_embd=256, n_layer=2, n_head=4, pad_token_id=0)
-    base = GPT2LMHeadModel(config).to("cuda", torch.float16).eval()
     calls = []
     real = gpt2_forward.ops.small_linear
     monkeypatch.setattr(gpt2_forward.ops, "small_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    monkeypatch.setattr(gpt2_forward, "_SMALL_LINEAR_MODE", mode)
+    model = eet_hf.accelerate(GPT2LMHeadModel(config).to("cuda", torch.float16).eval())
     ids = torch.randint(1, 1000, (8, 12), device="cuda")
     kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
-    monkeypatch.setattr(gpt2_forward, "_SMALL_LINEAR_MODE", "0")
-    off = eet_hf.accelerate(copy.deepcopy(base))
     with torch.no_grad():
-        want = off.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), **kwargs)
-    assert not calls
-    monkeypatch.setattr(gpt2_forward, "_SMALL_LINEAR_MODE", mode)
-    model = eet_hf.accelerate(copy.deepcopy(base))
-    with torch.no_grad():
-        got = model.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), **kwargs)
+        model.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), **kwargs)
         if mode == "auto":
             assert calls and set(calls) == {1}, calls[:8]
         else:
@@ -339,4 +331,3 @@ def test_engine_default_rule_uses_small_linear_at_batch_1_only(cuda_ops, mode, m
         calls.clear()
         model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     assert not calls, "8 rows: the default rule keeps cuBLAS"
-    assert got.shape == want.shape and got[:, :12].equal(want[:, :12])
