@@ -13,7 +13,8 @@ Prefill: GPT-2 small (causal) in fp16 and bf16, BERT base/large (non-causal) fp1
 class (32 heads) in fp16 and bf16, unpadded and with half the batch padded to half length (left for causal,
 right for BERT; SDPA gets the boolean mask, eet the bounds). tflops counts the dense work 4*B*H*Lq*Lk*D
 (halved when causal), padded or not. Decode: one new token over a KV cache, batch 1 and 8; gbps counts the
-K+V cache bytes read. Each timing is the median of >= 20 event-timed replays of a CUDA graph after warm-up
+K+V cache bytes read, and "copy-same-bytes" is a device copy of the same traffic, the size's own bandwidth
+ceiling (_copy_same_bytes). Each timing is the median of >= 20 event-timed replays of a CUDA graph after warm-up
 (GPU time without Python launch overhead, which would otherwise dominate decode); decode cycles through
 several copies of the cache so that it is read from HBM, not L2. Writes no files.
 """
@@ -204,9 +205,27 @@ def _decode(rows_out, batch, heads, head_dim, ctx, dtype=torch.float16):
         "GB/s",
         allow_math=True,
     )
+    _copy_same_bytes(rows_out, case, cache_bytes, n)
 
 
-def run(rows_out: list) -> None:
+def _copy_same_bytes(rows_out, case, traffic_bytes, n):
+    """Engine "copy-same-bytes": torch's device copy moving the same HBM traffic (reads + writes) as the kernel
+    reads, timed the same way (n copies per graph, cycling past L2). It is what the copy ceiling (4.16 TB/s,
+    measured on large copies) shrinks to at this size: launch, ramp-up and drain are a fixed cost of any kernel,
+    so a decode over a 6-13 MB cache cannot reach the large-copy rate either."""
+    numel = max(1, traffic_bytes // 4)  # fp16 elements: numel * 2 bytes read and as many written
+    src = [torch.randn(numel, device="cuda", dtype=torch.float16) for _ in range(n)]
+    dst = [torch.empty_like(t) for t in src]
+
+    def copy(i):
+        dst[i].copy_(src[i])
+
+    ms = _time_ms(copy, n)
+    _record(rows_out, case, "copy-same-bytes", ms, "gbps", 4 * numel / 1e9 / (ms * 1e-3), "GB/s")
+
+
+def run(rows_out: list, only: str | None = None) -> None:
+    """Every case (only="prefill" / "decode": that kind alone)."""
     if not torch.cuda.is_available():
         return
     import eet_hf.ops as ops
@@ -214,29 +233,44 @@ def run(rows_out: list) -> None:
     if not ops.ensure_loaded():
         raise RuntimeError(f"eet CUDA kernels unavailable: {ops.build_info()}")
     with torch.inference_mode():
-        for seq in (128, 512, 1024):
-            for padding in ("none", "left"):
-                _prefill(rows_out, "gpt2", 8, 12, 64, seq, True, padding)
-                if seq >= 512:
-                    _prefill(rows_out, "gpt2", 8, 12, 64, seq, True, padding, torch.bfloat16)
-        # head_dim 128 (Llama-style heads), the other class in the dispatch table.
-        for dtype in (torch.float16, torch.bfloat16):
-            for seq in (512, 2048):
-                for padding in ("none", "left"):
-                    _prefill(rows_out, "d128", 2, 32, 128, seq, True, padding, dtype)
-        for model, heads in (("bert-base", 12), ("bert-large", 16)):
-            for seq in (128, 512):
-                for padding in ("none", "right"):
-                    _prefill(rows_out, model, 32, heads, 64, seq, False, padding)
-        for batch in (1, 8):
-            for heads, head_dim in ((25, 64), (32, 128)):
-                for ctx in (512, 2048, 4096):
-                    _decode(rows_out, batch, heads, head_dim, ctx)
+        if only != "decode":
+            _prefill_cases(rows_out)
+        if only != "prefill":
+            for batch in (1, 8):
+                for heads, head_dim in ((25, 64), (32, 128)):
+                    for ctx in (512, 2048, 4096):
+                        _decode(rows_out, batch, heads, head_dim, ctx)
 
+
+def _prefill_cases(rows_out: list) -> None:
+    for seq in (128, 512, 1024):
+        for padding in ("none", "left"):
+            _prefill(rows_out, "gpt2", 8, 12, 64, seq, True, padding)
+            if seq >= 512:
+                _prefill(rows_out, "gpt2", 8, 12, 64, seq, True, padding, torch.bfloat16)
+    # head_dim 128 (Llama-style heads), the other class in the dispatch table.
+    for dtype in (torch.float16, torch.bfloat16):
+        for seq in (512, 2048):
+            for padding in ("none", "left"):
+                _prefill(rows_out, "d128", 2, 32, 128, seq, True, padding, dtype)
+    for model, heads in (("bert-base", 12), ("bert-large", 16)):
+        for seq in (128, 512):
+            for padding in ("none", "right"):
+                _prefill(rows_out, model, 32, heads, 64, seq, False, padding)
 
 if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="eet attention kernels vs torch SDPA backends (no results files)")
+    parser.add_argument("--only", choices=("prefill", "decode"))
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
     rows: list = []
-    run(rows)
+    run(rows, args.only)
     for r in rows:
         if r["metric"] != "ms":
             print(f"{r['case']:<60} {r['engine']:<15} {r['value']:10.2f} {r['unit']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)

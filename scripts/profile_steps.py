@@ -1,7 +1,7 @@
 """Where the time of one small step goes (developer probe, not the benchmark): the kernels of one eet GPT-2 decode
 step and of one eet BERT forward at batch 1, with their GPU time, against the wall time of the step.
 
-    python scripts/profile_steps.py [--out DIR]
+    python scripts/profile_steps.py [--out DIR] [--probes gpt2,gpt2-xl,bert-1x128,bert-32x128-halfpad,...]
 
 For each probe it prints (and writes DIR/profile-steps.json): kernels per step, GPU-busy µs per step (sum of
 kernel durations), wall µs per step, and the kernels grouped by name. wall >> busy means the step is bound by
@@ -90,12 +90,15 @@ def gpt2_decode(dims=(768, 12, 12), batch: int = 1) -> dict:
     return _summary(f"gpt2 {hidden}x{layers} decode step bs{batch} (graph replay)", _kernels(prof), 20, wall)
 
 
-def bert_forward(batch: int = 1, seq: int = 128) -> dict:
+def bert_forward(batch: int = 1, seq: int = 128, halfpad: bool = False) -> dict:
+    """One BertModel forward; halfpad: the second half of the batch at half length (the benchmark's case)."""
     torch.manual_seed(0)
     hf = BertModel(BertConfig()).to("cuda", torch.float16).eval()
     model = eet_hf.accelerate(copy.deepcopy(hf))
     ids = torch.randint(1000, 30000, (batch, seq), device="cuda")
     mask = torch.ones_like(ids)
+    if halfpad:
+        mask[batch // 2 :, seq // 2 :] = 0
     with torch.inference_mode():
         for _ in range(3):
             model(ids, attention_mask=mask)
@@ -106,17 +109,29 @@ def bert_forward(batch: int = 1, seq: int = 128) -> dict:
             torch.cuda.synchronize()
     syncs = sum(1 for e in prof.events() if e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
                                                         "cudaMemcpyAsync", "aten::item", "aten::_local_scalar_dense"))
-    result = _summary(f"bert-base forward {batch}x{seq}", _kernels(prof), 10, wall)
+    label = f"bert-base forward {batch}x{seq}" + (" halfpad" if halfpad else "")
+    result = _summary(label, _kernels(prof), 10, wall)
     result["host_sync_like_calls_per_forward"] = syncs / 10
     print(f"  host sync-like calls per forward: {syncs / 10:.1f}")
     return result
 
 
+PROBES = {
+    "gpt2": gpt2_decode,
+    "gpt2-xl": lambda: gpt2_decode((1600, 48, 25)),
+    "bert-1x128": bert_forward,
+    "bert-32x128-halfpad": lambda: bert_forward(32, 128, halfpad=True),
+    "bert-32x512-halfpad": lambda: bert_forward(32, 512, halfpad=True),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
+    parser.add_argument("--probes", default="gpt2,gpt2-xl,bert-1x128",
+                        help=f"comma-separated, of: {','.join(PROBES)}")
     args = parser.parse_args()
-    results = [gpt2_decode(), gpt2_decode((1600, 48, 25)), bert_forward()]
+    results = [PROBES[name]() for name in args.probes.split(",")]
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / "profile-steps.json"

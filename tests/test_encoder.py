@@ -26,7 +26,7 @@ import eet_hf
 import eet_hf.encoder.bert_forward as bert_forward
 from eet_hf import ops
 from eet_hf.encoder import bucket_for, pack, packed_qkv, plan, unpack
-from eet_hf.encoder.packing import host_summary
+from eet_hf.encoder.packing import capacity_for, host_summary
 
 from .helpers import WORDS, assert_close, bert_config, padded_batch, pair
 
@@ -76,6 +76,35 @@ def test_all_padded_batch_packs_to_nothing():
     x = torch.randn(2, 4, 3)
     assert pack(x, packing).shape == (0, 3)
     assert torch.equal(unpack(pack(x, packing), packing), torch.zeros(2, 4, 3))
+
+
+def test_capacity_for_rounds_up_to_eighths_of_the_batch():
+    # 64 padded tokens: steps of 8, never below one step, never above the batch.
+    assert [capacity_for(n, 64) for n in (0, 1, 16, 17, 33, 48, 49, 64)] == [8, 8, 16, 24, 40, 48, 56, 64]
+    assert capacity_for(17, 64, steps=4) == 32 and capacity_for(63, 64, steps=4) == 64
+    assert capacity_for(5, 6) == 5 and capacity_for(0, 6) == 1 and capacity_for(0, 0) == 0
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_capacity_short_of_the_batch_packs_the_real_tokens_and_cuts_padding_segments(side):
+    """A graph's packing with fewer rows than batch * seq_len: all real tokens, then padding segments up to
+    the capacity; cu_seqlens keeps its length, ends at the capacity and no segment is longer than seq_len."""
+    lengths, seq_len = [7, 0, 1, 3, 7], 7
+    start, end = _bounds(lengths, seq_len, side)
+    x = torch.randn(len(lengths), seq_len, 5)
+    total = sum(lengths)
+    for capacity in (total, capacity_for(total, 35), 30):
+        packing = plan(start, end, seq_len, capacity=capacity)
+        packed = pack(x, packing)
+        assert packing.rows == capacity and packed.shape == (capacity, 5)
+        real = packing.real
+        assert torch.equal(packed[:total], x[real])
+        cu = packing.cu_seqlens.tolist()
+        assert len(cu) == 2 * len(lengths) + 1 and cu[-1] == capacity
+        assert all(0 <= b - a <= seq_len for a, b in zip(cu[:-1], cu[1:]))
+        assert torch.equal(unpack(packed, packing), x * real.unsqueeze(-1))
+    with pytest.raises(ValueError, match="capacity 36"):
+        plan(start, end, seq_len, capacity=36)
 
 
 def test_bucket_for():
@@ -180,8 +209,10 @@ def test_multiple_choice_packed(packed_calls):
     assert packed_calls
 
 
-def test_capacity_mode_equals_exact_mode():
-    """The CUDA-graph body (fixed shape, padding as extra segments) gives the exact path's real tokens."""
+@pytest.mark.parametrize("capacity", [None, capacity_for(14, 27)], ids=["all-rows", "capacity-16"])
+def test_capacity_mode_equals_exact_mode(capacity):
+    """The CUDA-graph body (fixed shape, padding as extra segments; all 27 rows or a capacity of 16 for the 14 real
+    tokens) gives the exact path's real tokens."""
     model, _ = pair(BertModel, bert_config())
     eet_hf.accelerate(model)
     runtime = model.encoder._eet_encoder
@@ -189,10 +220,10 @@ def test_capacity_mode_equals_exact_mode():
     start, end = _bounds([9, 4, 1], 9, "right")
     with torch.no_grad():
         exact = runtime.forward(hidden, _mask_bounds(start, end, 9))
-        capacity = runtime._capacity_forward(hidden, start, end)
+        graph_body = runtime._capacity_forward(hidden, start, end, capacity)
     real = (torch.arange(9).view(1, -1) < end.view(-1, 1)).unsqueeze(-1)
-    assert_close(capacity, exact, 1e-5, where=real)
-    assert torch.equal(capacity * ~real, torch.zeros_like(capacity))
+    assert_close(graph_body, exact, 1e-5, where=real)
+    assert torch.equal(graph_body * ~real, torch.zeros_like(graph_body))
 
 
 def _mask_bounds(start, end, seq_len):

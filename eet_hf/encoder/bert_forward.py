@@ -116,8 +116,9 @@ class BertEncoderRuntime:
         # must not replay an old graph, so the addresses are part of the graph key.
         self._weights_signature = functools.partial(WeightSignature(), self.layers)
 
-    def _capacity_forward(self, hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-        return packed_forward(self.layers, hidden, pk.plan(start, end, hidden.shape[1]))
+    def _capacity_forward(self, hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                          capacity: int | None = None) -> torch.Tensor:
+        return packed_forward(self.layers, hidden, pk.plan(start, end, hidden.shape[1], capacity=capacity))
 
     def forward(self, hidden: torch.Tensor, mask: SeqBounds | None) -> torch.Tensor | None:
         """hidden: [batch, seq_len, hidden] -> [batch, seq_len, hidden] (zeros at padding), or None when
@@ -133,7 +134,7 @@ class BertEncoderRuntime:
         if left_padded:
             return None
         if self.graphs.eligible(hidden):
-            out = self.graphs.run(self._capacity_forward, hidden, start, end, self._weights_signature())
+            out = self.graphs.run(self._capacity_forward, hidden, start, end, self._weights_signature(), total)
             if out is not None:
                 return out
         return packed_forward(self.layers, hidden, pk.plan(start, end, seq_len, total, longest))

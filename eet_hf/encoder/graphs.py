@@ -1,8 +1,10 @@
 """CUDA graphs for small encoder batches, where launch overhead (not the GPU) sets the time.
 
-One graph per (batch, padded-length bucket, dtype, device): the input is copied into a static [batch, bucket,
-hidden] buffer, the real-token bounds into static int32 vectors, and the captured packed forward (capacity
-mode: a fixed shape, no host read) replays. A shape is captured on its 2nd call (one-off shapes never pay a
+One graph per (batch, padded-length bucket, token capacity, dtype, device): the input is copied into a static
+[batch, bucket, hidden] buffer, the real-token bounds into static int32 vectors, and the captured packed forward
+(capacity mode: a fixed shape, no host read) replays. The token capacity is the batch's real-token count rounded
+up to an eighth of batch * bucket (packing.capacity_for), so the GEMMs of a graph skip most of the padding too
+(a half-padded batch runs 3/4 of the rows, not all of them). A shape is captured on its 2nd call (one-off shapes never pay a
 capture), graphs live in a bounded LRU (count and tokens per graph), and all share one memory pool: they
 run one after another on one stream, so their intermediates may share memory.
 """
@@ -16,14 +18,23 @@ from dataclasses import dataclass
 
 import torch
 
-# Batches up to this many padded tokens (batch * bucket) take graphs; larger ones are GPU-bound, where
-# packing pays more than launch savings. Tunable for benchmarks through the environment.
-MAX_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_TOKENS", "4096"))
+from .packing import capacity_for
+
+# Encoder batches up to this many padded tokens (batch * bucket) take graphs. With the token capacity in the
+# key, a graph skips the padding as the eager packed path does (within 1/8 of the batch), and it spares the host
+# the ~100 launches per forward: on a slow host the eager path of bert-base 32 x 512 was host-bound (8.8 ms
+# against 6.9 ms on a faster one, encoder-h200.md). The cost is memory: each graph holds static
+# [batch, bucket, hidden] input and output buffers; intermediates share one pool. Tunable through the environment.
+MAX_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_TOKENS", "32768"))
+# Whole-model graphs (model_graphs.py) stop lower: their static outputs include the head's, e.g. MLM logits of
+# tokens x vocab (bert-base at 4096 tokens: 250 MB in fp16), and a large forward gains little from graphing the
+# embeddings and head once the encoder replays as one graph.
+MODEL_MAX_TOKENS = int(os.environ.get("EET_HF_MODEL_GRAPH_MAX_TOKENS", "4096"))
 MAX_GRAPHS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_COUNT", "8"))
 ENABLED = os.environ.get("EET_HF_ENCODER_GRAPHS", "1") != "0"
 MIN_BUCKET = 16
 
-PackedForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+PackedForward = Callable[..., torch.Tensor]  # fn(hidden, start, end, capacity=rows) -> hidden
 
 
 def bucket_for(seq_len: int) -> int:
@@ -69,16 +80,19 @@ class GraphCache:
         )
 
     def run(self, fn: PackedForward, hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-            weights: tuple = ()) -> torch.Tensor | None:
+            weights: tuple = (), total: int | None = None) -> torch.Tensor | None:
         """fn's output for this batch through a graph: None on a shape's first call (the caller runs eagerly).
 
         hidden: [batch, seq_len, hidden]; start, end: int [batch], the real-token run of each row;
-        fn(hidden [batch, bucket, hidden], start, end) -> [batch, bucket, hidden]; weights: anything that
-        changes when fn's weights move (their addresses), part of the key.
+        fn(hidden [batch, bucket, hidden], start, end, capacity=rows) -> [batch, bucket, hidden]; weights:
+        anything that changes when fn's weights move (their addresses), part of the key; total: the batch's
+        real tokens (None: unknown, the capacity is then all batch * bucket rows).
         """
         batch, seq_len, width = hidden.shape
         bucket = bucket_for(seq_len)
-        key = (batch, bucket, width, hidden.dtype, hidden.device, weights)
+        padded = batch * bucket
+        capacity = padded if total is None else capacity_for(total, padded)
+        key = (batch, bucket, capacity, width, hidden.dtype, hidden.device, weights)
         entry = self._graphs.get(key)
         if entry is None:
             if key not in self._seen:
@@ -104,7 +118,7 @@ class GraphCache:
 
     def _capture(self, fn: PackedForward, key: tuple, hidden: torch.Tensor, start: torch.Tensor,
                  end: torch.Tensor) -> _Graph:
-        batch, bucket, width, dtype, device = key[:5]
+        batch, bucket, capacity, width, dtype, device = key[:6]
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)
         if self._pool is None:
@@ -123,10 +137,10 @@ class GraphCache:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
-                fn(static_hidden, static_start, static_end)
+                fn(static_hidden, static_start, static_end, capacity=capacity)
             torch.cuda.current_stream(device).wait_stream(side)
             with torch.cuda.graph(entry.graph, pool=self._pool):
-                entry.out = fn(static_hidden, static_start, static_end)
+                entry.out = fn(static_hidden, static_start, static_end, capacity=capacity)
         self._graphs[key] = entry
         self.captures += 1
         return entry

@@ -9,7 +9,7 @@ it replays a graph for calls of the plain form
     model(input_ids, attention_mask=..., token_type_ids=...)       (position_ids=None, return_dict=True allowed)
 
 on CUDA, in eval mode with autograd off (torch.no_grad / inference_mode), without autocast, with
-input_ids.numel() <= graphs.MAX_TOKENS. Anything else (labels, inputs_embeds, output_hidden_states /
+input_ids.numel() <= graphs.MODEL_MAX_TOKENS. Anything else (labels, inputs_embeds, output_hidden_states /
 output_attentions, other kwargs, config.return_dict=False, accelerate's hooks, torch.compile or an outer capture)
 runs the model's own forward, as before.
 
@@ -27,7 +27,17 @@ tokenizers produce. To stay correct for any mask, the graph also computes, on th
 is right-padded"; after the replay that bool is read back (the one host sync of the forward, at its end, where
 the caller reads the output anyway) and when it is False the call runs the model's own eager forward, which
 handles left padding and holes exactly (the replay's GPU time is then wasted). A call without a mask has no
-sync at all. Captures are only made on a right-padded call. Switches: EET_HF_ENCODER_GRAPHS=0 (all encoder
+sync at all. Captures are only made on a right-padded call.
+
+Padding removal inside the graph (opt-in, EET_HF_ENCODER_GRAPH_READ_MIN_TOKENS=n): a graph packs a fixed number
+of token rows, by default all of them. With n > 0, calls of several rows and at least n tokens read the mask once
+*before* the replay: its real-token count picks the graph's row capacity (packing.capacity_for: the count rounded
+up to an eighth of the batch, part of the key) and its right-paddedness is known up front, so a left-padded call
+goes straight to the eager forward and a right-padded one needs no read after the replay. Off by default because
+on the H200 hosts of 2026-12-02 it did not pay: bert-base 32 x 128 half-padded ran 1.6 ms of kernels instead of
+about 2 ms, yet its forward took 2.25 ms against torch-compile-ro's 2.08, and 8 x 128 unpadded (no padding to
+skip) lost 0.3 ms against its ratio without the read (encoder-graphs-h200.md). The encoder-level graphs
+(graphs.py) use the same capacities at no extra cost: their caller reads the mask anyway. Switches: EET_HF_ENCODER_GRAPHS=0 (all encoder
 graphs) or EET_HF_ENCODER_MODEL_GRAPHS=0 (these only).
 
 The capture itself is behind a small backend interface (`CudaGraphBackend`: supports(device), capture(fn,
@@ -62,8 +72,12 @@ from .model_graph_keys import (
     plain_inputs,
     right_padded,
 )
+from .packing import capacity_for
 
 ENABLED = os.environ.get("EET_HF_ENCODER_MODEL_GRAPHS", "1") != "0"
+# Calls of at least this many tokens (and more than one row) read the mask before the replay; 0: never (the default;
+# module docstring).
+READ_MIN_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_READ_MIN_TOKENS", "0"))
 ATTR = "_eet_model_graphs"  # the model's ModelGraphs, set by patches/bert.py
 
 Outputs = tuple[ModelOutput, torch.Tensor | None]  # the captured forward's output and its "right-padded" flag
@@ -104,20 +118,20 @@ class CudaGraphBackend:
         return graph.replay, outputs
 
 
-def _capacity_forward(runtime: Any, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+def _capacity_forward(runtime: Any, hidden: torch.Tensor, mask: Any, capacity: int | None = None) -> torch.Tensor:
     batch, seq_len = hidden.shape[:2]
     start, end = token_bounds(mask, batch, seq_len, hidden.device)
-    return runtime._capacity_forward(hidden, start, end)
+    return runtime._capacity_forward(hidden, start, end, capacity)
 
 
 @contextlib.contextmanager
-def capacity_mode(model: nn.Module) -> Iterator[None]:
-    """The model's packed encoders take their capture-time path (fixed-shape capacity packing, no host read, no
-    encoder graph of their own) also outside a capture, so the warm-up before a capture runs the same kernels
-    as the capture itself."""
+def capacity_mode(model: nn.Module, capacity: int | None = None) -> Iterator[None]:
+    """The model's packed encoders take their capture-time path (fixed-shape capacity packing with `capacity`
+    rows, default all, no host read, no encoder graph of their own) also outside a capture, so the warm-up
+    before a capture runs the same kernels as the capture itself."""
     runtimes = [m.__dict__["_eet_encoder"] for m in model.modules() if "_eet_encoder" in m.__dict__]
     for runtime in runtimes:
-        runtime.forward = functools.partial(_capacity_forward, runtime)
+        runtime.forward = functools.partial(_capacity_forward, runtime, capacity=capacity)
     try:
         yield
     finally:
@@ -138,10 +152,11 @@ class ModelGraphs:
     """Lazily captured, bounded whole-model CUDA graphs of one accelerated model's forward."""
 
     def __init__(self, backend: GraphBackend | None = None, max_graphs: int = graphs.MAX_GRAPHS,
-                 max_tokens: int = graphs.MAX_TOKENS) -> None:
+                 max_tokens: int = graphs.MODEL_MAX_TOKENS, read_min_tokens: int = READ_MIN_TOKENS) -> None:
         self.backend = backend if backend is not None else CudaGraphBackend()
         self.max_graphs = max_graphs
         self.max_tokens = max_tokens
+        self.read_min_tokens = read_min_tokens
         self.signature = WeightSignature()
         self.config_view = ConfigView()
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
@@ -150,7 +165,7 @@ class ModelGraphs:
         self._weights: tuple[int, ...] | None = None  # the signature the entries were captured with
         self.captures = 0  # for tests and reports
         self.replays = 0
-        self.fallbacks = 0  # replays whose mask was not right-padded: the eager forward ran instead
+        self.fallbacks = 0  # calls whose mask was not right-padded (found before or after a replay): eager forward
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -158,7 +173,7 @@ class ModelGraphs:
     def __deepcopy__(self, memo: dict) -> ModelGraphs:
         # Graphs hold the original's weight addresses: a copy starts empty (and walks its own modules).
         return ModelGraphs(self.backend if not isinstance(self.backend, CudaGraphBackend) else None,
-                           self.max_graphs, self.max_tokens)
+                           self.max_graphs, self.max_tokens, self.read_min_tokens)
 
     def eligible(self, model: nn.Module, ids: torch.Tensor) -> bool:
         """Whether this call may take a graph (cheap checks only; the call's form was checked by plain_inputs)."""
@@ -176,14 +191,25 @@ class ModelGraphs:
             and not _is_compiling()
         )
 
-    def key(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple:
+    def precheck(self, inputs: dict[str, torch.Tensor]) -> tuple[bool, int] | None:
+        """(mask right-padded, graph row capacity) from one host read of the mask, for calls large enough
+        (module docstring); None for the others, which keep every row and check the mask after the replay."""
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        if (mask is None or self.read_min_tokens <= 0 or ids.numel() < self.read_min_tokens
+                or ids.numel() == ids.shape[-1]):
+            return None
+        total, ok = torch.stack([(mask != 0).sum(), right_padded(mask).to(torch.int64)]).tolist()
+        return bool(ok), capacity_for(int(total), ids.numel())
+
+    def key(self, model: nn.Module, inputs: dict[str, torch.Tensor], capacity: int | None = None) -> tuple:
+        """The graph key; capacity: the packed rows (None: all of them). The weight signature comes last."""
         ids = inputs["input_ids"]
         mask, types = inputs.get("attention_mask"), inputs.get("token_type_ids")
         weights = self.signature(model)
         if weights != self._weights:
             self._forget_stale(weights)
         return (tuple(ids.shape), ids.dtype, ids.device, None if mask is None else mask.dtype,
-                None if types is None else types.dtype, self.config_view(model.config)[1], weights)
+                None if types is None else types.dtype, self.config_view(model.config)[1], capacity, weights)
 
     def _forget_stale(self, weights: tuple[int, ...]) -> None:
         """The weights moved (.to(), .half(), load_state_dict(assign=True)): graphs captured on the old ones can
@@ -196,10 +222,15 @@ class ModelGraphs:
     def run(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> ModelOutput | None:
         """The model's output for these inputs through a graph, or None when the caller must run the eager
         forward: the shape's first call, a refused shape, or a replay whose mask turned out not right-padded."""
-        key = self.key(model, inputs)
+        checked = self.precheck(inputs)
+        if checked is not None and not checked[0]:
+            self.fallbacks += 1
+            return None  # not right-padded: the eager forward, without a wasted replay
+        capacity = None if checked is None else checked[1]
+        key = self.key(model, inputs, capacity)
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._first_calls(model, key, inputs)
+            entry = self._first_calls(model, key, inputs, capacity, checked is not None)
             if entry is None:
                 return None
         else:
@@ -210,13 +241,15 @@ class ModelGraphs:
         self.replays += 1
         # The static outputs are overwritten by the next replay: hand out copies.
         out = entry.build([(name, static.clone()) for name, static in entry.outputs])
-        if entry.ok is not None and not bool(entry.ok):  # the one host read, after the replay's work
+        if checked is None and entry.ok is not None and not bool(entry.ok):  # the one host read, after the replay
             self.fallbacks += 1
             return None
         return out
 
-    def _first_calls(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor]) -> _Entry | None:
-        """None for a shape's first call (remembered) or a refused one; else the entry captured now."""
+    def _first_calls(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor], capacity: int | None,
+                     checked: bool) -> _Entry | None:
+        """None for a shape's first call (remembered) or a refused one; else the entry captured now. checked:
+        the mask is known to be right-padded (precheck)."""
         if key in self._refused:
             return None
         if key not in self._seen:
@@ -225,11 +258,12 @@ class ModelGraphs:
             self._seen.add(key)
             return None
         mask = inputs.get("attention_mask")
-        if mask is not None and not bool(right_padded(mask)):
+        if mask is not None and not checked and not bool(right_padded(mask)):
             return None  # capture on a call the graph computes correctly; this one runs eagerly
-        return self._capture(model, key, inputs)
+        return self._capture(model, key, inputs, capacity)
 
-    def _capture(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor]) -> _Entry | None:
+    def _capture(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor],
+                 capacity: int | None) -> _Entry | None:
         while len(self._entries) >= self.max_graphs:
             self._entries.popitem(last=False)
         with torch.inference_mode(False):  # static buffers stay writable outside inference_mode
@@ -238,7 +272,7 @@ class ModelGraphs:
         forward = type(model).forward
 
         def captured() -> Outputs:
-            with capacity_mode(model):
+            with capacity_mode(model, capacity):
                 out = forward(model, **static)
             mask = static.get("attention_mask")
             return out, None if mask is None else right_padded(mask)

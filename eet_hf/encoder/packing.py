@@ -7,10 +7,11 @@ sequence 1's, ...; cu_seqlens holds the prefix sums of the lengths, the layout e
 Two modes, one computation (all on the device, no host read inside):
 - exact: rows = the real tokens only (total known on the host from one read per forward); GEMMs and fused
   ops then touch no padding at all.
-- capacity (CUDA-graph capture, torch.compile): rows = batch * seq_len, a fixed shape. The real tokens come
-  first as above; after them, each sequence's padding forms one extra segment of its own (at most seq_len
-  rows), so every row belongs to some segment, attention stays finite everywhere and max_seqlen stays
-  seq_len. Padding rows are discarded by unpack().
+- capacity (CUDA-graph capture, torch.compile): rows = a fixed count, batch * seq_len unless the caller
+  knows a smaller bound on the real tokens (capacity_for). The real tokens come first as above; after them,
+  each sequence's padding forms one extra segment of its own (at most seq_len rows), cut where the rows end,
+  so every row belongs to some segment, attention stays finite everywhere and max_seqlen stays seq_len.
+  Padding rows are discarded by unpack().
 """
 
 from __future__ import annotations
@@ -53,12 +54,27 @@ def host_summary(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> tuple[
     return int(total), int(longest), bool(left)
 
 
+CAPACITY_STEPS = 8  # capacity_for's granularity: eighths of the padded batch (at most 12.5% of padding kept)
+
+
+def capacity_for(total: int, padded_tokens: int, steps: int = CAPACITY_STEPS) -> int:
+    """Packed rows of a fixed-shape (graph) forward for a batch of `total` real tokens out of `padded_tokens`:
+    total rounded up to the next 1/steps of padded_tokens (at least one step). A graph captured at this
+    capacity serves every batch of the same shape whose real tokens round to it, so padding removal pays
+    inside graphs too, while one shape needs at most `steps` graphs."""
+    if padded_tokens <= 0:
+        return 0
+    step = -(-padded_tokens // steps)
+    return min(padded_tokens, max(step, -(-total // step) * step))
+
+
 def plan(start: torch.Tensor, end: torch.Tensor, seq_len: int, total: int | None = None,
-         max_seqlen: int | None = None) -> Packing:
+         max_seqlen: int | None = None, capacity: int | None = None) -> Packing:
     """Packing for real-token runs [start[b], end[b]) (int [batch] each) of rows of length seq_len.
 
     total / max_seqlen given (from host_summary): exact mode. None: capacity mode (no host read; safe inside
-    CUDA-graph capture and torch.compile).
+    CUDA-graph capture and torch.compile) with `capacity` rows (default batch * seq_len), which must be at
+    least the real tokens of every batch it runs on (capacity_for).
     """
     batch = start.shape[0]
     device = start.device
@@ -82,8 +98,12 @@ def plan(start: torch.Tensor, end: torch.Tensor, seq_len: int, total: int | None
     index = torch.empty_like(inverse).scatter_(0, inverse, torch.arange(inverse.shape[0], device=device))
 
     if total is None:
-        segments = torch.cat([cu, n_real + pad_cu[1:]])
-        return Packing(index, inverse, real, segments.to(torch.int32), seq_len, batch, seq_len)
+        rows = inverse.shape[0] if capacity is None else capacity
+        if not 0 <= rows <= inverse.shape[0]:
+            raise ValueError(f"packing capacity {rows} outside [0, batch * seq_len = {inverse.shape[0]}]")
+        # Padding segments past `rows` are cut there (the last ones become empty): cu_seqlens keeps its shape.
+        segments = torch.cat([cu, (n_real + pad_cu[1:]).clamp(max=rows)])
+        return Packing(index[:rows], inverse, real, segments.to(torch.int32), seq_len, batch, seq_len)
     longest = seq_len if max_seqlen is None else max_seqlen
     return Packing(index[:total], inverse, real, cu.to(torch.int32), longest, batch, seq_len)
 
@@ -98,7 +118,8 @@ def unpack(y: torch.Tensor, packing: Packing) -> torch.Tensor:
     if packing.rows == packing.batch * packing.seq_len:
         padded = y.index_select(0, packing.inverse)
     else:
-        # Exact mode: padded positions have no packed row; read row 0 there, then zero it below.
+        # Exact mode, or a capacity short of batch * seq_len: padded positions may have no packed row; read
+        # row 0 there, then zero it below.
         padded = y.index_select(0, torch.where(packing.real.reshape(-1), packing.inverse, 0)) if packing.rows else (
             y.new_zeros(packing.batch * packing.seq_len, *y.shape[1:]))
     padded = padded.view(packing.batch, packing.seq_len, *y.shape[1:])

@@ -3,7 +3,7 @@
 #   env         nvidia-smi, torch and transformers versions
 #   build       the CUDA extension (JIT, cached in .torch_ext so a carried build is reused)
 #   deps        datasets from carried wheels (tests/gpu/install_wheels.sh) when .gpu_wheels/ is there
-#   tests       pytest tests/gpu                                         skip: EET_SKIP_TESTS=1
+#   tests       pytest tests/gpu (or the paths in EET_TESTS)             skip: EET_SKIP_TESTS=1
 #   sanitizer   tests/gpu/sanitize.sh (memcheck, racecheck)              skip: EET_SKIP_SANITIZER=1
 #   parity      python -m evaluation.parity $EET_PARITY_ARGS             skip: EET_SKIP_PARITY=1
 #   perplexity  python -m evaluation.perplexity $EET_PPL_ARGS            skip: EET_SKIP_PPL=1
@@ -66,7 +66,9 @@ fi
 if [ -n "${EET_SKIP_TESTS:-}" ]; then
   skipped tests EET_SKIP_TESTS
 else
-  stage tests "${EET_TESTS_TIMEOUT:-480}" $PY -m pytest -v -rfE --tb=short tests/gpu -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+  # shellcheck disable=SC2086 # EET_TESTS: a list of test paths (default: all of tests/gpu)
+  stage tests "${EET_TESTS_TIMEOUT:-480}" $PY -m pytest -v -rfE --tb=short ${EET_TESTS:-tests/gpu} -p no:cacheprovider \
+    --junitxml="$OUT/gpu-tests.xml"
   tail -n 5 "$OUT/tests.log"
 fi
 

@@ -6,7 +6,8 @@
 #   bash tests/gpu/sanitize.sh            # both tools; OUT defaults to ./out
 #   EET_SANITIZER_TOOLS=memcheck bash tests/gpu/sanitize.sh
 #
-# Writes $OUT/sanitizer-<tool>.log and prints one summary line per tool (also appended to $OUT/sanitizer.txt).
+# Writes $OUT/sanitizer-<tool>.log and prints one summary line per tool and test file (also appended to
+# $OUT/sanitizer.txt).
 # Exit status 0 iff every tool ran clean (no sanitizer error, every test passed).
 #
 # Choices, and why:
@@ -28,7 +29,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 # The same build directory as tests/gpu/run.sh, so an existing build is reused.
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}
-TIMEOUT=${EET_SANITIZER_TIMEOUT:-170}
+TIMEOUT=${EET_SANITIZER_TIMEOUT:-120}  # per tool and file
 
 SANITIZER=$(command -v compute-sanitizer || true)
 for candidate in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
@@ -44,10 +45,22 @@ if ! $PY -c "import eet_hf.ops as o, sys; ok = o.ensure_loaded(); print('build o
   exit 2
 fi
 
-FILTER=(--kernel-name kns=eet)
-if ! "$SANITIZER" "${FILTER[@]}" true >/dev/null 2>&1; then
-  echo "sanitizer: this compute-sanitizer rejects '${FILTER[*]}'; instrumenting every kernel"
-  FILTER=()
+# The kernel filter's spelling differs between compute-sanitizer releases: try each on a one-kernel torch program
+# (a CUDA process, which the tool needs) and keep the first it accepts.
+"$SANITIZER" --help >"$OUT/sanitizer-help.log" 2>&1
+FILTER=()
+for option in --kernel-name --kernel-regex --filter; do
+  grep -q -- "$option" "$OUT/sanitizer-help.log" || continue
+  if "$SANITIZER" --tool memcheck "$option" kns=eet --error-exitcode 3 \
+      $PY -c "import torch; torch.ones(4, device='cuda').sum().item()" >>"$OUT/sanitizer-help.log" 2>&1; then
+    FILTER=("$option" kns=eet)
+    break
+  fi
+done
+if [ ${#FILTER[@]} -eq 0 ]; then
+  echo "sanitizer: no kernel filter accepted (see sanitizer-help.log); instrumenting every kernel"
+else
+  echo "sanitizer: kernel filter ${FILTER[*]}"
 fi
 
 # Deselected: tests that capture CUDA graphs ("graph", and the "engine" tests, whose decode loop captures): memcheck
@@ -58,22 +71,31 @@ fi
 mapfile -t TESTS < <(ls ${EET_SANITIZER_TESTS:-tests/gpu/test_attention_cuda.py tests/gpu/test_norm_gelu_cuda.py \
   tests/gpu/test_embedding_kv_cuda.py tests/gpu/test_rotary_cuda.py tests/gpu/test_small_linear_cuda.py \
   tests/gpu/test_attention_decode_cuda.py})
+# One run per (tool, file), each with its own time limit, so that one slow file cannot leave the others unchecked;
+# the logs of one tool go into one file, $OUT/sanitizer-<tool>.log.
 status=0
 for tool in ${EET_SANITIZER_TOOLS:-memcheck racecheck}; do
   log="$OUT/sanitizer-$tool.log"
+  : >"$log"
   env_extra=()
   [ "$tool" = memcheck ] && env_extra=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
-  start=$(date +%s)
-  env EET_GPU_TEST_QUICK=1 "${env_extra[@]}" timeout "$TIMEOUT" \
-    "$SANITIZER" --tool "$tool" "${FILTER[@]}" --error-exitcode 3 --report-api-errors no --print-limit 50 \
-    $PY -m pytest -v -p no:cacheprovider -k "not graph and not raw_op and not launched and not engine" "${TESTS[@]}" >"$log" 2>&1
-  rc=$?
-  secs=$(( $(date +%s) - start ))
-  errors=$(grep -oE "ERROR SUMMARY: [0-9]+ errors?" "$log" | tail -n 1)
-  tests=$(grep -E "[0-9]+ (passed|failed|error)" "$log" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//')
-  [ $rc -eq 124 ] && errors="TIMED OUT after ${TIMEOUT}s"
-  line="sanitizer $tool: exit $rc, ${errors:-no ERROR SUMMARY}, pytest: ${tests:-no result}, ${secs}s (${#TESTS[@]} files)"
-  echo "$line" | tee -a "$OUT/sanitizer.txt"
-  [ $rc -ne 0 ] && status=1
+  for file in "${TESTS[@]}"; do
+    start=$(date +%s)
+    part=$(mktemp)
+    env EET_GPU_TEST_QUICK=1 "${env_extra[@]}" timeout "$TIMEOUT" \
+      "$SANITIZER" --tool "$tool" "${FILTER[@]}" --error-exitcode 3 --report-api-errors no --print-limit 50 \
+      $PY -m pytest -v -p no:cacheprovider -k "not graph and not raw_op and not launched and not engine" "$file" \
+      >"$part" 2>&1
+    rc=$?
+    secs=$(( $(date +%s) - start ))
+    { echo "===== $tool $file (exit $rc, ${secs}s)"; cat "$part"; } >>"$log"
+    errors=$(grep -oE "ERROR SUMMARY: [0-9]+ errors?" "$part" | tail -n 1)
+    tests=$(grep -E "[0-9]+ (passed|failed).* in [0-9.]+s" "$part" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//')
+    [ $rc -eq 124 ] && errors="TIMED OUT after ${TIMEOUT}s"
+    rm -f "$part"
+    line="sanitizer $tool $(basename "$file"): exit $rc, ${errors:-no ERROR SUMMARY}, pytest: ${tests:-no result}, ${secs}s"
+    echo "$line" | tee -a "$OUT/sanitizer.txt"
+    [ $rc -ne 0 ] && status=1
+  done
 done
 exit $status

@@ -136,8 +136,10 @@ def test_graph_replay_with_new_lengths_in_the_same_bucket(cuda_ops, dtype, packe
     hf, fp32 = _bert(dtype), _bert(torch.float32)
     model = eet_hf.accelerate(copy.deepcopy(hf))
     graphs = model.bert.encoder._eet_encoder.graphs
-    # Three calls of batch 2 in bucket 32: eager (first sight), capture + replay, replay.
-    for seq_len, lengths in ((20, [20, 7]), (27, [3, 27]), (32, [1, 32])):
+    # Calls of batch 2 in bucket 32 (64 padded tokens, capacities in steps of 16): eager (first sight), capture +
+    # replay, replay -- 27, 30 and 29 real tokens, all at capacity 32 --, then 60 real tokens: capacity 64, a
+    # shape of its own, first seen, so eager.
+    for seq_len, lengths in ((20, [20, 7]), (27, [3, 27]), (32, [1, 28]), (30, [30, 30])):
         ids, mask = padded_batch(2, seq_len, lengths, "right", vocab=1000)
         ids, mask = ids.cuda(), mask.cuda()
         with torch.no_grad():
@@ -148,5 +150,8 @@ def test_graph_replay_with_new_lengths_in_the_same_bucket(cuda_ops, dtype, packe
         else:
             assert _max_err(got, truth, mask) <= 2 * _max_err(base, truth, mask) + 1e-3, lengths
     assert (graphs.captures, graphs.replays) == (1, 2), (graphs.captures, graphs.replays)
-    # The first call ran eagerly, the capture ran the body twice (warm-up, capture); replays run no Python.
-    assert len(packed_calls) == 3, len(packed_calls)
+    # The graph packs 32 rows, not all 64: its GEMMs skip the padding too.
+    assert [key[:3] for key in graphs._graphs] == [(2, 32, 32)], list(graphs._graphs)
+    # The first and last calls ran eagerly, the capture ran the body twice (warm-up, capture); replays run no
+    # Python.
+    assert len(packed_calls) == 4, len(packed_calls)

@@ -128,6 +128,36 @@ def test_other_heads_replay_fp16(cuda_ops, head):
     assert (cache.captures, cache.replays) == (1, 2)
 
 
+@pytest.mark.parametrize("dname", DTYPES)
+def test_large_calls_replay_at_a_token_capacity(cuda_ops, dname):
+    """Calls of >= read_min_tokens read the mask first: the graph packs the real tokens rounded up to an eighth of
+    the batch (here 8 x 64 = 512 padded tokens, steps of 64), a left-padded call goes to the eager forward
+    without a replay, and every answer is HF's."""
+    dtype = DTYPES[dname]
+    models = _models(BertForMaskedLM, dtype)
+    cache = _cache(models[0])
+    cache.read_min_tokens = 512
+    rng = random.Random(f"{SEED}-capacity-{dname}")
+    # (lengths, side, (captures, replays, fallbacks) after the call): 321..384 real tokens -> capacity 384.
+    calls = [([64, 64, 40, 40, 40, 40, 30, 10], "right", (0, 0, 0)),  # 328: first sight, eager
+             ([64, 64, 64, 50, 40, 30, 20, 3], "right", (1, 1, 0)),  # 335: captured and replayed
+             ([64, 64, 64, 64, 64, 30, 20, 10], "right", (1, 2, 0)),  # 380: replayed
+             ([64, 64, 64, 64, 64, 30, 20, 10], "left", (1, 2, 1)),  # left padding: eager, no replay
+             ([64, 10, 10, 10, 10, 10, 10, 10], "right", (1, 2, 1))]  # 134: capacity 192, first sight
+    for call, (lengths, side, expected) in enumerate(calls):
+        pos = torch.arange(64).view(1, -1)
+        n = torch.tensor(lengths).view(-1, 1)
+        mask = ((pos >= 64 - n) if side == "left" else (pos < n)).long()
+        gen = torch.Generator().manual_seed(rng.randrange(1 << 31))
+        ids = torch.randint(1, VOCAB, (8, 64), generator=gen) * mask
+        inputs = {"input_ids": ids.cuda(), "attention_mask": mask.cuda()}
+        got, base, truth = _call_all(models, inputs)
+        _check(got, base, truth, inputs["attention_mask"], dtype, f"call {call + 1} ({side}, {sum(lengths)} tokens)")
+        assert (cache.captures, cache.replays, cache.fallbacks) == expected, (call, cache.captures, cache.replays,
+                                                                              cache.fallbacks)
+    assert [key[-2] for key in cache._entries] == [384], list(cache._entries)
+
+
 def test_replay_rewrites_nan_poisoned_static_outputs(cuda_ops):
     models = _models(BertForMaskedLM, torch.float16)
     cache = _cache(models[0])
