@@ -1,12 +1,13 @@
-"""CUDA graphs for small encoder batches, where launch overhead (not the GPU) sets the time.
+"""CUDA graphs for encoder batches: one launch per forward instead of ~100 from Python, which set the time of small
+batches everywhere and of large ones on a slow host.
 
 One graph per (batch, padded-length bucket, token capacity, dtype, device): the input is copied into a static
 [batch, bucket, hidden] buffer, the real-token bounds into static int32 vectors, and the captured packed forward
 (capacity mode: a fixed shape, no host read) replays. The token capacity is the batch's real-token count rounded
 up to an eighth of batch * bucket (packing.capacity_for), so the GEMMs of a graph skip most of the padding too
-(a half-padded batch runs 3/4 of the rows, not all of them). A shape is captured on its 2nd call (one-off shapes never pay a
-capture), graphs live in a bounded LRU (count and tokens per graph), and all share one memory pool: they
-run one after another on one stream, so their intermediates may share memory.
+(a half-padded batch runs 3/4 of the rows, not all of them). A shape is captured on its 2nd call (one-off shapes
+never pay a capture), graphs live in a bounded LRU (count and tokens per graph), and all share one memory pool:
+they run one after another on one stream, so their intermediates may share memory.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from .packing import capacity_for
 
 # Encoder batches up to this many padded tokens (batch * bucket) take graphs. With the token capacity in the
 # key, a graph skips the padding as the eager packed path does (within 1/8 of the batch), and it spares the host
-# the ~100 launches per forward: on a slow host the eager path of bert-base 32 x 512 was host-bound (8.8 ms
-# against 6.9 ms on a faster one, encoder-h200.md). The cost is memory: each graph holds static
+# the ~100 launches per forward: on a slow host the eager path of bert-base 32 x 512 half padded was host-bound
+# (8.8 ms there, 6.85 ms on a faster host; 7.5 ms with graphs on a slow one: encoder-graphs-h200.md). The cost is memory: each graph holds static
 # [batch, bucket, hidden] input and output buffers; intermediates share one pool. Tunable through the environment.
 MAX_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_TOKENS", "32768"))
 # Whole-model graphs (model_graphs.py) stop lower: their static outputs include the head's, e.g. MLM logits of

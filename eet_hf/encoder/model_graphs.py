@@ -37,8 +37,9 @@ goes straight to the eager forward and a right-padded one needs no read after th
 on the H200 hosts of 2026-12-02 it did not pay: bert-base 32 x 128 half-padded ran 1.6 ms of kernels instead of
 about 2 ms, yet its forward took 2.25 ms against torch-compile-ro's 2.08, and 8 x 128 unpadded (no padding to
 skip) lost 0.3 ms against its ratio without the read (encoder-graphs-h200.md). The encoder-level graphs
-(graphs.py) use the same capacities at no extra cost: their caller reads the mask anyway. Switches: EET_HF_ENCODER_GRAPHS=0 (all encoder
-graphs) or EET_HF_ENCODER_MODEL_GRAPHS=0 (these only).
+(graphs.py) use the same capacities at no extra cost: their caller reads the mask anyway.
+
+Switches: EET_HF_ENCODER_GRAPHS=0 (all encoder graphs) or EET_HF_ENCODER_MODEL_GRAPHS=0 (these only).
 
 The capture itself is behind a small backend interface (`CudaGraphBackend`: supports(device), capture(fn,
 device) -> (replay, outputs)) so the routing, keys and fallbacks are tested on CPU with a fake backend.
