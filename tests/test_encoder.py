@@ -1,4 +1,4 @@
-"""The padding-free BERT encoder on CPU (reference ops): packing, attention_varlen's reference, every head
+"""The padding-free BERT encoder on CPU (reference ops): attention_varlen's reference, every head
 and pipeline against HF, the packed QKV weight, routing and restore. (transformers 5.x has no
 question-answering pipeline any more; BertForQuestionAnswering's logits are compared with the other heads.)"""
 
@@ -25,90 +25,13 @@ from transformers import (
 import eet_hf
 import eet_hf.encoder.bert_forward as bert_forward
 from eet_hf import ops
-from eet_hf.encoder import bucket_for, pack, packed_qkv, plan, unpack
-from eet_hf.encoder.packing import capacity_for, host_summary
+from eet_hf.encoder import packed_qkv
+from eet_hf.encoder.packing import capacity_for
 
 from .helpers import WORDS, assert_close, bert_config, padded_batch, pair
+from .test_encoder_packing import _bounds
 
 FP32_ATOL = 1e-4  # the project's fp32 logits contract
-
-
-def _bounds(lengths: list[int], seq_len: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths_t = torch.tensor(lengths, dtype=torch.int32)
-    if side == "left":
-        return seq_len - lengths_t, torch.full_like(lengths_t, seq_len)
-    return torch.zeros_like(lengths_t), lengths_t
-
-
-# ------------------------------------------------------------------------------------------------ packing
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("capacity", [False, True], ids=["exact", "capacity"])
-def test_pack_unpack_round_trip(side, capacity):
-    lengths, seq_len = [7, 0, 1, 3, 7], 7
-    start, end = _bounds(lengths, seq_len, side)
-    x = torch.randn(len(lengths), seq_len, 5)
-    total, longest, left = host_summary(start, end, seq_len)
-    assert (total, longest, left) == (sum(lengths), 7, side == "left")
-    packing = plan(start, end, seq_len) if capacity else plan(start, end, seq_len, total, longest)
-    packed = pack(x, packing)
-    real = torch.zeros(len(lengths), seq_len, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        real[b, int(start[b]) : int(start[b]) + n] = True
-    # Real tokens come first, sequence by sequence, in order.
-    assert torch.equal(packed[:total], x[real])
-    cu = packing.cu_seqlens.tolist()
-    assert cu[: len(lengths) + 1] == [0, *torch.tensor(lengths).cumsum(0).tolist()]
-    if capacity:
-        # Every row belongs to a segment of at most seq_len rows: finite attention everywhere.
-        assert packing.rows == cu[-1] == len(lengths) * seq_len
-        assert sorted(packing.index.tolist()) == list(range(len(lengths) * seq_len))
-        assert max(b - a for a, b in zip(cu[:-1], cu[1:])) <= packing.max_seqlen == seq_len
-    else:
-        assert packing.rows == cu[-1] == total
-    assert torch.equal(unpack(packed, packing), x * real.unsqueeze(-1))
-
-
-def test_all_padded_batch_packs_to_nothing():
-    start, end = _bounds([0, 0], 4, "right")
-    packing = plan(start, end, 4, 0, 0)
-    x = torch.randn(2, 4, 3)
-    assert pack(x, packing).shape == (0, 3)
-    assert torch.equal(unpack(pack(x, packing), packing), torch.zeros(2, 4, 3))
-
-
-def test_capacity_for_rounds_up_to_eighths_of_the_batch():
-    # 64 padded tokens: steps of 8, never below one step, never above the batch.
-    assert [capacity_for(n, 64) for n in (0, 1, 16, 17, 33, 48, 49, 64)] == [8, 8, 16, 24, 40, 48, 56, 64]
-    assert capacity_for(17, 64, steps=4) == 32 and capacity_for(63, 64, steps=4) == 64
-    assert capacity_for(5, 6) == 5 and capacity_for(0, 6) == 1 and capacity_for(0, 0) == 0
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_capacity_short_of_the_batch_packs_the_real_tokens_and_cuts_padding_segments(side):
-    """A graph's packing with fewer rows than batch * seq_len: all real tokens, then padding segments up to
-    the capacity; cu_seqlens keeps its length, ends at the capacity and no segment is longer than seq_len."""
-    lengths, seq_len = [7, 0, 1, 3, 7], 7
-    start, end = _bounds(lengths, seq_len, side)
-    x = torch.randn(len(lengths), seq_len, 5)
-    total = sum(lengths)
-    for capacity in (total, capacity_for(total, 35), 30):
-        packing = plan(start, end, seq_len, capacity=capacity)
-        packed = pack(x, packing)
-        assert packing.rows == capacity and packed.shape == (capacity, 5)
-        real = packing.real
-        assert torch.equal(packed[:total], x[real])
-        cu = packing.cu_seqlens.tolist()
-        assert len(cu) == 2 * len(lengths) + 1 and cu[-1] == capacity
-        assert all(0 <= b - a <= seq_len for a, b in zip(cu[:-1], cu[1:]))
-        assert torch.equal(unpack(packed, packing), x * real.unsqueeze(-1))
-    with pytest.raises(ValueError, match="capacity 36"):
-        plan(start, end, seq_len, capacity=36)
-
-
-def test_bucket_for():
-    assert [bucket_for(n) for n in (1, 16, 17, 100, 128, 129, 512)] == [16, 16, 32, 128, 128, 256, 512]
 
 
 # ------------------------------------------------------------------------------------------------ attention_varlen

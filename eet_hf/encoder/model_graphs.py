@@ -222,7 +222,8 @@ class ModelGraphs:
 
     def run(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> ModelOutput | None:
         """The model's output for these inputs through a graph, or None when the caller must run the eager
-        forward: the shape's first call, a refused shape, or a replay whose mask turned out not right-padded."""
+        forward: the shape's first call, a refused shape, or a mask found not right-padded (before the replay by
+        precheck, or after it)."""
         checked = self.precheck(inputs)
         if checked is not None and not checked[0]:
             self.fallbacks += 1
