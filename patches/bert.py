@@ -9,8 +9,8 @@ The packed encoder hands a call back to HF's layer loop over the fused modules (
 output_attentions / output_hidden_states, left-padded batches, masks eet's mask function could not express,
 caches or encoder states; decoder / cross-attention BERT and accelerate(attention=False) never take it.
 Refused, left to HF: cross-attention (decoder BERT with add_cross_attention), activations eet does not implement.
-The top-level model (BertModel or a head) whose encoder took the packed path also gets whole-model CUDA graphs for
-small batches (eet_hf/encoder/model_graphs.py: embeddings, mask, encoder and head as one graph).
+The top-level model (BertModel or a head) whose encoder took the packed path also gets whole-model CUDA graphs
+(eet_hf/encoder/model_graphs.py: embeddings, mask, encoder and head as one graph).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transformers.models.bert import modeling_bert as hf
 from eet_hf import ops
 from eet_hf._log import logger, warn_once
 from eet_hf.bounds import SeqBounds
-from eet_hf.encoder import BertEncoderRuntime, model_graphs
+from eet_hf.encoder import BertEncoderRuntime, graphs, model_graphs
 
 from ._rewire import GELU_APPROXIMATE, PatchContext, inference_only, layer_norm_unfusable
 
@@ -115,6 +115,11 @@ MODEL_GRAPH_CLASSES = (hf.BertModel, hf.BertForMaskedLM, hf.BertForSequenceClass
                        hf.BertForNextSentencePrediction, hf.BertForPreTraining, hf.BertLMHeadModel)
 
 
+# Heads whose outputs grow with the vocabulary (tokens x vocab logits, static outputs of a graph): their whole-model
+# graphs stop at graphs.MODEL_MAX_TOKENS; the others go up to the encoder graphs' graphs.MAX_TOKENS.
+VOCAB_HEAD_CLASSES = (hf.BertForMaskedLM, hf.BertForPreTraining, hf.BertLMHeadModel)
+
+
 def _route_model_graphs(model: torch.nn.Module, ctx: PatchContext) -> None:
     encoders = [m for m in model.modules() if isinstance(m, hf.BertEncoder)]
     if type(model) not in MODEL_GRAPH_CLASSES or len(encoders) != 1 or "_eet_encoder" not in encoders[0].__dict__:
@@ -122,8 +127,9 @@ def _route_model_graphs(model: torch.nn.Module, ctx: PatchContext) -> None:
     if any("_hf_hook" in m.__dict__ for m in model.modules()):
         logger.info("eet_hf: whole-model CUDA graphs not used: the model is placed or offloaded by accelerate hooks")
         return
-    ctx.set_attr(model, model_graphs.ATTR, model_graphs.ModelGraphs())
-    ctx.rewire(model, model_graphs.graphed_forward, label="<model>: whole-model CUDA graphs for small batches",
+    max_tokens = graphs.MODEL_MAX_TOKENS if isinstance(model, VOCAB_HEAD_CLASSES) else graphs.MAX_TOKENS
+    ctx.set_attr(model, model_graphs.ATTR, model_graphs.ModelGraphs(max_tokens=max_tokens))
+    ctx.rewire(model, model_graphs.graphed_forward, label="<model>: whole-model CUDA graphs",
                reads_children=False)
 
 

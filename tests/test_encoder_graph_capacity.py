@@ -1,14 +1,18 @@
 """Whole-model CUDA graphs that pack to a token capacity (eet_hf/encoder/model_graphs.py, opt-in through
-read_min_tokens), on CPU with tests/test_encoder_model_graphs.py's fake capture backend. The real capture runs in
+read_min_tokens: by default calls above graphs.MODEL_MAX_TOKENS), on CPU with tests/test_encoder_model_graphs.py's fake capture backend. The real capture runs in
 tests/gpu/test_encoder_model_graphs_cuda.py."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-from transformers import BertModel
+from transformers import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
 
+import eet_hf
 import eet_hf.encoder.bert_forward as bert_forward
+from eet_hf.encoder import graphs, model_graphs
 
+from .helpers import bert_config, pair
 from .test_encoder_model_graphs import _compare, _graphed, _inputs
 
 
@@ -37,5 +41,22 @@ def test_large_calls_read_the_mask_first_and_pack_to_a_capacity(monkeypatch):
     assert cache.precheck(_inputs(2, 8, [8, 3])) is None
     assert cache.precheck(_inputs(4, 8, [8, 3, 3, 3])) == (True, 20)
     assert cache.precheck(_inputs(4, 8, [8, 3, 3, 3], "left")) == (False, 20)
-    cache.read_min_tokens = 0  # the default: never read first
+    cache.read_min_tokens = 0  # 0: never read first
     assert cache.precheck(_inputs(4, 8, [8, 3, 3, 3])) is None
+
+
+@pytest.mark.parametrize("head", [BertModel, BertForSequenceClassification, BertForMaskedLM, BertForPreTraining])
+def test_token_budget_by_head_and_read_first_above_the_small_call_budget(head):
+    """Heads with small outputs take whole-model graphs up to the encoder graphs' budget; heads with tokens x vocab
+    outputs stop at MODEL_MAX_TOKENS. By default exactly the calls above MODEL_MAX_TOKENS read the mask first."""
+    model, _ = pair(head, bert_config())
+    eet_hf.accelerate(model)
+    cache = model.__dict__[model_graphs.ATTR]
+    vocab_head = head in (BertForMaskedLM, BertForPreTraining)
+    assert cache.max_tokens == (graphs.MODEL_MAX_TOKENS if vocab_head else graphs.MAX_TOKENS)
+    assert graphs.MAX_TOKENS > graphs.MODEL_MAX_TOKENS
+    assert cache.read_min_tokens == model_graphs.READ_MIN_TOKENS == graphs.MODEL_MAX_TOKENS + 1
+    ids = torch.ones(2, graphs.MODEL_MAX_TOKENS // 2, dtype=torch.long)
+    assert cache.precheck({"input_ids": ids, "attention_mask": ids}) is None  # small: every row, checked after
+    ids = torch.ones(2, graphs.MODEL_MAX_TOKENS // 2 + 1, dtype=torch.long)
+    assert cache.precheck({"input_ids": ids, "attention_mask": ids}) == (True, ids.numel())  # large: read first

@@ -30,7 +30,7 @@ from eet_hf.encoder.model_graphs import ModelGraphs
 from .helpers import assert_close, bert_config, padded_batch, pair
 
 FP32_ATOL = 1e-4  # the project's fp32 logits contract
-LABEL = "<model>: whole-model CUDA graphs for small batches"
+LABEL = "<model>: whole-model CUDA graphs"
 
 
 @contextlib.contextmanager

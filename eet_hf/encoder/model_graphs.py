@@ -1,17 +1,23 @@
-"""Whole-model CUDA graphs for small encoder batches: embeddings, eet's mask, the packed encoder and the head
-(pooler, MLM head, classifier, ...) replayed as one graph, so a small forward pays one launch, not ~200.
+"""Whole-model CUDA graphs for encoder batches: embeddings, eet's mask, the packed encoder and the head
+(pooler, MLM head, classifier, ...) replayed as one graph, so a forward pays one launch, not ~200, and no eager
+Python between host reads.
 
 At batch 1 x 128 a BERT forward is host-bound (issue #6: 1.45 ms wall for 0.58 ms of kernels): per call, eet's
 mask function and the encoder's packing each read back to the host, and the embeddings and head run as eager
-Python. patches/bert.py installs `graphed_forward` on the accelerated top-level model (BertModel or a head);
-it replays a graph for calls of the plain form
+Python. Large batches lose the same way once a read drains the GPU: at bert-base 32 x 512 half-padded the eager
+path around the encoder's own graph left the GPU idle ~1.5 ms of a 7 ms forward (~27 gaps between small kernels
+launched one by one after each read; scripts/probe_encoder_host.py, 2026-12-02). patches/bert.py installs
+`graphed_forward` on the accelerated top-level model (BertModel or a head); it replays a graph for calls of the
+plain form
 
     model(input_ids, attention_mask=..., token_type_ids=...)       (position_ids=None, return_dict=True allowed)
 
 on CUDA, in eval mode with autograd off (torch.no_grad / inference_mode), without autocast, with
-input_ids.numel() <= graphs.MODEL_MAX_TOKENS. Anything else (labels, inputs_embeds, output_hidden_states /
-output_attentions, other kwargs, config.return_dict=False, accelerate's hooks, torch.compile or an outer capture)
-runs the model's own forward, as before.
+input_ids.numel() <= max_tokens: graphs.MAX_TOKENS for heads with small outputs (BertModel, classifiers,
+question answering), graphs.MODEL_MAX_TOKENS for heads whose outputs grow with the vocabulary (MLM logits of
+tokens x vocab are static graph outputs: bert-base at 4096 tokens holds 250 MB in fp16). Anything else (labels,
+inputs_embeds, output_hidden_states / output_attentions, other kwargs, config.return_dict=False, accelerate's
+hooks, torch.compile or an outer capture) runs the model's own forward, as before.
 
 Graphs: one per (input shape, input dtypes, device, which optional inputs were given, attention implementation,
 weight storage signature = the address of every parameter and buffer, so model.to() / half() /
@@ -29,15 +35,17 @@ the caller reads the output anyway) and when it is False the call runs the model
 handles left padding and holes exactly (the replay's GPU time is then wasted). A call without a mask has no
 sync at all. Captures are only made on a right-padded call.
 
-Padding removal inside the graph (opt-in, EET_HF_ENCODER_GRAPH_READ_MIN_TOKENS=n): a graph packs a fixed number
-of token rows, by default all of them. With n > 0, calls of several rows and at least n tokens read the mask once
-*before* the replay: its real-token count picks the graph's row capacity (packing.capacity_for: the count rounded
-up to an eighth of the batch, part of the key) and its right-paddedness is known up front, so a left-padded call
-goes straight to the eager forward and a right-padded one needs no read after the replay. Off by default because
-on the H200 hosts of 2026-12-02 it did not pay: bert-base 32 x 128 half-padded ran 1.6 ms of kernels instead of
-about 2 ms, yet its forward took 2.25 ms against torch-compile-ro's 2.08, and 8 x 128 unpadded (no padding to
-skip) lost 0.3 ms against its ratio without the read (encoder-graphs-h200.md). The encoder-level graphs
-(graphs.py) use the same capacities at no extra cost: their caller reads the mask anyway.
+Padding removal inside the graph: a graph packs a fixed number of token rows. Calls of several rows and at least
+read_min_tokens tokens (EET_HF_ENCODER_GRAPH_READ_MIN_TOKENS, default: more than MODEL_MAX_TOKENS) read the mask
+once *before* the replay: its real-token count picks the graph's row capacity (packing.capacity_for: the count
+rounded up to an eighth of the batch, part of the key) and its right-paddedness is known up front, so a left-padded
+call goes straight to the eager forward and a right-padded one needs no read after the replay. Smaller calls keep
+every row and check the mask after the replay: on the H200 hosts of 2026-12-02 the read before the replay did not
+pay there (bert-base 32 x 128 half-padded ran 1.6 ms of kernels instead of about 2 ms, yet its forward took 2.25 ms
+against torch-compile-ro's 2.08, and 8 x 128 unpadded lost 0.3 ms; encoder-graphs-h200.md): the read exposes the
+graph's launch (~0.3 ms of host time for ~180 nodes). Calls above MODEL_MAX_TOKENS had no whole-model graph before,
+only the eager path with two reads, so reading once there is no loss. The encoder-level graphs (graphs.py) use the
+same capacities: their caller reads the mask anyway.
 
 Switches: EET_HF_ENCODER_GRAPHS=0 (all encoder graphs) or EET_HF_ENCODER_MODEL_GRAPHS=0 (these only).
 
@@ -76,9 +84,9 @@ from .model_graph_keys import (
 from .packing import capacity_for
 
 ENABLED = os.environ.get("EET_HF_ENCODER_MODEL_GRAPHS", "1") != "0"
-# Calls of at least this many tokens (and more than one row) read the mask before the replay; 0: never (the default;
-# module docstring).
-READ_MIN_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_READ_MIN_TOKENS", "0"))
+# Calls of at least this many tokens (and more than one row) read the mask before the replay; 0: never (module
+# docstring). Default: the calls larger than whole-model graphs of every head take.
+READ_MIN_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_READ_MIN_TOKENS", str(graphs.MODEL_MAX_TOKENS + 1)))
 ATTR = "_eet_model_graphs"  # the model's ModelGraphs, set by patches/bert.py
 
 Outputs = tuple[ModelOutput, torch.Tensor | None]  # the captured forward's output and its "right-padded" flag

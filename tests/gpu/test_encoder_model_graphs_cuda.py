@@ -220,6 +220,29 @@ def test_half_after_capture_does_not_replay_a_stale_graph(cuda_ops):
     assert cache.captures == 2 and cache.replays > replays
 
 
+def test_large_small_output_calls_take_a_graph_at_the_defaults(cuda_ops):
+    """BertModel above MODEL_MAX_TOKENS (10 x 512 = 5120 tokens), default settings: the mask is read first, the
+    graph packs to a capacity and replays for fresh batches of the same capacity; left padding runs eagerly."""
+    models = _models(BertModel, torch.float16)
+    cache = _cache(models[0])
+    assert cache.read_min_tokens <= 10 * 512 <= cache.max_tokens, (cache.read_min_tokens, cache.max_tokens)
+    rng = random.Random(f"{SEED}-large")
+    inner = models[0].base_model.encoder._eet_encoder.graphs
+    for call, (side, expected) in enumerate([("right", (0, 0, 0)), ("right", (1, 1, 0)), ("right", (1, 2, 0)),
+                                             ("left", (1, 2, 1))]):
+        lengths = [512] * 5 + [rng.randint(200, 255) for _ in range(5)]  # 3560..3835 real tokens: capacity 3840
+        pos, n = torch.arange(512).view(1, -1), torch.tensor(lengths).view(-1, 1)
+        mask = ((pos >= 512 - n) if side == "left" else (pos < n)).long()
+        gen = torch.Generator().manual_seed(rng.randrange(1 << 31))
+        inputs = {"input_ids": (torch.randint(1, VOCAB, (10, 512), generator=gen) * mask).cuda(),
+                  "attention_mask": mask.cuda()}
+        got, base, truth = _call_all(models, inputs)
+        _check(got, base, truth, inputs["attention_mask"], torch.float16, f"call {call + 1} ({side})")
+        assert (cache.captures, cache.replays, cache.fallbacks) == expected, (call, cache.captures, cache.replays,
+                                                                              cache.fallbacks)
+    assert [key[-2] for key in cache._entries] == [3840], list(cache._entries)
+    assert inner.replays == 0  # the replays were the whole model's, not the encoder's own graphs'
+
 def test_graph_count_is_bounded(cuda_ops):
     models = _models(BertModel, torch.float16)
     cache = _cache(models[0])
