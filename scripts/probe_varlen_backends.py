@@ -6,8 +6,10 @@
 For BERT base/large head shapes and the encoder's packings (exact: real tokens only; capacity: real tokens, then
 one padding segment per sequence, some of them empty, as eet_hf/encoder/packing.py builds inside graphs) it
 prints, per backend: whether it runs on q/k/v viewed out of one [tokens, 3, heads, 64] QKV buffer, its largest
-error against an fp32 reference (and flash's, for scale), its time (CUDA-graph replays), and the first-call time
-of batches with new token totals (a per-shape plan build would show there). Writes DIR/probe-varlen.txt.
+error against an fp32 reference, its time (eager calls), the first-call time of batches with new token totals (a
+per-shape plan build would show there), and, last, whether it can be captured into a CUDA graph. Writes DIR/probe-varlen.txt.
+Not yet run in this form: its first version (graph-timed, logs/2026-12-02b/probe-varlen.log) stopped at cuDNN's
+refused capture.
 """
 
 from __future__ import annotations
@@ -51,25 +53,37 @@ def packing(lengths: list[int], seq: int, capacity: bool) -> tuple[torch.Tensor,
 
 
 def time_ms(fn, reps: int = 30) -> float:
+    """Median of CUDA-event timed eager calls (a backend that refuses capture is still timed; capture: capturable())."""
     fn()
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.cuda.graph(graph):
-        fn()
     samples = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        fn()
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end))
     return statistics.median(samples)
+
+
+def capturable(fn) -> str:
+    """Whether fn records into a CUDA graph. Run last: a refused capture can leave the process's CUDA state broken
+    (2026-12-02: cuDNN's varlen call failed its capture, and the next allocation raised)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        return "captured and replayed"
+    except Exception as exc:  # noqa: BLE001 - a refusal is the result
+        return f"refused: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
 def case(name: str, heads: int, lengths: list[int], seq: int, capacity: bool) -> None:
@@ -85,9 +99,9 @@ def case(name: str, heads: int, lengths: list[int], seq: int, capacity: bool) ->
             out = fn(q, k, v, cu, seq, scale)
             real = int(cu[len(lengths)])  # rows of real tokens (padding segments after them are discarded)
             err = (out[:real].float() - want[:real]).abs().max().item()
-            finite = bool(torch.isfinite(out).all())
+            say(f"  {backend:6s} max|err| {err:.2e}  finite {bool(torch.isfinite(out).all())}")
             ms = time_ms(lambda fn=fn: fn(q, k, v, cu, seq, scale))
-            say(f"  {backend:6s} max|err| {err:.2e}  finite {finite}  {ms * 1e3:8.1f} us")
+            say(f"  {backend:6s} {ms * 1e3:8.1f} us (eager, CUDA events)")
         except Exception as exc:  # noqa: BLE001 - a backend refusing the inputs is a result
             say(f"  {backend:6s} refused: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
@@ -128,6 +142,11 @@ def main() -> None:
     case("bert-base 1x128", 12, [128], 128, False)
     case("bert-base 8x128 lengths 1..128", 12, [1, 7, 128, 64, 100, 2, 128, 33], 128, False)
     first_calls(12, 512)
+    say("\n== CUDA-graph capture (bert-base 32x512 halfpad exact)")
+    cu, tokens = packing(half(32, 512), 512, False)
+    qkv = torch.randn(tokens, 3, 12, 64, device="cuda", dtype=torch.float16)
+    for backend, fn in BACKENDS.items():
+        say(f"  {backend:6s} " + capturable(lambda fn=fn: fn(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, 512, 0.125)))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "probe-varlen.txt").write_text("\n".join(LINES) + "\n")
 

@@ -27,9 +27,9 @@ from .packing import capacity_for
 # (8.8 ms there, 6.85 ms on a faster host; 7.5 ms with graphs on a slow one: encoder-graphs-h200.md). The cost is memory: each graph holds static
 # [batch, bucket, hidden] input and output buffers; intermediates share one pool. Tunable through the environment.
 MAX_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_TOKENS", "32768"))
-# Whole-model graphs (model_graphs.py) stop lower: their static outputs include the head's, e.g. MLM logits of
-# tokens x vocab (bert-base at 4096 tokens: 250 MB in fp16), and a large forward gains little from graphing the
-# embeddings and head once the encoder replays as one graph.
+# Whole-model graphs (model_graphs.py) of heads whose outputs grow with the vocabulary stop lower: their static
+# outputs include e.g. MLM logits of tokens x vocab (bert-base at 4096 tokens: 250 MB in fp16). Other heads take
+# whole-model graphs up to MAX_TOKENS (patches/bert.py).
 MODEL_MAX_TOKENS = int(os.environ.get("EET_HF_MODEL_GRAPH_MAX_TOKENS", "4096"))
 MAX_GRAPHS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_COUNT", "8"))
 ENABLED = os.environ.get("EET_HF_ENCODER_GRAPHS", "1") != "0"
