@@ -1,6 +1,6 @@
 """Where an eet BERT forward spends its wall time beyond its kernels (developer probe, not the benchmark).
 
-    python scripts/probe_encoder_host.py [--out DIR] [--cases 32x512h,32x128h,8x128,1x128]
+    PYTHONPATH=. python scripts/probe_encoder_host.py [--out DIR] [--cases 32x512h,32x128h,8x128,1x128]
 
 For each case (batch x seq, "h": the second half of the batch at half length, as the encoder benchmark's halfpad):
 - latency: CUDA-event time of one forward started on an idle GPU (what the encoder benchmark reports), and
@@ -26,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import BertConfig, BertModel
 
 import eet_hf
+from evaluation.bench.timing import median_ms
 
 LINES: list[str] = []
 
@@ -43,19 +44,6 @@ def _inputs(batch: int, seq: int, halfpad: bool):
         if batch == 1:
             mask[:, seq // 2 :] = 0
     return ids, mask
-
-
-def _latency_ms(fn, n: int = 30) -> float:
-    samples = []
-    for _ in range(n):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return sorted(samples)[n // 2]
 
 
 def _throughput_ms(fn, n: int = 30) -> float:
@@ -116,7 +104,7 @@ def probe(label: str, batch: int, seq: int, halfpad: bool, models) -> None:
         with torch.inference_mode():
             for _ in range(4):
                 fn()
-            say(f" [{name}] latency {_latency_ms(fn):.3f} ms, back-to-back {_throughput_ms(fn):.3f} ms/forward")
+            say(f" [{name}] latency {median_ms(fn, 'cuda', 30):.3f} ms, back-to-back {_throughput_ms(fn):.3f} ms/forward")
             if name == "eet":
                 _gpu_profile(fn)
                 _host_profile(fn)

@@ -1,7 +1,7 @@
 """Packed (varlen) BERT attention: torch's flash kernel against torch's cuDNN kernel on ragged sequences
 (developer probe for eet_hf.ops.attention_varlen's backend choice; not the benchmark).
 
-    python scripts/probe_varlen_backends.py [--out DIR]
+    PYTHONPATH=. python scripts/probe_varlen_backends.py [--out DIR]
 
 For BERT base/large head shapes and the encoder's packings (exact: real tokens only; capacity: real tokens, then
 one padding segment per sequence, some of them empty, as eet_hf/encoder/packing.py builds inside graphs) it
@@ -15,13 +15,13 @@ refused capture.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from eet_hf.ops import reference
+from evaluation.bench.timing import median_ms
 
 LINES: list[str] = []
 
@@ -50,21 +50,6 @@ def packing(lengths: list[int], seq: int, capacity: bool) -> tuple[torch.Tensor,
         segments += [seq - n for n in lengths]  # one padding segment per sequence (empty when unpadded)
     cu = torch.tensor([0] + segments, dtype=torch.int64).cumsum(0).to(torch.int32)
     return cu.cuda(), int(cu[-1])
-
-
-def time_ms(fn, reps: int = 30) -> float:
-    """Median of CUDA-event timed eager calls (a backend that refuses capture is still timed; capture: capturable())."""
-    fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return statistics.median(samples)
 
 
 def capturable(fn) -> str:
@@ -100,7 +85,7 @@ def case(name: str, heads: int, lengths: list[int], seq: int, capacity: bool) ->
             real = int(cu[len(lengths)])  # rows of real tokens (padding segments after them are discarded)
             err = (out[:real].float() - want[:real]).abs().max().item()
             say(f"  {backend:6s} max|err| {err:.2e}  finite {bool(torch.isfinite(out).all())}")
-            ms = time_ms(lambda fn=fn: fn(q, k, v, cu, seq, scale))
+            ms = median_ms(lambda fn=fn: fn(q, k, v, cu, seq, scale), "cuda", 30, warmup=1)
             say(f"  {backend:6s} {ms * 1e3:8.1f} us (eager, CUDA events)")
         except Exception as exc:  # noqa: BLE001 - a backend refusing the inputs is a result
             say(f"  {backend:6s} refused: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
