@@ -18,29 +18,48 @@ def _bounds(lengths: list[int], seq_len: int, side: str) -> tuple[torch.Tensor, 
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("capacity", [False, True], ids=["exact", "capacity"])
-def test_pack_unpack_round_trip(side, capacity):
+def test_exact_pack_unpack_round_trip(side):
     lengths, seq_len = [7, 0, 1, 3, 7], 7
     start, end = _bounds(lengths, seq_len, side)
     x = torch.randn(len(lengths), seq_len, 5)
     total, longest, left = host_summary(start, end, seq_len)
     assert (total, longest, left) == (sum(lengths), 7, side == "left")
-    packing = plan(start, end, seq_len) if capacity else plan(start, end, seq_len, total, longest)
+    packing = plan(start, end, seq_len, total, longest)
     packed = pack(x, packing)
     real = torch.zeros(len(lengths), seq_len, dtype=torch.bool)
     for b, n in enumerate(lengths):
         real[b, int(start[b]) : int(start[b]) + n] = True
-    # Real tokens come first, sequence by sequence, in order.
-    assert torch.equal(packed[:total], x[real])
+    # Real tokens only, sequence by sequence, in order.
+    assert torch.equal(packed, x[real])
     cu = packing.cu_seqlens.tolist()
-    assert cu[: len(lengths) + 1] == [0, *torch.tensor(lengths).cumsum(0).tolist()]
-    if capacity:
-        # Every row belongs to a segment of at most seq_len rows: finite attention everywhere.
-        assert packing.rows == cu[-1] == len(lengths) * seq_len
-        assert sorted(packing.index.tolist()) == list(range(len(lengths) * seq_len))
-        assert max(b - a for a, b in zip(cu[:-1], cu[1:])) <= packing.max_seqlen == seq_len
-    else:
-        assert packing.rows == cu[-1] == total
+    assert cu == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    assert packing.rows == cu[-1] == total
+    assert torch.equal(unpack(packed, packing), x * real.unsqueeze(-1))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("full", ["capacity", "unpadded"])
+def test_in_place_layout_keeps_every_row_and_segments_each_sequence(side, full):
+    """All batch * seq_len rows (capacity mode's default, or an exact batch without padding): rows stay where they
+    are (pack and unpack are reshapes, no index kernels), and each sequence's real tokens form one segment of
+    their own, its padding before and after two more (empty ones allowed), so attention sees exactly the
+    sequence and padding rows stay finite."""
+    lengths, seq_len = ([7, 0, 1, 3, 7] if full == "capacity" else [7, 7, 7]), 7
+    start, end = _bounds(lengths, seq_len, side)
+    x = torch.randn(len(lengths), seq_len, 5)
+    total = sum(lengths)
+    packing = plan(start, end, seq_len) if full == "capacity" else plan(start, end, seq_len, total, seq_len)
+    assert packing.index is None and packing.rows == len(lengths) * seq_len
+    packed = pack(x, packing)
+    assert torch.equal(packed, x.reshape(-1, 5))
+    cu = packing.cu_seqlens.tolist()
+    assert packing.cu_seqlens.dtype == torch.int32 and cu[0] == 0 and cu[-1] == packing.rows
+    assert len(cu) == 3 * len(lengths) + 1 and all(0 <= b - a <= seq_len for a, b in zip(cu[:-1], cu[1:]))
+    for b, n in enumerate(lengths):  # segment 3b + 1 is sequence b's real tokens
+        first = b * seq_len + int(start[b])
+        assert cu[3 * b + 1 : 3 * b + 3] == [first, first + n], (b, cu)
+    real = packing.real
+    assert real.sum().item() == total
     assert torch.equal(unpack(packed, packing), x * real.unsqueeze(-1))
 
 

@@ -4,14 +4,17 @@ Sequence b's real tokens are the run [start[b], end[b]) of its row (left or righ
 mask function has already sent masks with holes to HF's path). Packed rows: sequence 0's tokens, then
 sequence 1's, ...; cu_seqlens holds the prefix sums of the lengths, the layout eet::attention_varlen reads.
 
-Two modes, one computation (all on the device, no host read inside):
+Three layouts (all computed on the device, no host read inside):
 - exact: rows = the real tokens only (total known on the host from one read per forward); GEMMs and fused
   ops then touch no padding at all.
-- capacity (CUDA-graph capture, torch.compile): rows = a fixed count, batch * seq_len unless the caller
-  knows a smaller bound on the real tokens (capacity_for). The real tokens come first as above; after them,
-  each sequence's padding forms one extra segment of its own (at most seq_len rows), cut where the rows end,
-  so every row belongs to some segment, attention stays finite everywhere and max_seqlen stays seq_len.
-  Padding rows are discarded by unpack().
+- capacity (CUDA-graph capture, torch.compile) short of batch * seq_len: rows = a fixed count, a bound on the real
+  tokens (capacity_for). The real tokens come first as above; after them, each sequence's padding forms one extra
+  segment of its own (at most seq_len rows), cut where the rows end, so every row belongs to some segment,
+  attention stays finite everywhere and max_seqlen stays seq_len. Padding rows are discarded by unpack().
+- in place (capacity of all batch * seq_len rows, or no padding at all): every position keeps its row, so pack and
+  unpack are reshapes, and each row of the batch is three segments: padding before start, the real tokens, padding
+  from end on (empty segments allowed). The same rows as a permuted full capacity, without the permutation: in a
+  small graphed forward the ~30 tiny index kernels of the permuted plan were a tenth of the work.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import torch
 class Packing:
     """How a padded batch maps onto packed rows. All tensors on the batch's device."""
 
-    index: torch.Tensor  # int64 [rows]: flat padded position (b * seq_len + s) of each packed row
-    inverse: torch.Tensor  # int64 [batch * seq_len]: packed row of each padded position
+    index: torch.Tensor | None  # int64 [rows]: flat padded position (b * seq_len + s) of each row; None: in place
+    inverse: torch.Tensor | None  # int64 [batch * seq_len]: packed row of each padded position; None: in place
     real: torch.Tensor  # bool [batch, seq_len]: True where the padded position is a real token
     cu_seqlens: torch.Tensor  # int32 [segments + 1]: segment b is packed rows [cu[b], cu[b + 1])
     max_seqlen: int  # longest segment (an upper bound is enough)
@@ -35,7 +38,7 @@ class Packing:
 
     @property
     def rows(self) -> int:
-        return self.index.shape[0]
+        return self.batch * self.seq_len if self.index is None else self.index.shape[0]
 
 
 def _clamped_bounds(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,9 +77,12 @@ def plan(start: torch.Tensor, end: torch.Tensor, seq_len: int, total: int | None
 
     total / max_seqlen given (from host_summary): exact mode. None: capacity mode (no host read; safe inside
     CUDA-graph capture and torch.compile) with `capacity` rows (default batch * seq_len), which must be at
-    least the real tokens of every batch it runs on (capacity_for).
+    least the real tokens of every batch it runs on (capacity_for). All batch * seq_len rows (by capacity, or
+    because nothing is padding): the in-place layout.
     """
     batch = start.shape[0]
+    if (capacity if total is None else total) in (None, batch * seq_len):
+        return _in_place(start, end, seq_len)
     device = start.device
     start, end = _clamped_bounds(start, end, seq_len)
     lengths = end - start
@@ -108,14 +114,30 @@ def plan(start: torch.Tensor, end: torch.Tensor, seq_len: int, total: int | None
     return Packing(index[:total], inverse, real, cu.to(torch.int32), longest, batch, seq_len)
 
 
+def _in_place(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> Packing:
+    """The in-place layout (module docstring): row b * seq_len + s is position s of sequence b; segments
+    [b * seq_len, + start[b]), [+ start[b], + end[b]), [+ end[b], (b + 1) * seq_len)."""
+    batch = start.shape[0]
+    start, end = _clamped_bounds(start, end, seq_len)
+    base = torch.arange(batch, dtype=torch.int64, device=start.device) * seq_len
+    bounds = torch.stack([base, base + start, base + end], 1).reshape(-1)
+    cu = torch.cat([bounds, bounds.new_full((1,), batch * seq_len)]).to(torch.int32)
+    s = torch.arange(seq_len, device=start.device).view(1, -1)
+    real = (s >= start.view(-1, 1)) & (s < end.view(-1, 1))
+    return Packing(None, None, real, cu, seq_len, batch, seq_len)
+
+
 def pack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """[batch, seq_len, ...] -> [rows, ...]: the packed rows, real tokens first."""
-    return x.reshape(packing.batch * packing.seq_len, *x.shape[2:]).index_select(0, packing.index)
+    flat = x.reshape(packing.batch * packing.seq_len, *x.shape[2:])
+    return flat if packing.index is None else flat.index_select(0, packing.index)
 
 
 def unpack(y: torch.Tensor, packing: Packing) -> torch.Tensor:
     """[rows, ...] -> [batch, seq_len, ...] with zeros at padded positions (never NaN, never stale values)."""
-    if packing.rows == packing.batch * packing.seq_len:
+    if packing.index is None:
+        padded = y
+    elif packing.rows == packing.batch * packing.seq_len:
         padded = y.index_select(0, packing.inverse)
     else:
         # Exact mode, or a capacity short of batch * seq_len: padded positions may have no packed row; read
