@@ -13,8 +13,8 @@ Three layouts (all computed on the device, no host read inside):
   attention stays finite everywhere and max_seqlen stays seq_len. Padding rows are discarded by unpack().
 - in place (capacity of all batch * seq_len rows, or no padding at all): every position keeps its row, so pack and
   unpack are reshapes, and each row of the batch is three segments: padding before start, the real tokens, padding
-  from end on (empty segments allowed). The same rows as a permuted full capacity, without the permutation: in a
-  small graphed forward the ~30 tiny index kernels of the permuted plan were a tenth of the work.
+  from end on (empty segments allowed). The same rows as a permuted full capacity, without the permutation: the permuted
+  plan, pack and unpack issue about 30 tiny index kernels, of the ~180 kernels of a graphed bert-base 1 x 128 forward.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def _in_place(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> Packing:
 
 
 def pack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """[batch, seq_len, ...] -> [rows, ...]: the packed rows, real tokens first."""
+    """[batch, seq_len, ...] -> [rows, ...]: the packed rows (real tokens first, except in place: a reshape)."""
     flat = x.reshape(packing.batch * packing.seq_len, *x.shape[2:])
     return flat if packing.index is None else flat.index_select(0, packing.index)
 
