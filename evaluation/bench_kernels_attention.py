@@ -8,7 +8,7 @@ Each torch backend runs alone (torch.nn.attention.sdpa_kernel(SDPBackend.X)) on 
 kernel, in the same process. A backend that refuses a shape (or the mask) is recorded as
 metric "available" = 0 for that case, with the reason printed, and the run goes on.
 "eet" is eet's own kernel; "eet-dispatch" (unpadded prefill only) is what eet_hf.ops.attention(padded=False)
-runs for the shape, i.e. the torch backend its table picks (eet_hf/ops/__init__.py, _PREFILL_SDPA_FIRST).
+runs for the shape, i.e. the torch backend it tries first (eet_hf/ops/__init__.py, _prefill_sdpa_first).
 Prefill: GPT-2 small (causal) in fp16 and bf16, BERT base/large (non-causal) fp16, and a head_dim-128 causal
 class (32 heads) in fp16 and bf16, unpadded and with half the batch padded to half length (left for causal,
 right for BERT; SDPA gets the boolean mask, eet the bounds). tflops counts the dense work 4*B*H*Lq*Lk*D

@@ -113,11 +113,11 @@ def attention(
     kv_start, kv_end, q_offset: int32 [batch]. Returns [batch, q_len, heads_q, head_dim].
     padded=False promises the bounds cover every key (no padding; q_offset = kv_len - q_len): square
     unpadded prefill then runs torch's SDPA, faster there than eet's kernel (kernels-h200.md), with the
-    backend from _PREFILL_SDPA_FIRST tried first; padded and decode shapes, where mask fusion pays, run eet's kernel.
+    backend _PREFILL_SDPA_FIRST tried first; padded and decode shapes, where mask fusion pays, run eet's kernel.
     """
     _prepare(q)
     if not padded and q.is_cuda and q.shape[2] == k.shape[2] > 1:
-        with _sdpa_priority(_PREFILL_SDPA_FIRST.get((q.shape[-1], q.dtype), "FLASH_ATTENTION")):
+        with _sdpa_priority(_PREFILL_SDPA_FIRST):
             dense = torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
             )
@@ -125,15 +125,28 @@ def attention(
     return _ops.attention(q, k, v, kv_start, kv_end, q_offset, causal, scale)
 
 
-# The torch SDPA backend to try first for unpadded square prefill, per (head_dim, dtype); flash elsewhere.
-# From evaluation/results/kernels-h200.md (H200, torch 2.11+cu130, rows prefill/*/none/*, engine sdpa-cudnn vs
-# sdpa-flash): at head_dim 64 fp16, cuDNN took 0.66x flash's time at L512 and L1024 (GPT-2 bs8, BERT bs32) and
-# tied it at L128 (0.85x-1.03x). Nothing else was measured yet: evaluation/bench_kernels_attention.py now also
-# times bf16 and head_dim 128 (engines torch-sdpa-*); extend this table when those numbers say so.
-_PREFILL_SDPA_FIRST: dict[tuple[int, torch.dtype], str] = {(64, torch.float16): "CUDNN_ATTENTION"}
+# The torch SDPA backend tried first for unpadded square prefill (_PREFILL_SDPA_FIRST): flash, in every class.
+# Measured on the H200 (torch 2.11+cu130, cuDNN 9.19; evaluation/results/sdpa-first-call-h200.md, from
+# scripts/probe_sdpa_first_call.py): at steady state cuDNN takes 0.57-0.72x flash's time at L2048 in every class
+# measured (head_dim 64 and 128, fp16 and bf16, batch 1-32), 0.75-1.32x at L512 and 1.04-1.13x at L128. But its
+# first call at each new sequence length builds an execution plan, 37-71 ms, where flash's first call takes
+# 0.05-1.6 ms: cuDNN repays that only after 77 (BERT batch 32, L2048) to ~1500 calls at one length at L2048, and
+# after >1000 at L512, while a generate() over prompts of varied lengths would pay it for every new length.
+# A fixed-length workload can put cuDNN first with EET_HF_PREFILL_SDPA_FIRST=CUDNN_ATTENTION (any SDPBackend name).
+def prefill_sdpa_first_from_env(value: str | None) -> str:
+    """The backend an EET_HF_PREFILL_SDPA_FIRST value names, FLASH_ATTENTION when unset; an unknown name is
+    reported once and flash is used."""
+    name = (value or "FLASH_ATTENTION").strip().upper()
+    if name in _SDPA_USUAL_ORDER:
+        return name
+    from .._log import warn_once
+
+    warn_once(f"EET_HF_PREFILL_SDPA_FIRST={value!r} is not one of {', '.join(_SDPA_USUAL_ORDER)}; using FLASH_ATTENTION")
+    return "FLASH_ATTENTION"
 
 
 _SDPA_USUAL_ORDER = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+_PREFILL_SDPA_FIRST = prefill_sdpa_first_from_env(os.environ.get("EET_HF_PREFILL_SDPA_FIRST"))  # read once
 _SDPA_ENABLED = {
     "FLASH_ATTENTION": torch.backends.cuda.flash_sdp_enabled,
     "EFFICIENT_ATTENTION": torch.backends.cuda.mem_efficient_sdp_enabled,
