@@ -25,7 +25,7 @@ def _bounds(lengths: list[int], seq_len: int, side: str) -> tuple[torch.Tensor, 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_full_capacity_permuted_layout_puts_real_tokens_first(side):
-    """The default full capacity (IN_PLACE off): real tokens first, then one padding segment per sequence."""
+    """The permuted full capacity (IN_PLACE off): real tokens first, then one padding segment per sequence."""
     lengths, seq_len = [7, 0, 1, 3, 7], 7
     start, end = _bounds(lengths, seq_len, side)
     x = torch.randn(len(lengths), seq_len, 5)
@@ -65,7 +65,7 @@ def test_exact_pack_unpack_round_trip(side):
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("full", ["capacity", "unpadded"])
 def test_in_place_layout_keeps_every_row_and_segments_each_sequence(side, full):
-    """In place (opt-in: EET_HF_PACK_IN_PLACE=1), all batch * seq_len rows (full capacity, or an exact batch without
+    """In place (the default; EET_HF_PACK_IN_PLACE=0 turns it off), all batch * seq_len rows (full capacity, or an exact batch without
     padding): rows stay where they
     are (pack and unpack are reshapes, no index kernels), and each sequence's real tokens form one segment of
     their own, its padding before and after two more (empty ones allowed), so attention sees exactly the
@@ -131,11 +131,12 @@ def test_bucket_for():
     assert [bucket_for(n) for n in (1, 16, 17, 100, 128, 129, 512)] == [16, 16, 32, 128, 128, 256, 512]
 
 
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "permuted"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_in_place_layout_through_the_packed_encoder_matches_hf(side, monkeypatch):
-    """The whole packed encoder on the in-place layout, as a graph capture runs it (no host read, every row), against
-    HF: real tokens within the fp32 contract, padding rows zero."""
-    monkeypatch.setattr(packing_module, "IN_PLACE", True)
+def test_full_capacity_layouts_through_the_packed_encoder_match_hf(side, in_place, monkeypatch):
+    """The whole packed encoder on either all-row layout (in place, the default, or permuted), as a graph capture runs
+    it (no host read, every row), against HF: real tokens within the fp32 contract, padding rows zero."""
+    monkeypatch.setattr(packing_module, "IN_PLACE", in_place)
     model, ref = pair(BertModel, bert_config())
     eet_hf.accelerate(model)
     ids, mask = padded_batch(3, 9, [9, 4, 1], side)
