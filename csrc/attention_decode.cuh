@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 
 #include "attention_common.cuh"
 #include "kernels.h"
@@ -23,6 +24,10 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kQPerBlock = 4;   // query vectors per block (more go to further blocks of the grid)
 constexpr int kUnroll = 4;      // key rows per lane group per round
 constexpr int kBlocksPerSm = 2; // decode_kernel's occupancy (registers and pipeline smem), all dtypes / dims
+// Tried and dropped (H200, 2026-12-02; logs/2026-12-02c/q1-experiment): blocks of one query vector for sequences
+// with a single one (80 registers instead of ~180) with a 3-stage pipeline, 4 blocks per SM and up to 16 splits.
+// Slower everywhere: bs1 h25 d64 ctx2048 9.8 us (8.7 here), h32 d128 ctx2048 18.0 (14.9), bs8 h25 ctx2048 44 (34):
+// the rounds each warp keeps in flight matter more than warps per SM.
 // Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
 // little more than its own loads, so chunks go down to one pipeline round of keys.
 constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)
@@ -53,6 +58,7 @@ struct DecodeConfig {
   static constexpr int kVPL = (kNV + kLPR - 1) / kLPR; // vectors per lane
   static constexpr int kGroups = 32 / kLPR;            // rows a warp reads at once
   static constexpr int kKeysPerRound = kWarps * kGroups * kUnroll;  // keys a block consumes per round
+  static constexpr int kKeysPerWarpStep = kGroups * kUnroll;         // keys one warp consumes per round
   static_assert(kKeysPerRound == decode_keys_per_round(D, sizeof(T)), "host split rule out of step");
   // cp.async pipeline depth: kStages - 1 rounds (4 KB each per warp with one vector per lane) in flight.
   static constexpr int kStages = kVPL == 1 ? 5 : 3;
@@ -129,7 +135,9 @@ __device__ __forceinline__ ChunkRange chunk_range(const AttentionParams& p, int 
     hi = causal_end < hi ? causal_end : hi;
   }
   const long long n = hi > ks ? hi - ks : 0;
-  // Chunk length rounded up to whole block rounds; trailing splits may get nothing.
+  // Chunk length rounded up to kRound keys (one warp's share of a round): rounding to whole block rounds instead
+  // left splits empty (2048 keys in 10 splits of 256: 8 busy blocks, 2 idle); now the last round of a chunk may be
+  // partial, the warps past its end skipping it.
   long long len = (n + splits - 1) / splits;
   len = (len + kRound - 1) / kRound * kRound;
   long long lo = ks + split * len;
@@ -140,6 +148,31 @@ __device__ __forceinline__ ChunkRange chunk_range(const AttentionParams& p, int 
   c.lo = static_cast<int>(lo);
   c.hi = static_cast<int>(end);
   return c;
+}
+
+// The keys that split `split` of `splits` would stream if every key of the cache were visible ([0, kv_len): no
+// padding, the last query row at the end). Known before any bounds are read, so it can guide an L2 prefetch
+// issued before pdl_wait(); where padding or causality shrinks the real chunk, some prefetched lines go unused.
+template <int kRound>
+__device__ __forceinline__ ChunkRange chunk_range_unpadded(int kv_len, int split, int splits) {
+  int len = (kv_len + splits - 1) / splits;
+  len = (len + kRound - 1) / kRound * kRound;
+  const long long lo = static_cast<long long>(split) * len;
+  const long long hi = lo + len;
+  ChunkRange c;
+  c.lo = static_cast<int>(lo < kv_len ? lo : kv_len);
+  c.hi = static_cast<int>(hi < kv_len ? hi : kv_len);
+  c.qo = 0;
+  return c;
+}
+
+// EET_HF_DECODE_PREFETCH=0 (read once per process) turns off the decode kernel's L2 prefetch: for A/B timing.
+inline bool decode_prefetch_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("EET_HF_DECODE_PREFETCH");
+    return v == nullptr || v[0] != '0';
+  }();
+  return enabled;
 }
 
 // Weight of a partial (a warp's or a split's) with running max m in a merge whose overall max is mmax:

@@ -27,7 +27,7 @@ namespace {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_kernel(const AttentionParams p, const int aligned_flag, const int splits, const int q_chunks,
-                  float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+                  const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = DecodeConfig<T, D>;
   constexpr int kVec = C::kVec, NV = C::kNV, LPR = C::kLPR, VPL = C::kVPL, GROUPS = C::kGroups;
   constexpr int U = kUnroll, Q = kQPerBlock, kStages = C::kStages;
@@ -36,12 +36,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   __shared__ float sm_m[kWarps][Q];
   __shared__ float sm_l[kWarps][Q];
   __shared__ float sm_block_m[Q], sm_block_l[Q];  // the block's partial max and sum (cluster merge)
-
-  // Programmatic dependent launch: let the next kernel (the combine, or whatever follows) get scheduled now; it
-  // waits for this grid's completion before reading anything. Then wait for the previous kernel: q, k, v and
-  // the bounds are its outputs or earlier ones.
-  pdl_trigger();
-  pdl_wait();
 
   const bool aligned = aligned_flag != 0;
   const int tid = threadIdx.x;
@@ -59,11 +53,36 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int b = static_cast<int>(idx / p.heads_kv);
   const int split = static_cast<int>(blockIdx.y);
 
+  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
+  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
+
+  // Programmatic dependent launch: let the next kernel (the combine, or whatever follows) get scheduled now; it
+  // waits for this grid's completion before reading anything. Then wait for the previous kernel: q, k, v and
+  // the bounds are its outputs or earlier ones.
+  pdl_trigger();
+  // Before that wait, while the previous kernel (kv_append at a decode step) finishes: ask L2 for the lines of
+  // the first rounds of this block's chunk as an unpadded cache would place it. A prefetch reads no value, so
+  // rows that kernel is still writing are no hazard; it moves the first HBM round trip off the critical path.
+  if (prefetch) {
+    const ChunkRange pc = chunk_range_unpadded<C::kKeysPerWarpStep>(p.kv_len, split, splits);
+    constexpr int kRowBytes = D * static_cast<int>(sizeof(T));
+    constexpr int kLinesPerRow = (kRowBytes + 127) / 128;
+    const int rows = min(pc.hi - pc.lo, (kStages - 1) * C::kKeysPerRound);
+    for (int i = tid; i < 2 * rows * kLinesPerRow; i += kThreads) {
+      const int line = i % kLinesPerRow;
+      const int row = pc.lo + (i / kLinesPerRow) % rows;
+      const T* base = i < rows * kLinesPerRow ? kb + static_cast<int64_t>(row) * p.k_stride_s
+                                              : vb + static_cast<int64_t>(row) * p.v_stride_s;
+      prefetch_l2(base + line * (128 / static_cast<int>(sizeof(T))));
+    }
+  }
+  pdl_wait();
+
   const int group_size = p.heads_q / p.heads_kv;
   const int nq_total = group_size * p.q_len;
   const int nq = min(Q, nq_total - qc * Q);  // query vectors of this block, >= 1
 
-  const ChunkRange cr = chunk_range<C::kKeysPerRound>(p, b, split, splits);
+  const ChunkRange cr = chunk_range<C::kKeysPerWarpStep>(p, b, split, splits);
 
   // Query vectors, pre-scaled to log2 units; per query the last key it may see (causal) and its head/row.
   float qv[Q][VPL][kVec];
@@ -103,9 +122,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc[k][v][e] = 0.f;
   }
-
-  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
-  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
 
   // Warp w reads rows base + u * GROUPS + grp of round r, base = base0 + r * kKeysPerRound; the round
   // count is warp-uniform. Rounds are prefetched kStages - 1 ahead into this lane's own smem slots.
@@ -214,6 +230,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   // Sum the lane groups of the warp (they share the warp's running max), then merge the warps.
 #pragma unroll
   for (int k = 0; k < Q; ++k) {
+    if (k >= nq) break;  // block-uniform: a block of fewer query vectors (q_len 1 without GQA: one) skips the rest
 #pragma unroll
     for (int off = LPR; off < 32; off <<= 1) {
       l[k] += __shfl_xor_sync(0xffffffffu, l[k], off);
@@ -299,7 +316,7 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
     if (p.workspace == nullptr) return cudaErrorInvalidValue;
     ws_acc = static_cast<float*>(p.workspace);
     ws_ml = ws_acc + static_cast<int64_t>(splits) * rows_total * D;
-  } else if (splits > 1) {
+  } else if (splits > 1 && !plan.forced) {
     static ClusterFitCache fit_cache;  // one per kernel instantiation
     splits = cluster_width_that_fits(reinterpret_cast<const void*>(decode_kernel<T, D>), kThreads, smem, splits, work,
                                      fit_cache);
@@ -307,8 +324,11 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   auto launch = [&](int n) {
     return launch_pdl(decode_kernel<T, D>, dim3(static_cast<unsigned>(work), static_cast<unsigned>(n)),
                       dim3(kThreads), smem, stream, plan.combine ? 1u : static_cast<unsigned>(n), p, aligned ? 1 : 0,
-                      n, static_cast<int>(q_chunks), ws_acc, ws_ml);
+                      n, static_cast<int>(q_chunks), decode_prefetch_enabled(), ws_acc, ws_ml);
   };
+  if (splits > kPortableClusterWidth && plan.forced) {
+    (void)cudaFuncSetAttribute(decode_kernel<T, D>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  }
   err = launch(splits);
   if (err != cudaSuccess && !plan.combine && splits > kPortableClusterWidth) {
     (void)cudaGetLastError();  // a refused non-portable cluster: the portable width always launches

@@ -36,6 +36,7 @@ cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, cudaStrea
 struct DecodePlan {
   int splits;    // key chunks per (batch, kv head, query chunk), >= 1
   bool combine;  // true: partials to p.workspace + combine kernel; false: one kernel (a cluster of `splits`)
+  bool forced;   // splits set by EET_HF_DECODE_SPLITS (a sweep): not narrowed to the device's cluster fit
 };
 // Shapes only (never device data): fixed on the host, so the launch is graph-capture safe.
 DecodePlan decode_plan(const AttentionParams& p, int num_sms);

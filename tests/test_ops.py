@@ -237,18 +237,3 @@ def test_small_linear_strided_rows():
 def test_small_linear_rejects_bad_arguments(args, match):
     with pytest.raises(Exception, match=match):
         ops.small_linear(*args)
-
-
-@pytest.mark.parametrize(
-    "value, want",
-    [(None, "FLASH_ATTENTION"), ("CUDNN_ATTENTION", "CUDNN_ATTENTION"), (" cudnn_attention ", "CUDNN_ATTENTION"),
-     ("math", "MATH")],
-)
-def test_prefill_sdpa_first_names_a_backend(value, want):
-    assert ops.prefill_sdpa_first_from_env(value) == want
-
-
-def test_prefill_sdpa_first_unknown_name_falls_back_to_flash_with_a_warning(caplog):
-    with caplog.at_level("WARNING", logger="eet_hf"):
-        assert ops.prefill_sdpa_first_from_env("cudnn-please") == "FLASH_ATTENTION"
-    assert "EET_HF_PREFILL_SDPA_FIRST='cudnn-please'" in caplog.text

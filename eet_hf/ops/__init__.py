@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from . import _library, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
+from . import _library, prefill_backend, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
 from ._build import build_info, ensure_loaded
 
 __all__ = [
@@ -112,12 +112,13 @@ def attention(
     q: [batch, heads_q, q_len, head_dim]; k, v: [batch, heads_kv, kv_len, head_dim];
     kv_start, kv_end, q_offset: int32 [batch]. Returns [batch, q_len, heads_q, head_dim].
     padded=False promises the bounds cover every key (no padding; q_offset = kv_len - q_len): square
-    unpadded prefill then runs torch's SDPA, faster there than eet's kernel (kernels-h200.md), with the
-    backend _PREFILL_SDPA_FIRST tried first; padded and decode shapes, where mask fusion pays, run eet's kernel.
+    unpadded prefill then runs torch's SDPA, faster there than eet's kernel (kernels-h200.md), with flash tried
+    first until the shape has repeated enough to repay a cuDNN plan (prefill_backend); padded and decode shapes,
+    where mask fusion pays, run eet's kernel.
     """
     _prepare(q)
     if not padded and q.is_cuda and q.shape[2] == k.shape[2] > 1:
-        with _sdpa_priority(_PREFILL_SDPA_FIRST):
+        with _sdpa_priority(prefill_backend.first_backend(q, k, causal)):
             dense = torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
             )
@@ -125,28 +126,7 @@ def attention(
     return _ops.attention(q, k, v, kv_start, kv_end, q_offset, causal, scale)
 
 
-# The torch SDPA backend tried first for unpadded square prefill (_PREFILL_SDPA_FIRST): flash, in every class.
-# Measured on the H200 (torch 2.11+cu130, cuDNN 9.19; evaluation/results/sdpa-first-call-h200.md, from
-# scripts/probe_sdpa_first_call.py): at steady state cuDNN takes 0.57-0.72x flash's time at L2048 in every class
-# measured (head_dim 64 and 128, fp16 and bf16, batch 1-32), 0.75-1.32x at L512 and 1.04-1.13x at L128. But its
-# first call at each new sequence length builds an execution plan, 37-71 ms, where flash's first call takes
-# 0.05-1.6 ms: cuDNN repays that only after 77 (BERT batch 32, L2048) to ~1500 calls at one length at L2048, and
-# after >1000 at L512, while a generate() over prompts of varied lengths would pay it for every new length.
-# A fixed-length workload can put cuDNN first with EET_HF_PREFILL_SDPA_FIRST=CUDNN_ATTENTION (any SDPBackend name).
-def prefill_sdpa_first_from_env(value: str | None) -> str:
-    """The backend an EET_HF_PREFILL_SDPA_FIRST value names, FLASH_ATTENTION when unset; an unknown name is
-    reported once and flash is used."""
-    name = (value or "FLASH_ATTENTION").strip().upper()
-    if name in _SDPA_USUAL_ORDER:
-        return name
-    from .._log import warn_once
-
-    warn_once(f"EET_HF_PREFILL_SDPA_FIRST={value!r} is not one of {', '.join(_SDPA_USUAL_ORDER)}; using FLASH_ATTENTION")
-    return "FLASH_ATTENTION"
-
-
-_SDPA_USUAL_ORDER = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
-_PREFILL_SDPA_FIRST = prefill_sdpa_first_from_env(os.environ.get("EET_HF_PREFILL_SDPA_FIRST"))  # read once
+_SDPA_USUAL_ORDER = prefill_backend.USUAL_ORDER
 _SDPA_ENABLED = {
     "FLASH_ATTENTION": torch.backends.cuda.flash_sdp_enabled,
     "EFFICIENT_ATTENTION": torch.backends.cuda.mem_efficient_sdp_enabled,

@@ -49,7 +49,10 @@ fi
 # (a CUDA process, which the tool needs) and keep the first it accepts.
 "$SANITIZER" --help >"$OUT/sanitizer-help.log" 2>&1
 FILTER=()
-for option in --kernel-name --kernel-regex --filter; do
+# EET_SANITIZER_FILTER=0: instrument every kernel (slower), e.g. to tell a tool fault tied to the filter from a kernel's.
+OPTIONS_TO_TRY="--kernel-name --kernel-regex --filter"
+[ "${EET_SANITIZER_FILTER:-1}" = 0 ] && OPTIONS_TO_TRY=""
+for option in $OPTIONS_TO_TRY; do
   grep -q -- "$option" "$OUT/sanitizer-help.log" || continue
   if "$SANITIZER" --tool memcheck "$option" kns=eet --error-exitcode 3 \
       $PY -c "import torch; torch.ones(4, device='cuda').sum().item()" >>"$OUT/sanitizer-help.log" 2>&1; then
@@ -97,5 +100,37 @@ for tool in ${EET_SANITIZER_TOOLS:-memcheck racecheck}; do
     echo "$line" | tee -a "$OUT/sanitizer.txt"
     [ $rc -ne 0 ] && status=1
   done
+  # small_linear's cluster split-K alone in a process (scripts/harness_small_linear.cu: the real kernel and launcher,
+  # no torch): inside the pytest process, racecheck stopped with "Internal Sanitizer Error: failed to handle a
+  # hardware exception" at every cluster launch (sanitizer-h200.md, 2026-12-02), while the same launches in this
+  # harness ran clean. Every split count (1 = no cluster) on a decode-step shape and a long-K one, PDL on and off.
+  [ "${EET_SANITIZER_HARNESS:-1}" = 0 ] && continue
+  harness="$OUT/harness_small_linear"
+  if [ ! -x "$harness" ] && ! ${NVCC:-nvcc} -std=c++17 -O2 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -o "$harness" \
+      scripts/harness_small_linear.cu csrc/small_linear.cu csrc/cluster_fit.cu csrc/pdl.cu >>"$log" 2>&1; then
+    echo "sanitizer $tool small_linear harness: build failed (see $log)" | tee -a "$OUT/sanitizer.txt"
+    status=1
+    continue
+  fi
+  runs=0 bad=0
+  for shape in "1 768 768" "8 64 12288"; do
+    for splits in 1 2 4 8; do
+      for pdl in 1 0; do
+        part=$(mktemp)
+        env EET_HF_SMALL_LINEAR_SPLITS=$splits EET_HF_PDL=$pdl timeout 120 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
+          "$harness" $shape >"$part" 2>&1
+        rc=$?
+        { echo "===== $tool harness_small_linear $shape splits $splits pdl $pdl (exit $rc)"; cat "$part"; } >>"$log"
+        grep -q ": ok (0 wrong)" "$part" || rc=4
+        runs=$((runs + 1))
+        [ $rc -ne 0 ] && bad=$((bad + 1))
+        rm -f "$part"
+      done
+    done
+  done
+  echo "sanitizer $tool small_linear harness: $((runs - bad)) of $runs runs clean (splits 1-8, PDL on/off)" \
+    | tee -a "$OUT/sanitizer.txt"
+  [ $bad -ne 0 ] && status=1
 done
+rm -f "$OUT/harness_small_linear"
 exit $status

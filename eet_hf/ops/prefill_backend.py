@@ -1,0 +1,102 @@
+"""Which torch SDPA backend unpadded square prefill tries first (eet_hf.ops.attention with padded=False).
+
+Measured on the H200 (torch 2.11+cu130, cuDNN 9.19):
+- at steady state (kernels-h200.md, CUDA-graph replays) cuDNN takes about 0.7x flash's time from 512 tokens on, in
+  every class measured (GPT-2 and BERT shapes at head_dim 64, a head_dim-128 class; fp16 and bf16); at 128 tokens
+  it is 0.78x at BERT batch 32 and slower than flash at GPT-2 batch 8;
+- but its first call at each new shape builds an execution plan, 37-71 ms, where flash's first call takes
+  0.05-1.6 ms (sdpa-first-call-h200.md, scripts/probe_sdpa_first_call.py): cuDNN repays that after 77 (BERT batch
+  32, 2048 tokens) to ~1500 calls of one shape at 2048 tokens, and after thousands at 512.
+
+So the choice is a rent-or-buy one, made per exact shape: flash until the shape has run often enough that the time
+cuDNN would have saved equals its plan cost (estimated from the work), then cuDNN. A generate() over prompts of
+varied lengths stays on flash and never pays a plan; a loop over one shape (a fixed-length encoder, a benchmark)
+moves to cuDNN after a bounded number of calls, having paid at most about twice the best choice in hindsight.
+Only shapes where cuDNN won at steady state qualify: 16-bit, head_dim 64 or 128, at least CUDNN_MIN_TOKENS.
+
+Inside CUDA-graph capture a shape switches only if its cuDNN plan was already built outside the capture (a plan
+build during capture is not something to rely on); under torch.compile nothing is counted and flash is used.
+EET_HF_PREFILL_SDPA_FIRST=<SDPBackend name> fixes the backend instead (an unknown name warns once, then this rule).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+USUAL_ORDER = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+
+CUDNN_PLAN_MS = 40.0  # typical first-call cost at a new shape (37-71 ms measured)
+FLASH_TFLOPS = 250.0  # flash's rate on these shapes (163-294 TFLOP/s measured at 2048 tokens)
+CUDNN_SAVING = 0.3  # share of flash's time cuDNN saves where it qualifies (0.28-0.43 measured, 512-2048 tokens)
+CUDNN_MIN_TOKENS = 512  # shorter sequences: cuDNN not reliably faster (at 128 tokens slower in one of two classes)
+MAX_TRACKED_SHAPES = 4096  # the call counts are forgotten beyond this many shapes (a bound on memory)
+
+
+def fixed_from_env(value: str | None) -> str | None:
+    """The backend an EET_HF_PREFILL_SDPA_FIRST value names, None when unset (the adaptive rule); an unknown name
+    is reported once and the adaptive rule applies."""
+    if value is None or not value.strip():
+        return None
+    name = value.strip().upper()
+    if name in USUAL_ORDER:
+        return name
+    from .._log import warn_once
+
+    warn_once(f"EET_HF_PREFILL_SDPA_FIRST={value!r} is not one of {', '.join(USUAL_ORDER)}; "
+              "using the adaptive flash / cuDNN rule")
+    return None
+
+
+FIXED = fixed_from_env(os.environ.get("EET_HF_PREFILL_SDPA_FIRST"))  # read once
+
+_calls: dict[tuple, int] = {}
+_cudnn_planned: set[tuple] = set()
+
+
+def _shape_key(q: torch.Tensor, k: torch.Tensor, causal: bool) -> tuple:
+    return (tuple(q.shape), tuple(k.shape), q.dtype, bool(causal), q.device.index)
+
+
+def calls_before_cudnn(q: torch.Tensor, k: torch.Tensor, causal: bool) -> int | None:
+    """Calls of this shape on flash before cuDNN pays for its plan, or None where cuDNN does not qualify."""
+    batch, heads, tokens, head_dim = q.shape
+    if q.dtype not in (torch.float16, torch.bfloat16) or head_dim not in (64, 128) or tokens < CUDNN_MIN_TOKENS:
+        return None
+    flops = 4.0 * batch * heads * tokens * k.shape[2] * head_dim * (0.5 if causal else 1.0)
+    saving_ms = CUDNN_SAVING * flops / (FLASH_TFLOPS * 1e12) * 1e3
+    return max(1, math.ceil(CUDNN_PLAN_MS / saving_ms))
+
+
+def _capturing(q: torch.Tensor) -> bool:
+    return q.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def first_backend(q: torch.Tensor, k: torch.Tensor, causal: bool) -> str:
+    """The backend to try first for this call (and count the call)."""
+    if FIXED is not None:
+        return FIXED
+    if torch.compiler.is_compiling():
+        return "FLASH_ATTENTION"
+    key = _shape_key(q, k, causal)
+    if _capturing(q):
+        return "CUDNN_ATTENTION" if key in _cudnn_planned else "FLASH_ATTENTION"
+    threshold = calls_before_cudnn(q, k, causal)
+    if threshold is None:
+        return "FLASH_ATTENTION"
+    if len(_calls) >= MAX_TRACKED_SHAPES and key not in _calls:
+        _calls.clear()
+    seen = _calls.get(key, 0) + 1
+    _calls[key] = seen
+    if seen <= threshold:
+        return "FLASH_ATTENTION"
+    _cudnn_planned.add(key)  # this eager call builds the plan (if cuDNN takes the shape at all)
+    return "CUDNN_ATTENTION"
+
+
+def reset() -> None:
+    """Forget every count (tests)."""
+    _calls.clear()
+    _cudnn_planned.clear()

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Developer probes for one device call (not the test/benchmark script, which is tests/gpu/run.sh): each probe named
+# in PROBES runs with its own time limit and log under $OUT, and a summary line per probe is printed last.
+#
+#   PROBES="decode-sweep ncu-decode racecheck-repro sdpa-first-call inplace-tests inplace-bench" \
+#     bash scripts/device_probes.sh
+#
+#   decode-sweep      scripts/sweep_decode.py: decode attention time per forced split count
+#   ncu-decode        Nsight Compute on one decode launch per shape (bs1 h25 d64 / h32 d128, ctx 2048)
+#   racecheck-repro   compute-sanitizer racecheck on scripts/repro_cluster_racecheck.cu (no torch, no eet code)
+#   sdpa-first-call   scripts/probe_sdpa_first_call.py: cuDNN's per-length plan cost against its saving
+#   inplace-tests     the encoder GPU tests with EET_HF_PACK_IN_PLACE=1
+#   inplace-bench     encoder bench rows of engine eet, bert-base, in-place packing off and on
+#   racecheck-small-linear  racecheck on eet::small_linear alone (scripts/harness_small_linear.cu), per split count
+#   decode-prefetch-ab  decode attention, planned splits, L2 prefetch on and off
+#   decode-kernel-bench the kernel bench's decode rows alone
+#   sanitize-decode   tests/gpu/sanitize.sh (memcheck, racecheck) over the decode attention tests
+#   sanitize-small-linear-nofilter  racecheck over the small_linear tests, every kernel instrumented
+#   encoder-tests     the encoder GPU tests (defaults)
+#   encoder-bench-base  the encoder suite, bert-base, every engine, merged into a copy of the committed results
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}
+export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+PY=${PYTHON:-python3}
+: >"$OUT/probes.txt"
+
+probe() {  # probe NAME LIMIT_S CMD...
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s)
+  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  printf '%-18s exit %3d  %4d s\n' "$name" "$rc" "$(($(date +%s) - start))" | tee -a "$OUT/probes.txt"
+}
+
+probe build 300 $PY -c "import eet_hf.ops as o, sys; ok = o.ensure_loaded(); print(ok, o.build_info()); sys.exit(0 if ok else 1)"
+
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+ONE_DECODE='import sys, torch, eet_hf.ops as o
+h, d, ctx = (int(a) for a in sys.argv[1:4])
+q = torch.randn(1, 1, h, d, device="cuda", dtype=torch.float16).transpose(1, 2)
+k, v = (torch.randn(1, h, ctx, d, device="cuda", dtype=torch.float16) for _ in range(2))
+b = [torch.zeros(1, dtype=torch.int32, device="cuda"), torch.full((1,), ctx, dtype=torch.int32, device="cuda"),
+     torch.full((1,), ctx - 1, dtype=torch.int32, device="cuda")]
+for _ in range(3): o.attention(q, k, v, *b, True, d ** -0.5)
+torch.cuda.synchronize()'
+
+for p in ${PROBES:-decode-sweep}; do
+  case $p in
+    decode-sweep) probe "$p" 240 $PY scripts/sweep_decode.py --out "$OUT" ;;
+    decode-tests) probe "$p" 300 $PY -m pytest -q tests/gpu/test_attention_decode_cuda.py tests/gpu/test_attention_cuda.py \
+      tests/gpu/test_prefill_backend_cuda.py ;;
+    ncu-decode)
+      for shape in "25 64 2048" "32 128 2048"; do
+        probe "$p-${shape// /-}" 120 "$NCU" --clock-control none --kernel-name regex:decode_kernel --launch-skip 2 \
+          --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats \
+          --section Occupancy --section WarpStateStats --section SchedulerStats \
+          --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' $PY -c "$ONE_DECODE" $shape
+      done ;;
+    racecheck-repro)
+      probe repro-build 120 nvcc -O2 -arch=sm_90 -o "$OUT/repro" scripts/repro_cluster_racecheck.cu
+      for v in static static-small static-128 dynamic; do
+        for w in 1 2 8; do
+          probe "racecheck-$v-$w" 60 "$SAN" --tool racecheck --error-exitcode 3 "$OUT/repro" "$v" "$w"
+        done
+      done
+      probe "memcheck-static-8" 60 "$SAN" --tool memcheck --error-exitcode 3 "$OUT/repro" static 8
+      probe "synccheck-static-8" 60 "$SAN" --tool synccheck --error-exitcode 3 "$OUT/repro" static 8
+      rm -f "$OUT/repro" ;;
+    racecheck-small-linear)
+      probe harness-build 180 nvcc -std=c++17 -O2 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -o "$OUT/harness" \
+        scripts/harness_small_linear.cu csrc/small_linear.cu csrc/cluster_fit.cu csrc/pdl.cu
+      for shape in "1 768 768" "8 64 12288"; do
+        for splits in 1 2 4 8; do
+          for pdl in 1 0; do
+            probe "racecheck-sl-${shape// /-}-s$splits-pdl$pdl" 60 env EET_HF_SMALL_LINEAR_SPLITS=$splits \
+              EET_HF_PDL=$pdl "$SAN" --tool racecheck --error-exitcode 3 "$OUT/harness" $shape
+          done
+        done
+      done
+      probe "plain-sl-1-768-768-s8" 60 env EET_HF_SMALL_LINEAR_SPLITS=8 "$OUT/harness" 1 768 768
+      probe "memcheck-sl-1-768-768-s8" 60 env EET_HF_SMALL_LINEAR_SPLITS=8 "$SAN" --tool memcheck --error-exitcode 3 \
+        "$OUT/harness" 1 768 768
+      probe "racecheck-sl-1-768-768-s8-nomemcpyasync" 60 env EET_HF_SMALL_LINEAR_SPLITS=8 "$SAN" --tool racecheck \
+        --racecheck-memcpy-async no --error-exitcode 3 "$OUT/harness" 1 768 768
+      rm -f "$OUT/harness" ;;
+    decode-prefetch-ab)
+      probe decode-planned-prefetch 120 $PY scripts/sweep_decode.py --max-splits 0 --tag=-prefetch --out "$OUT"
+      probe decode-planned-noprefetch 120 env EET_HF_DECODE_PREFETCH=0 $PY scripts/sweep_decode.py --max-splits 0 \
+        --tag=-noprefetch --out "$OUT" ;;
+    decode-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only decode --json "$OUT/decode.json" ;;
+    sanitize-decode) probe "$p" 300 env EET_SANITIZER_TESTS=tests/gpu/test_attention_decode_cuda.py \
+        EET_SANITIZER_TIMEOUT=140 OUT="$OUT" bash tests/gpu/sanitize.sh ;;
+    sanitize-small-linear-nofilter) probe "$p" 200 env EET_SANITIZER_TESTS=tests/gpu/test_small_linear_cuda.py \
+        EET_SANITIZER_TOOLS=racecheck EET_SANITIZER_FILTER=0 EET_SANITIZER_TIMEOUT=150 OUT="$OUT/nofilter" \
+        bash tests/gpu/sanitize.sh ;;
+    encoder-tests) probe "$p" 300 $PY -m pytest -q tests/gpu/test_encoder_cuda.py tests/gpu/test_encoder_model_graphs_cuda.py ;;
+    encoder-bench-base)
+      mkdir -p "$OUT/encoder" && cp evaluation/results/encoder-h200.json "$OUT/encoder/"
+      probe "$p" 240 $PY -m evaluation.bench --suite encoder --models bert-base --budget-s 220 --merge \
+        --out-dir "$OUT/encoder" ;;
+    sdpa-first-call) probe "$p" 240 $PY scripts/probe_sdpa_first_call.py --out "$OUT" --results-dir "$OUT" ;;
+    inplace-tests)
+      probe "$p" 300 env EET_HF_PACK_IN_PLACE=1 $PY -m pytest -q -x tests/gpu/test_encoder_cuda.py \
+        tests/gpu/test_encoder_model_graphs_cuda.py ;;
+    inplace-bench)
+      probe bench-permuted 200 $PY -m evaluation.bench --suite encoder --models bert-base --engines eet \
+        --budget-s 180 --out-dir "$OUT/permuted"
+      probe bench-in-place 200 env EET_HF_PACK_IN_PLACE=1 $PY -m evaluation.bench --suite encoder --models bert-base \
+        --engines eet --budget-s 180 --out-dir "$OUT/in-place" ;;
+    *) echo "unknown probe $p" | tee -a "$OUT/probes.txt" ;;
+  esac
+done
+for f in "$OUT"/*.log; do echo "== $(basename "$f"): $(tail -n 2 "$f" | tr '\n' ' ' | cut -c1-300)"; done
+cat "$OUT/probes.txt"
