@@ -25,6 +25,15 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_ext}
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 PY=${PYTHON:-python3}
+# EET_OUT_TARBALL=1: outputs under $OUT/probes/, packed into $OUT/probes.tgz after every probe (tests/gpu/run.sh says
+# why: the device tool returns at most 8 files, and nothing once a call's time limit has killed it).
+PACK_DIR=""
+if [ "${EET_OUT_TARBALL:-0}" = 1 ]; then
+  PACK_DIR=$OUT
+  OUT=$OUT/probes
+  mkdir -p "$OUT"
+fi
+export OUT
 : >"$OUT/probes.txt"
 
 probe() {  # probe NAME LIMIT_S CMD...
@@ -34,6 +43,9 @@ probe() {  # probe NAME LIMIT_S CMD...
   timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   rc=$?
   printf '%-18s exit %3d  %4d s\n' "$name" "$rc" "$(($(date +%s) - start))" | tee -a "$OUT/probes.txt"
+  if [ -n "$PACK_DIR" ]; then
+    tar czf "$PACK_DIR/probes.tgz.part" -C "$OUT" . 2>/dev/null && mv "$PACK_DIR/probes.tgz.part" "$PACK_DIR/probes.tgz"
+  fi
 }
 
 probe build 300 $PY -c "import eet_hf.ops as o, sys; ok = o.ensure_loaded(); print(ok, o.build_info()); sys.exit(0 if ok else 1)"

@@ -16,13 +16,27 @@
 #   EET_SKIP_TESTS=1 EET_SKIP_SANITIZER=1 EET_SKIP_REPORT=1 bash tests/gpu/run.sh   # 2: deps, parity, perplexity
 #   EET_SKIP_TESTS=1 EET_SKIP_SANITIZER=1 EET_SKIP_PARITY=1 EET_SKIP_PPL=1 EET_SKIP_REPORT=1 \
 #     EET_BENCH_SUITES=generate bash tests/gpu/run.sh                     # 3..: one benchmark suite per call
+# On the device tool, set EET_OUT_TARBALL=1 (outputs under $OUT/run/, packed into $OUT/run.tgz after every stage).
 # Estimates on an H200 with a warm build: tests ~1-2 min, sanitizer ~2 min, parity --full ~3-4 min (GPT-2 XL in
 # three dtypes is most of it; the embedded models alone ~1 min), perplexity --full ~1 min.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out}
+# EET_OUT_TARBALL=1: the device tool returns at most 8 files from $OUT, and nothing a command meant to pack at its end
+# when the call's time limit kills it first. So every output goes to $OUT/run/ and $OUT/run.tgz is refreshed after
+# each stage: a call cut short still returns what its finished stages wrote.
+PACK_DIR=""
+if [ "${EET_OUT_TARBALL:-0}" = 1 ]; then
+  PACK_DIR=$OUT
+  OUT=$OUT/run
+fi
+export OUT
 mkdir -p "$OUT"
 : >"$OUT/stages.txt"
+pack() {
+  [ -n "$PACK_DIR" ] || return 0
+  tar czf "$PACK_DIR/run.tgz.part" -C "$OUT" . 2>/dev/null && mv "$PACK_DIR/run.tgz.part" "$PACK_DIR/run.tgz"
+}
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} MPLBACKEND=Agg
 # The GPU host has no network: never wait on the hub.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -41,6 +55,7 @@ stage() {
   rc=$?
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && note="  TIMED OUT after ${limit}s"
   printf '%-18s exit %3d  %5d s%s\n' "$name" "$rc" "$(($(date +%s) - start))" "$note" | tee -a "$OUT/stages.txt"
+  pack
   return $rc
 }
 skipped() { printf '%-18s skipped (%s)\n' "$1" "$2" | tee -a "$OUT/stages.txt"; }
