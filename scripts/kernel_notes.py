@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 CEILING_GBPS = 4160.0  # the large-copy ceiling measured on the H200 (BASELINES.md)
@@ -59,9 +60,9 @@ def prefill_lines(values: dict) -> list[str]:
 
 
 def _decode_order(case: str) -> tuple[int, int, str]:
-    fields = dict(f[:2] == "bs" and ("bs", f[2:]) or (f.rstrip("0123456789"), f[len(f.rstrip("0123456789")):])
-                  for f in case.split("/")[1:])
-    return int(fields.get("bs", 0)), int(fields.get("ctx", 0)), case
+    """(batch, context, case) of a decode case name like decode/bs1/h25/d64/ctx2048/fp16."""
+    batch, ctx = re.search(r"/bs(\d+)/", case), re.search(r"/ctx(\d+)/", case)
+    return int(batch.group(1)) if batch else 0, int(ctx.group(1)) if ctx else 0, case
 
 
 def main() -> None:

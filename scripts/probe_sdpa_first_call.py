@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from evaluation.bench.timing import median_ms
+
 CLASSES = [  # (label, batch, heads, head_dim, dtype, causal)
     ("gpt2-bs1-d64-fp16", 1, 12, 64, torch.float16, True),
     ("gpt2-bs8-d64-fp16", 8, 12, 64, torch.float16, True),
@@ -54,18 +56,7 @@ def _first_call_ms(backend, batch, heads, d, dtype, causal, length):
 
 def _steady_ms(backend, batch, heads, d, dtype, causal, length, reps=30):
     q, k, v = _inputs(batch, heads, d, dtype, length)
-    for _ in range(5):
-        _call(backend, q, k, v, causal)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        _call(backend, q, k, v, causal)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
+    return median_ms(lambda: _call(backend, q, k, v, causal), "cuda", repeats=reps, warmup=5)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import eet_hf.ops as ops
-from evaluation.bench_kernels_attention import L2_FLUSH_BYTES, _bounds, _time_ms
+from evaluation.bench_kernels_attention import L2_FLUSH_BYTES, _bounds, _copy_same_bytes, _time_ms
 
 CEILING_GBPS = 4160.0
 SHAPES = [  # (batch, heads, head_dim, ctx)
@@ -33,10 +33,10 @@ SHAPES = [  # (batch, heads, head_dim, ctx)
 
 
 def _copy_us(cache_bytes: int, n: int) -> float:
-    numel = max(1, cache_bytes // 4)  # fp16: numel * 2 bytes read, as many written (the bench's copy-same-bytes)
-    src = [torch.randn(numel, device="cuda", dtype=torch.float16) for _ in range(n)]
-    dst = [torch.empty_like(t) for t in src]
-    return _time_ms(lambda i: dst[i].copy_(src[i]), n) * 1e3
+    """The bench's copy-same-bytes reference (same traffic, same timing), in us."""
+    rows: list = []
+    _copy_same_bytes(rows, "copy", cache_bytes, n)
+    return next(r["value"] for r in rows if r["metric"] == "ms") * 1e3
 
 
 def _sweep_shape(batch: int, heads: int, d: int, ctx: int, max_splits: int) -> dict:

@@ -126,7 +126,6 @@ def attention(
     return _ops.attention(q, k, v, kv_start, kv_end, q_offset, causal, scale)
 
 
-_SDPA_USUAL_ORDER = prefill_backend.USUAL_ORDER
 _SDPA_ENABLED = {
     "FLASH_ATTENTION": torch.backends.cuda.flash_sdp_enabled,
     "EFFICIENT_ATTENTION": torch.backends.cuda.mem_efficient_sdp_enabled,
@@ -143,7 +142,7 @@ def _sdpa_priority(first: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     compiling = torch.compiler.is_compiling()
-    names = [first] + [n for n in _SDPA_USUAL_ORDER if n != first]
+    names = [first] + [n for n in prefill_backend.USUAL_ORDER if n != first]
     backends = [
         getattr(SDPBackend, n) for n in names if hasattr(SDPBackend, n) and (compiling or _SDPA_ENABLED[n]())
     ]

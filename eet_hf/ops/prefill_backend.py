@@ -52,8 +52,7 @@ def fixed_from_env(value: str | None) -> str | None:
 
 FIXED = fixed_from_env(os.environ.get("EET_HF_PREFILL_SDPA_FIRST"))  # read once
 
-_calls: dict[tuple, int] = {}
-_cudnn_planned: set[tuple] = set()
+_calls: dict[tuple, int] = {}  # eager calls per shape key
 
 
 def _shape_key(q: torch.Tensor, k: torch.Tensor, causal: bool) -> tuple:
@@ -80,23 +79,18 @@ def first_backend(q: torch.Tensor, k: torch.Tensor, causal: bool) -> str:
         return FIXED
     if torch.compiler.is_compiling():
         return "FLASH_ATTENTION"
-    key = _shape_key(q, k, causal)
-    if _capturing(q):
-        return "CUDNN_ATTENTION" if key in _cudnn_planned else "FLASH_ATTENTION"
     threshold = calls_before_cudnn(q, k, causal)
     if threshold is None:
         return "FLASH_ATTENTION"
+    key = _shape_key(q, k, causal)
+    if _capturing(q):  # not counted; cuDNN only if an eager call past the threshold already built its plan
+        return "CUDNN_ATTENTION" if _calls.get(key, 0) > threshold else "FLASH_ATTENTION"
     if len(_calls) >= MAX_TRACKED_SHAPES and key not in _calls:
         _calls.clear()
-    seen = _calls.get(key, 0) + 1
-    _calls[key] = seen
-    if seen <= threshold:
-        return "FLASH_ATTENTION"
-    _cudnn_planned.add(key)  # this eager call builds the plan (if cuDNN takes the shape at all)
-    return "CUDNN_ATTENTION"
+    _calls[key] = _calls.get(key, 0) + 1
+    return "CUDNN_ATTENTION" if _calls[key] > threshold else "FLASH_ATTENTION"
 
 
 def reset() -> None:
     """Forget every count (tests)."""
     _calls.clear()
-    _cudnn_planned.clear()
