@@ -11,6 +11,7 @@
 #include <climits>
 
 #include "common.cuh"
+#include "gelu_erf_fast.cuh"
 #include "gelu_staged.cuh"
 #include "kernels.h"
 
@@ -40,10 +41,16 @@ __device__ __forceinline__ float gelu_tanh(float h) {
   }
 }
 
-// Exact gelu, the same formula torch uses.
+// Exact gelu. fp32 tensors: the same formula torch uses. 16-bit tensors: gelu_erf_fast (gelu_erf_fast.cuh), which
+// lifts fp16 from ~2.5 TB/s (erff's branches made the kernel compute-bound) toward the tanh form's rate.
+template <bool kFast>
 __device__ __forceinline__ float gelu_erf(float h) {
-  constexpr float kSqrtHalf = 0.7071067811865476f;
-  return 0.5f * h * (1.0f + erff(h * kSqrtHalf));
+  if constexpr (kFast) {
+    return gelu_erf_fast(h);
+  } else {
+    constexpr float kSqrtHalf = 0.7071067811865476f;
+    return 0.5f * h * (1.0f + erff(h * kSqrtHalf));
+  }
 }
 
 // gelu_tanh_staged (HF's gelu_new with torch's roundings) lives in gelu_staged.cuh, shared with small_linear.cu.
@@ -51,12 +58,14 @@ __device__ __forceinline__ float gelu_erf(float h) {
 // Which gelu bias_gelu_kernel computes.
 enum GeluForm : int { kFormErf = 0, kFormTanh = 1, kFormTanhStaged = 2 };
 
-template <typename T, int VEC>
+// The form is a template argument: a runtime select inside the element loop would leave the compiler free to
+// evaluate every form for every element.
+template <typename T, int VEC, int kForm>
 __global__ void __launch_bounds__(kMaxThreads)
 bias_gelu_kernel(const T* x,                    // [rows, cols]; may alias out
                  const T* __restrict__ bias,    // [cols] or nullptr
                  T* out,                        // [rows, cols]
-                 int64_t rows, int64_t cols, int form) {
+                 int64_t rows, int64_t cols) {
   const int64_t col = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (col >= cols) return;  // no barriers below, so idle threads may leave
   float b[VEC];
@@ -79,9 +88,13 @@ bias_gelu_kernel(const T* x,                    // [rows, cols]; may alias out
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const float h = v[k][j] + b[j];
-          v[k][j] = form == kFormTanh          ? gelu_tanh<sizeof(T) == 2>(h)
-                    : form == kFormTanhStaged ? gelu_tanh_staged<T>(h)
-                                              : gelu_erf(h);
+          if constexpr (kForm == kFormTanh) {
+            v[k][j] = gelu_tanh<sizeof(T) == 2>(h);
+          } else if constexpr (kForm == kFormTanhStaged) {
+            v[k][j] = gelu_tanh_staged<T>(h);
+          } else {
+            v[k][j] = gelu_erf<sizeof(T) == 2>(h);
+          }
         }
         store_float<VEC>(out + (row0 + k) * cols + col, v[k]);
       }
@@ -100,9 +113,17 @@ cudaError_t launch_bias_gelu(const void* x, const void* bias, void* out, int64_t
   if (chunks > INT_MAX) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(chunks),
                   static_cast<unsigned>(std::min(ceil_div(rows, kRowsPerThread), kMaxGridY)));
-  bias_gelu_kernel<T, VEC><<<grid, static_cast<unsigned>(threads), 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<T*>(out), rows, cols, form);
-  return cudaGetLastError();
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, static_cast<unsigned>(threads), 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(bias),
+                                                                 static_cast<T*>(out), rows, cols);
+    return cudaGetLastError();
+  };
+  switch (form) {
+    case kFormErf: return launch(bias_gelu_kernel<T, VEC, kFormErf>);
+    case kFormTanh: return launch(bias_gelu_kernel<T, VEC, kFormTanh>);
+    case kFormTanhStaged: return launch(bias_gelu_kernel<T, VEC, kFormTanhStaged>);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace
