@@ -29,13 +29,26 @@ _EXPECTED_PARAMS = ["q", "k", "cos", "sin", "unsqueeze_dim"]
 _VERIFIED: dict[tuple[Callable, torch.dtype], bool] = {}
 
 
+def _plain_function(fn: object) -> Callable | None:
+    """The Python function behind a modeling module's apply_rotary_pos_emb. transformers >= 5.25 (with the `kernels`
+    package) decorates it with use_kernel_forward_from_hub, which makes it an nn.Module instance whose forward calls
+    the function it closes over (or a hub kernel, for a model kernelized on purpose)."""
+    if inspect.isfunction(fn):
+        return fn
+    if isinstance(fn, torch.nn.Module):
+        cells = getattr(type(fn).forward, "__closure__", None) or ()
+        inner = [c.cell_contents for c in cells if inspect.isfunction(c.cell_contents)]
+        return next((f for f in inner if f.__name__ == NAME), None)
+    return None
+
+
 def modules_using_rotary(attention_modules: list[torch.nn.Module]) -> tuple[ModuleType, ...]:
     """The modeling modules of these attention modules whose apply_rotary_pos_emb has HF's Llama/NeoX signature."""
     found = []
     for attn in attention_modules:
         module = sys.modules.get(type(attn).__module__)
-        fn = getattr(module, NAME, None)
-        if module is None or module in found or not callable(fn):
+        fn = _plain_function(getattr(module, NAME, None))
+        if module is None or module in found or fn is None:
             continue
         if list(inspect.signature(fn).parameters) == _EXPECTED_PARAMS:
             found.append(module)
