@@ -166,6 +166,33 @@ __device__ __forceinline__ ChunkRange chunk_range_unpadded(int kv_len, int split
   return c;
 }
 
+// Before pdl_wait(), while the previous kernel (kv_append at a decode step) finishes: ask L2 for the K and V lines of
+// the first `rows_ahead` keys of this split's chunk (chunks rounded to kRound keys) as an unpadded cache would place
+// them. A prefetch reads no value, so rows that kernel is still writing are no hazard; it moves the first HBM round
+// trip off the critical path. kb / vb: this (batch, kv head)'s K and V. Every thread of the block calls it.
+template <typename T, int D, int kRound>
+__device__ __forceinline__ void prefetch_chunk_start(const AttentionParams& p, const T* kb, const T* vb, int split,
+                                                     int splits, int rows_ahead) {
+  const ChunkRange pc = chunk_range_unpadded<kRound>(p.kv_len, split, splits);
+  constexpr int kRowBytes = D * static_cast<int>(sizeof(T));
+  constexpr int kLinesPerRow = (kRowBytes + 127) / 128;
+  const int rows = min(pc.hi - pc.lo, rows_ahead);
+  for (int i = static_cast<int>(threadIdx.x); i < 2 * rows * kLinesPerRow; i += kThreads) {
+    const int line = i % kLinesPerRow;
+    const int row = pc.lo + (i / kLinesPerRow) % rows;
+    const T* base = i < rows * kLinesPerRow ? kb + static_cast<int64_t>(row) * p.k_stride_s
+                                            : vb + static_cast<int64_t>(row) * p.v_stride_s;
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(base + line * (128 / static_cast<int>(sizeof(T)))));
+  }
+}
+
+// EET_HF_DECODE_MMA=0 (read per call, so a test can compare both) keeps 16-bit decodes on the CUDA-core kernel
+// instead of the tensor-core one (attention_decode_mma.cu).
+inline bool decode_mma_enabled() {
+  const char* v = std::getenv("EET_HF_DECODE_MMA");
+  return v == nullptr || v[0] != '0';
+}
+
 // EET_HF_DECODE_PREFETCH=0 (read once per process) turns off the decode kernel's L2 prefetch: for A/B timing.
 inline bool decode_prefetch_enabled() {
   static const bool enabled = [] {

@@ -12,7 +12,7 @@
 
 #include "attention_common.cuh"
 #include "attention_decode.cuh"
-#include "attention_decode_merge.cuh"
+#include "attention_decode_finish.cuh"
 #include "attention_kernels.h"
 #include "attention_ptx.cuh"
 #include "cluster_fit.h"
@@ -60,21 +60,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   // waits for this grid's completion before reading anything. Then wait for the previous kernel: q, k, v and
   // the bounds are its outputs or earlier ones.
   pdl_trigger();
-  // Before that wait, while the previous kernel (kv_append at a decode step) finishes: ask L2 for the lines of
-  // the first rounds of this block's chunk as an unpadded cache would place it. A prefetch reads no value, so
-  // rows that kernel is still writing are no hazard; it moves the first HBM round trip off the critical path.
+  // Before that wait: L2 prefetch of the rounds the pipeline will ask for first.
   if (prefetch) {
-    const ChunkRange pc = chunk_range_unpadded<C::kKeysPerWarpStep>(p.kv_len, split, splits);
-    constexpr int kRowBytes = D * static_cast<int>(sizeof(T));
-    constexpr int kLinesPerRow = (kRowBytes + 127) / 128;
-    const int rows = min(pc.hi - pc.lo, (kStages - 1) * C::kKeysPerRound);
-    for (int i = tid; i < 2 * rows * kLinesPerRow; i += kThreads) {
-      const int line = i % kLinesPerRow;
-      const int row = pc.lo + (i / kLinesPerRow) % rows;
-      const T* base = i < rows * kLinesPerRow ? kb + static_cast<int64_t>(row) * p.k_stride_s
-                                              : vb + static_cast<int64_t>(row) * p.v_stride_s;
-      prefetch_l2(base + line * (128 / static_cast<int>(sizeof(T))));
-    }
+    prefetch_chunk_start<T, D, C::kKeysPerWarpStep>(p, kb, vb, split, splits, (kStages - 1) * C::kKeysPerRound);
   }
   pdl_wait();
 
@@ -254,48 +242,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       sm_l[warp][k] = l[k];
     }
   }
-  __syncthreads();
-
-  // Output row of query vector k: out is [batch, q_len, heads_q, D].
-  auto out_row = [&](int k) -> int64_t {
-    const int qi = qc * Q + k;
-    const int hig = qi / p.q_len;
-    const int row = qi - hig * p.q_len;
-    return (static_cast<int64_t>(b) * p.q_len + row) * p.heads_q + hk * group_size + hig;
-  };
-  const bool in_cluster = splits > 1 && ws_acc == nullptr;  // grid-uniform
-  const int64_t rows_total = static_cast<int64_t>(p.batch) * p.q_len * p.heads_q;
-  for (int i = tid; i < nq * D; i += kThreads) {
-    const int k = i / D;
-    const int d = i - k * D;
-    float mmax = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mmax = fmaxf(mmax, sm_m[w][k]);
-    float lsum = 0.f, a = 0.f;
-    if (mmax != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = partial_weight(sm_m[w][k], mmax);
-        lsum += sm_l[w][k] * f;
-        a += sm_acc[w][k][d] * f;
-      }
-    }
-    if (splits == 1) {
-      static_cast<T*>(p.out)[out_row(k) * D + d] = from_float<T>(lsum > 0.f ? a / lsum : 0.f);
-    } else if (in_cluster) {
-      sm_acc[0][k][d] = a;  // in place: this thread alone reads or writes element (k, d)
-      if (d == 0) sm_block_m[k] = mmax, sm_block_l[k] = lsum;
-    } else {
-      const int64_t w = split * rows_total + out_row(k);
-      ws_acc[w * D + d] = a;
-      if (d == 0) {
-        ws_ml[w] = mmax;
-        ws_ml[splits * rows_total + w] = lsum;
-      }
-    }
-  }
-  if (in_cluster) cluster_merge_write<T, D>(&sm_acc[0][0][0], sm_block_m, sm_block_l, nq, splits, static_cast<T*>(p.out),
-                                            out_row);
+  const DecodePartials parts{&sm_acc[0][0][0], Q * D, &sm_m[0][0], &sm_l[0][0], sm_block_m, sm_block_l};
+  decode_block_finish<T, D>(p, parts, b, hk, qc, nq, split, splits, ws_acc, ws_ml);
 }
 
 template <typename T, int D>
@@ -304,9 +252,21 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   const int64_t work = q_chunks * p.heads_kv * p.batch;  // blocks per split (grid x), clusters on the cluster path
   if (work <= 0) return cudaSuccess;
   if (work > 0x7fffffffLL || plan.splits < 1 || plan.splits > kMaxSplits) return cudaErrorInvalidConfiguration;
-  constexpr size_t smem = DecodeConfig<T, D>::kSmemBytes;
-  cudaError_t err = cudaFuncSetAttribute(decode_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
+  // The tensor-core kernel where it exists (16-bit, head_dim 64 / 128, aligned tensors), else the CUDA-core one;
+  // both take the same grid, plan and workspace. Each keeps its own cluster-fit answers (their shared memory
+  // differs, so does the number of clusters a device holds).
+  DecodeKernel kernel = decode_kernel<T, D>;
+  size_t smem = DecodeConfig<T, D>::kSmemBytes;
+  static ClusterFitCache fit_cache, mma_fit_cache;  // one pair per (T, D)
+  ClusterFitCache* cache = &fit_cache;
+  if constexpr (sizeof(T) == 2) {
+    size_t mma_smem = 0;
+    const DecodeKernel mma = aligned && decode_mma_enabled() ? decode_mma_kernel_for<T>(D, &mma_smem) : nullptr;
+    if (mma != nullptr) kernel = mma, smem = mma_smem, cache = &mma_fit_cache;
+  }
+  cudaError_t err =
+      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int64_t rows_total = static_cast<int64_t>(p.batch) * p.q_len * p.heads_q;
   int splits = plan.splits;
@@ -317,17 +277,16 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
     ws_acc = static_cast<float*>(p.workspace);
     ws_ml = ws_acc + static_cast<int64_t>(splits) * rows_total * D;
   } else if (splits > 1 && !plan.forced) {
-    static ClusterFitCache fit_cache;  // one per kernel instantiation
-    splits = cluster_width_that_fits(reinterpret_cast<const void*>(decode_kernel<T, D>), kThreads, smem, splits, work,
-                                     fit_cache);
+    splits = cluster_width_that_fits(reinterpret_cast<const void*>(kernel), kThreads, smem, splits, work, *cache);
   }
   auto launch = [&](int n) {
-    return launch_pdl(decode_kernel<T, D>, dim3(static_cast<unsigned>(work), static_cast<unsigned>(n)),
-                      dim3(kThreads), smem, stream, plan.combine ? 1u : static_cast<unsigned>(n), p, aligned ? 1 : 0,
-                      n, static_cast<int>(q_chunks), decode_prefetch_enabled(), ws_acc, ws_ml);
+    return launch_pdl(kernel, dim3(static_cast<unsigned>(work), static_cast<unsigned>(n)), dim3(kThreads), smem,
+                      stream, plan.combine ? 1u : static_cast<unsigned>(n), p, aligned ? 1 : 0, n,
+                      static_cast<int>(q_chunks), decode_prefetch_enabled(), ws_acc, ws_ml);
   };
   if (splits > kPortableClusterWidth && plan.forced) {
-    (void)cudaFuncSetAttribute(decode_kernel<T, D>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    (void)cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeNonPortableClusterSizeAllowed,
+                               1);
   }
   err = launch(splits);
   if (err != cudaSuccess && !plan.combine && splits > kPortableClusterWidth) {

@@ -49,6 +49,14 @@ cudaError_t launch_decode(DType dtype, const AttentionParams& p, bool aligned, i
 // launch_decode_combine (attention_decode_combine.cu): merges the partials of `splits` splits into out.
 template <typename T>
 cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, DecodePlan plan, cudaStream_t stream);
+// The decode kernels' common signature: (params, aligned, splits, query chunks, L2 prefetch, workspace partials
+// (accumulators, max/sum) or nullptr). launch_decode_split launches either kernel with the same grid and plan.
+using DecodeKernel = void (*)(AttentionParams, int, int, int, bool, float*, float*);
+// The tensor-core decode kernel (attention_decode_mma.cu) for T = __half / __nv_bfloat16 and head_dim, with its
+// dynamic shared memory in *smem_bytes; nullptr for head dims it does not cover (64 and 128 only). 16-byte aligned
+// tensors only.
+template <typename T>
+DecodeKernel decode_mma_kernel_for(int head_dim, size_t* smem_bytes);
 template <typename T>
 cudaError_t launch_decode_combine(const float* ws_acc,  // [splits, rows_total, head_dim]
                                   const float* ws_ml,   // [2, splits, rows_total]: running max, then sum

@@ -18,6 +18,9 @@
 #   sanitize-small-linear-nofilter  racecheck over the small_linear tests, every kernel instrumented
 #   encoder-tests     the encoder GPU tests (defaults)
 #   encoder-bench-base  the encoder suite, bert-base, every engine, merged into a copy of the committed results
+#   gelu-tests        the layer norm / bias_gelu GPU tests (the 16-bit fast erf form among them)
+#   norm-kernel-bench the kernel bench's layer norm, bias_gelu and small_linear rows alone
+#   decode-mma-ab     decode attention, planned splits, tensor-core kernel and CUDA-core kernel (EET_HF_DECODE_MMA=0)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -104,6 +107,12 @@ for p in ${PROBES:-decode-sweep}; do
       probe decode-planned-prefetch 120 $PY scripts/sweep_decode.py --max-splits 0 --tag=-prefetch --out "$OUT"
       probe decode-planned-noprefetch 120 env EET_HF_DECODE_PREFETCH=0 $PY scripts/sweep_decode.py --max-splits 0 \
         --tag=-noprefetch --out "$OUT" ;;
+    gelu-tests) probe "$p" 240 $PY -m pytest -q tests/gpu/test_norm_gelu_cuda.py ;;
+    norm-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_norm ;;
+    decode-mma-ab)
+      probe decode-planned-mma 120 $PY scripts/sweep_decode.py --max-splits 0 --tag=-mma --out "$OUT"
+      probe decode-planned-cudacore 120 env EET_HF_DECODE_MMA=0 $PY scripts/sweep_decode.py --max-splits 0 \
+        --tag=-cudacore --out "$OUT" ;;
     decode-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only decode --json "$OUT/decode.json" ;;
     sanitize-decode) probe "$p" 300 env EET_SANITIZER_TESTS=tests/gpu/test_attention_decode_cuda.py \
         EET_SANITIZER_TIMEOUT=140 OUT="$OUT" bash tests/gpu/sanitize.sh ;;

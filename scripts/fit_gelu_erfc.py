@@ -66,5 +66,6 @@ def main() -> None:
         f32_err = np.abs(erfc_float32(z, coef) / exact - 1.0).max()
         print(f"max relative error of erfc on [0, {top}]: fit {fit_err:.3g}, float32 evaluation {f32_err:.3g}")
 
+
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from .conftest import QUICK, poison_next_alloc, quick_sample, rel_err
-from .test_attention_cuda import DTYPES, SEED, _check, _ref64, _torch_baseline
+from .test_attention_cuda import DTYPES, SEED, SLACK, _check, _ref64, _torch_baseline
 
 # ------------------------------------------------------------------------------------------------
 # Mirror of decode_plan (csrc/attention_decode.cu).
@@ -220,6 +220,30 @@ def _inputs(batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype=torch.float
     return q, k, v, bounds
 
 
+MMA_HEAD_DIMS = (64, 128)  # decode_mma_kernel_for (csrc/attention_decode_mma.cu)
+
+
+def _decode_kernel_kind(name: str) -> str | None:
+    """Which decode kernel a profiler event names: "mma" (tensor cores), "cuda-core", or None (another kernel)."""
+    if "decode_mma_kernel" in name:
+        return "mma"
+    return "cuda-core" if "decode_kernel" in name else None
+
+
+def _traced_kernels(tmp_path, fn) -> list[str]:
+    """Names of the CUDA kernels fn() launched, from a profiler trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    trace = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    names = [e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "kernel"]
+    assert names, "the profiler recorded no kernel (CUPTI unavailable?): cannot check the launch"
+    return names
+
+
 # (batch, heads_q, heads_kv, q_len, kv_len, head_dim), exact: whether grid y must equal the plan. With one
 # (batch, kv head) the launcher's cluster-fit trim cannot bite (one cluster always fits); with more it may narrow
 # the clusters on a GPU whose GPCs do not hold them all in one wave, so those rows only bound it (and print it).
@@ -252,9 +276,12 @@ def test_launched_grid_matches_plan(cuda_ops, tmp_path, shape, exact):
     prof.export_chrome_trace(str(trace))
     kernels = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "kernel"]
     assert kernels, "the profiler recorded no kernel (CUPTI unavailable?): cannot check the launch"
-    decode = [e for e in kernels if "decode_kernel" in e["name"]]
+    decode = [e for e in kernels if _decode_kernel_kind(e["name"])]
     combines = [e for e in kernels if "combine_kernel" in e["name"]]
     assert len(decode) == 1, [e["name"] for e in kernels]
+    # _inputs is fp16 with 16-byte aligned rows: the tensor-core kernel at head_dim 64 / 128, else the CUDA-core one.
+    want_kind = "mma" if shape[-1] in MMA_HEAD_DIMS else "cuda-core"
+    assert _decode_kernel_kind(decode[0]["name"]) == want_kind, decode[0]["name"]
     grid = decode[0]["args"]["grid"]
     print(f"shape {shape}: plan {splits} splits{' + combine' if combine else ''}, launched grid {grid}")
     assert len(combines) == (1 if combine else 0), f"combine kernels {len(combines)}, plan {splits, combine}"
@@ -372,3 +399,59 @@ def test_pdl_chain_in_graph_equals_synchronized_chain(cuda_ops, heads_q, heads_k
         torch.cuda.synchronize()
         assert torch.isfinite(got).all(), pos
         assert torch.equal(got, want), f"write position {pos}: the graph's PDL chain differs from the synchronized one"
+
+
+def _cuda_core_cases() -> list[dict]:
+    """16-bit cases at the tensor-core kernel's head dims, to run on the CUDA-core kernel (EET_HF_DECODE_MMA=0),
+    which still serves other head dims and unaligned tensors: GQA, q_len 1-4, left padding, a dead row."""
+    rng = random.Random(4)
+    out = []
+    for i, (shape, pad, dead) in enumerate(
+        (
+            ((1, 25, 25, 1, 2048, 64), 0, None),
+            ((2, 32, 8, 1, 1000, 128), 17, 1),
+            ((3, 8, 2, 2, 333, 64), 5, 2),
+            ((1, 4, 1, 4, 4097, 128), 0, None),
+        )
+    ):
+        out.append(_case(("fp16", "bf16")[i % 2], shape, rng=rng, left_pad=pad, dead_row=dead, tag="cuda-core"))
+    return out
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in quick_sample(_cuda_core_cases(), 2)])
+def test_cuda_core_kernel_at_tensor_core_head_dims(cuda_ops, monkeypatch, case):
+    """EET_HF_DECODE_MMA=0 keeps 16-bit decodes on the CUDA-core kernel: still right (test_attention_cuda's
+    _check: poisoned output, float64 reference, dead rows zero, two runs equal)."""
+    monkeypatch.setenv("EET_HF_DECODE_MMA", "0")
+    _check(cuda_ops, case)
+
+
+@pytest.mark.parametrize("head_dim", MMA_HEAD_DIMS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_decode_kernel_choice(cuda_ops, tmp_path, monkeypatch, dtype, head_dim):
+    """Aligned 16-bit decodes run the tensor-core kernel, EET_HF_DECODE_MMA=0 the CUDA-core one, and a misaligned
+    query (scalar loads) the CUDA-core one: the two kernels agree within their float64-checked tolerance."""
+    q, k, v, (ks, ke, qo) = _inputs(1, 8, 2, 2, 777, head_dim, dtype=dtype, seed=SEED)
+    ks[0] = 3
+
+    def run(query):
+        return cuda_ops.attention(query, k, v, ks, ke, qo, True, 0.125)
+
+    kinds = {}
+    outs = {}
+    for env in ("1", "0"):
+        monkeypatch.setenv("EET_HF_DECODE_MMA", env)
+        run(q)  # warm-up (occupancy queries)
+        names = _traced_kernels(tmp_path, lambda env=env: outs.__setitem__(env, run(q)))
+        kinds[env] = [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)]
+    assert kinds == {"1": ["mma"], "0": ["cuda-core"]}, kinds
+    ref = _ref64(q, k, v, ks, ke, qo, True, 0.125)
+    base_err = rel_err(_torch_baseline(q, k, v, ks, ke, qo, True, 0.125), ref)
+    for env, out in outs.items():
+        assert rel_err(out, ref) <= 2 * base_err + SLACK[dtype], (env, rel_err(out, ref), base_err)
+
+    monkeypatch.delenv("EET_HF_DECODE_MMA")
+    storage = torch.empty(q.numel() + 1, dtype=dtype, device="cuda")
+    q_odd = storage[1:].view(q.shape).copy_(q)  # one element off 16-byte alignment
+    names = _traced_kernels(tmp_path, lambda: run(q_odd))
+    assert [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)] == ["cuda-core"], names

@@ -1,0 +1,266 @@
+// Decode attention on tensor cores for fp16 / bf16 at head_dim 64 and 128: the blocks, splits, key chunks,
+// pipeline discipline and merge of the CUDA-core decode kernel (design in attention_decode.cu), with both products
+// on mma.sync m16n8k16 instead of per-lane FMAs and shuffles.
+//
+// Why: at batch 1 the CUDA-core kernel is bound by its own instruction chain, not by memory. Per 16 keys a warp
+// spends ~270 instructions there (unpacking, FMAs, the shuffle reductions of every dot product and of the running
+// max) at 1-2 warps per scheduler: on the H200 one split streams only ~23 GB/s per block, ~1400 cycles per
+// 64-key round (scripts/sweep_decode.py, 2026-12-02). Here the same 16 keys cost 2 x D/16 mma for S = Q K^T,
+// D/8 for O += P V, a few ldmatrix, and a softmax on the 4 lanes that hold each row.
+//
+// Tile: the block's query vectors (at most kQPerBlock: the GQA group x query rows) are rows 0..nq-1 of the
+// 16-row A operand; the other rows are zero and their results ignored (the tensor cores have the time: what bounds
+// a decode is bytes and instruction latency). Each warp streams its own 16-key steps (warp w takes keys
+// cr.lo + (r * kWarps + w) * 16 .. + 15 in round r) through its own shared-memory stages with cp.async, kStages - 1
+// steps ahead; a warp syncs only with itself (__syncwarp after its wait, for the other lanes' copies). Rows are
+// padded to D + 8 elements so that ldmatrix is conflict-free. Keys past the chunk's end are zero-filled, never left
+// stale: a zero probability times a stale NaN would still poison O. The warps' partials land in their own (then
+// idle) stages and decode_block_finish merges them as for the CUDA-core kernel.
+//
+// Only 16-byte aligned tensors come here (the launcher keeps the others on the CUDA-core kernel's scalar path).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "attention_common.cuh"
+#include "attention_decode.cuh"
+#include "attention_decode_finish.cuh"
+#include "attention_kernels.h"
+#include "attention_ptx.cuh"
+#include "common.cuh"
+
+namespace eet {
+namespace attn {
+namespace {
+
+template <int D>
+struct MmaDecodeConfig {
+  static constexpr int kKeys = 16;                          // keys per warp step: one k-step of P V
+  static constexpr int kRound = kWarps * kKeys;             // keys a block consumes per round
+  static constexpr int kStride = D + 8;                     // shared row stride (elements): conflict-free ldmatrix
+  static constexpr int kStages = D <= 64 ? 5 : 3;           // 64 keys ahead per warp at d64, 32 at d128: 16 KB
+  static constexpr int kStageElems = 2 * kKeys * kStride;   // K rows, then V rows
+  static constexpr int kWarpElems = kStages * kStageElems;  // one warp's stages
+  static constexpr size_t kSmemBytes = static_cast<size_t>(kWarps) * kWarpElems * 2;  // 16-bit elements
+  static constexpr int kKT = D / 16;                        // k-steps of S = Q K^T
+  static constexpr int kAcc = kKT / 2;                      // independent S accumulators: halves the mma chain
+  static constexpr int kDT = D / 8;                         // n-tiles of O
+  static_assert(kKT % 2 == 0, "head_dim must be a multiple of 32");
+  static_assert(kQPerBlock <= 8, "query vectors must fit the lanes' rows 0..7 of the A operand");
+  // The warps' partials (kQPerBlock x D floats) reuse a warp's stages once its loop is done.
+  static_assert(kQPerBlock * D * 4 <= kWarpElems * 2, "partials must fit a warp's stages");
+};
+
+// Grid and parameters as decode_kernel (attention_decode_split.cu); aligned_flag is always 1 here.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    decode_mma_kernel(const AttentionParams p, const int /*aligned_flag*/, const int splits, const int q_chunks,
+                      const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+  using C = MmaDecodeConfig<D>;
+  constexpr int kKeys = C::kKeys, kStride = C::kStride, kStages = C::kStages, KT = C::kKT, DT = C::kDT;
+  constexpr int A = C::kAcc, Q = kQPerBlock;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+
+  __shared__ float sm_m[kWarps * Q], sm_l[kWarps * Q];
+  __shared__ float sm_block_m[Q], sm_block_l[Q];
+  extern __shared__ uint4 smem_raw[];
+  T* const pipe = reinterpret_cast<T*>(smem_raw);
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int g = lane >> 2;   // the A / C fragment row this lane holds (and g + 8, always padding here)
+  const int tig = lane & 3;  // thread in group: its column pair
+
+  int64_t idx = blockIdx.x;
+  const int qc = static_cast<int>(idx % q_chunks);
+  idx /= q_chunks;
+  const int hk = static_cast<int>(idx % p.heads_kv);
+  const int b = static_cast<int>(idx / p.heads_kv);
+  const int split = static_cast<int>(blockIdx.y);
+
+  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
+  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
+
+  pdl_trigger();  // as decode_kernel: dependents may be scheduled; they wait for this grid in their pdl_wait
+  if (prefetch) prefetch_chunk_start<T, D, kKeys>(p, kb, vb, split, splits, (kStages - 1) * C::kRound);
+  pdl_wait();
+
+  const int group_size = p.heads_q / p.heads_kv;
+  const int nq = min(Q, group_size * p.q_len - qc * Q);  // query vectors of this block, >= 1
+  const ChunkRange cr = chunk_range<kKeys>(p, b, split, splits);
+
+  // Row g's query vector as A fragments (k-step ks: columns ks*16 + 2*tig, +1 and ks*16 + 8 + 2*tig, +1), and the
+  // last key it may see. Rows nq..15 stay zero.
+  const bool row_ok = g < nq;
+  uint32_t qf[KT][2];
+  int lim;
+  {
+    const int qi = qc * Q + (row_ok ? g : 0);
+    const int hig = qi / p.q_len;
+    const int row = qi - hig * p.q_len;
+    const T* qp = static_cast<const T*>(p.q) + b * p.q_stride_b + (hk * group_size + hig) * p.q_stride_h +
+                  row * p.q_stride_s;
+    long long l = p.causal ? cr.qo + row : static_cast<long long>(p.kv_len);
+    lim = static_cast<int>(l < -1 ? -1 : (l > p.kv_len ? p.kv_len : l));
+#pragma unroll
+    for (int ks = 0; ks < KT; ++ks) {
+      qf[ks][0] = row_ok ? __ldg(reinterpret_cast<const unsigned*>(qp + ks * 16 + 2 * tig)) : 0u;
+      qf[ks][1] = row_ok ? __ldg(reinterpret_cast<const unsigned*>(qp + ks * 16 + 8 + 2 * tig)) : 0u;
+    }
+  }
+  const float scale_log2 = p.scale * kLog2e;
+
+  float o[DT][4];  // elements 0, 1: row g, dims dt*8 + 2*tig, +1 (2, 3: padding rows)
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  float m_row = -INFINITY;  // row g's running max (log2 domain), the same in the 4 lanes of its quad
+  float l_part = 0.f;       // this lane's share of row g's sum
+
+  T* const my_pipe = pipe + warp * C::kWarpElems;
+  const int base0 = cr.lo + warp * kKeys;
+  const int rounds = cr.hi > base0 ? (cr.hi - base0 + C::kRound - 1) / C::kRound : 0;  // warp-uniform
+  auto issue = [&](int r) {
+    if (r < rounds) {
+      T* sk = my_pipe + (r % kStages) * C::kStageElems;
+      T* sv = sk + kKeys * kStride;
+      const int base = base0 + r * C::kRound;
+#pragma unroll
+      for (int it = 0; it < kKeys * kChunks / 32; ++it) {
+        const int i = lane + it * 32;
+        const int row = i / kChunks;
+        const int c = i - row * kChunks;
+        const int j = base + row;
+        T* kd = sk + row * kStride + c * 8;
+        T* vd = sv + row * kStride + c * 8;
+        if (j < cr.hi) {
+          cp_async_16(kd, kb + static_cast<int64_t>(j) * p.k_stride_s + c * 8);
+          cp_async_16(vd, vb + static_cast<int64_t>(j) * p.v_stride_s + c * 8);
+        } else {
+          *reinterpret_cast<uint4*>(kd) = make_uint4(0u, 0u, 0u, 0u);
+          *reinterpret_cast<uint4*>(vd) = make_uint4(0u, 0u, 0u, 0u);
+        }
+      }
+    }
+    cp_async_commit();  // possibly empty: keeps one group per round
+  };
+#pragma unroll
+  for (int r = 0; r < kStages - 1; ++r) issue(r);
+
+  for (int r = 0; r < rounds; ++r) {
+    __syncwarp();                  // every lane is done with round r - 1's stage, which this issue refills
+    issue(r + kStages - 1);
+    cp_async_wait<kStages - 1>();  // this lane's copies of round r have landed ...
+    __syncwarp();                  // ... and so have the other lanes' (and their zero fills)
+    const T* sk = my_pipe + (r % kStages) * C::kStageElems;
+    const T* sv = sk + kKeys * kStride;
+    const int base = base0 + r * C::kRound;
+
+    // S = Q K^T over the step's 16 keys (n-tiles 0, 1), the k-steps spread over A accumulators.
+    float sa[A][2][4];
+#pragma unroll
+    for (int a = 0; a < A; ++a)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) sa[a][nt][0] = sa[a][nt][1] = sa[a][nt][2] = sa[a][nt][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KT; ++ks) {
+      uint32_t bk[4];
+      // matrices: (keys 0..7, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +0..7), (keys 8..15, d +8..15)
+      ldmatrix_x4(bk, sk + ((lane >> 4) * 8 + (lane & 7)) * kStride + ks * 16 + ((lane >> 3) & 1) * 8);
+      const uint32_t af[4] = {qf[ks][0], 0u, qf[ks][1], 0u};
+      mma_16816<T>(sa[ks % A][0], af, bk[0], bk[1]);
+      mma_16816<T>(sa[ks % A][1], af, bk[2], bk[3]);
+    }
+
+    // Row g: scale to log2 units, mask, online softmax over the quad's 4 lanes (2 keys per lane per n-tile).
+    float s[2][2];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float v = sa[0][nt][e];
+#pragma unroll
+        for (int a = 1; a < A; ++a) v += sa[a][nt][e];
+        const int j = base + nt * 8 + 2 * tig + e;
+        s[nt][e] = row_ok && j < cr.hi && j <= lim ? v * scale_log2 : -INFINITY;
+        mx = fmaxf(mx, s[nt][e]);
+      }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_row, mx);
+    const float m_use = softmax_offset(m_new);  // nothing visible yet: exp2(-inf - 0) = 0
+    const float alpha = fast_exp2(m_row - m_use);
+    m_row = m_new;
+    float rs = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = fast_exp2(s[nt][e] - m_use);
+        rs += s[nt][e];
+      }
+    }
+    l_part = l_part * alpha + rs;
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+      o[dt][0] *= alpha;
+      o[dt][1] *= alpha;
+    }
+
+    // O += P V: the probabilities of n-tiles 0, 1 are the A fragment of the step's one k-step (rows 8..15 zero).
+    const uint32_t pf[4] = {pack2<T>(s[0][0], s[0][1]), 0u, pack2<T>(s[1][0], s[1][1]), 0u};
+#pragma unroll
+    for (int dp = 0; dp < DT / 2; ++dp) {
+      uint32_t bv[4];
+      // matrices: (keys 0..7, d +0..7), (keys 8..15, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +8..15)
+      ldmatrix_x4_trans(bv, sv + (((lane >> 3) & 1) * 8 + (lane & 7)) * kStride + dp * 16 + (lane >> 4) * 8);
+      mma_16816<T>(o[2 * dp], pf, bv[0], bv[1]);
+      mma_16816<T>(o[2 * dp + 1], pf, bv[2], bv[3]);
+    }
+  }
+
+  // This warp's partial into its own stages (its copies are all done, its lanes past their last ldmatrix).
+  cp_async_wait_all();
+  __syncwarp();
+  float l_row = l_part;
+  l_row += __shfl_xor_sync(0xffffffffu, l_row, 1);
+  l_row += __shfl_xor_sync(0xffffffffu, l_row, 2);
+  float* const parts = reinterpret_cast<float*>(pipe);
+  constexpr int kWarpFloats = C::kWarpElems / 2;
+  if (row_ok) {
+    float* acc = parts + warp * kWarpFloats + g * D;
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+      acc[dt * 8 + 2 * tig] = o[dt][0];
+      acc[dt * 8 + 2 * tig + 1] = o[dt][1];
+    }
+    if (tig == 0) {
+      sm_m[warp * Q + g] = m_row;
+      sm_l[warp * Q + g] = l_row;
+    }
+  }
+  const DecodePartials partials{parts, kWarpFloats, sm_m, sm_l, sm_block_m, sm_block_l};
+  decode_block_finish<T, D>(p, partials, b, hk, qc, nq, split, splits, ws_acc, ws_ml);
+}
+
+}  // namespace
+
+template <typename T>
+DecodeKernel decode_mma_kernel_for(int head_dim, size_t* smem_bytes) {
+  switch (head_dim) {
+    case 64: *smem_bytes = MmaDecodeConfig<64>::kSmemBytes; return decode_mma_kernel<T, 64>;
+    case 128: *smem_bytes = MmaDecodeConfig<128>::kSmemBytes; return decode_mma_kernel<T, 128>;
+    default: return nullptr;  // the CUDA-core kernel covers every other head dim
+  }
+}
+
+template DecodeKernel decode_mma_kernel_for<__half>(int head_dim, size_t* smem_bytes);
+template DecodeKernel decode_mma_kernel_for<__nv_bfloat16>(int head_dim, size_t* smem_bytes);
+
+}  // namespace attn
+}  // namespace eet
