@@ -18,8 +18,15 @@
 namespace eet {
 namespace {
 
-constexpr int kMaxThreads = 256;
-constexpr int kRowsPerThread = 4;
+// Overridable at compile time for scripts/harness_bias_gelu.cu, which times other block shapes.
+#ifndef EET_GELU_THREADS
+#define EET_GELU_THREADS 256
+#endif
+#ifndef EET_GELU_ROWS_PER_THREAD
+#define EET_GELU_ROWS_PER_THREAD 4
+#endif
+constexpr int kMaxThreads = EET_GELU_THREADS;
+constexpr int kRowsPerThread = EET_GELU_ROWS_PER_THREAD;
 constexpr int64_t kMaxGridY = 65535;  // hardware limit of gridDim.y; the kernel strides over more rows
 
 // gelu with the tanh approximation, written as h * sigmoid(2u): the same function as

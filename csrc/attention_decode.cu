@@ -58,11 +58,15 @@ namespace attn {
 DecodePlan decode_plan(const AttentionParams& p, int num_sms) {
   DecodePlan plan{1, false, false};
   if (p.heads_kv <= 0 || p.batch <= 0 || p.q_len <= 0) return plan;
-  // EET_HF_DECODE_SPLITS=s (read per call) forces s cluster splits, 1..kMaxClusterSplits: for
-  // scripts/sweep_decode.py only, which times every split count to check this rule.
+  // EET_HF_DECODE_SPLITS=s (read per call) forces s cluster splits, 1..kMaxClusterSplits, and =c<s> s splits on the
+  // combine path (workspace + combine kernel), 1..kMaxSplits: for scripts/sweep_decode.py only, which times every
+  // split count to check this rule.
   if (const char* forced = std::getenv("EET_HF_DECODE_SPLITS")) {
-    const int s = std::atoi(forced);
-    plan.splits = s < 1 ? 1 : (s > kMaxClusterSplits ? kMaxClusterSplits : s);
+    const bool combine = forced[0] == 'c';
+    const int s = std::atoi(forced + (combine ? 1 : 0));
+    const int cap = combine ? kMaxSplits : kMaxClusterSplits;
+    plan.splits = s < 1 ? 1 : (s > cap ? cap : s);
+    plan.combine = combine;
     plan.forced = true;
     return plan;
   }

@@ -21,6 +21,8 @@
 #   gelu-tests        the layer norm / bias_gelu GPU tests (the 16-bit fast erf form among them)
 #   norm-kernel-bench the kernel bench's layer norm, bias_gelu and small_linear rows alone
 #   decode-mma-ab     decode attention, planned splits, tensor-core kernel and CUDA-core kernel (EET_HF_DECODE_MMA=0)
+#   decode-combine-sweep  decode attention on the combine path (no cluster) for 2..32 splits, next to the cluster ones
+#   gelu-block-sweep  bias_gelu alone (scripts/harness_bias_gelu.cu) at several rows-per-thread / threads-per-block
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -71,7 +73,7 @@ for p in ${PROBES:-decode-sweep}; do
       tests/gpu/test_prefill_backend_cuda.py ;;
     ncu-decode)
       for shape in "25 64 2048" "32 128 2048"; do
-        probe "$p-${shape// /-}" 120 "$NCU" --clock-control none --kernel-name regex:decode_kernel --launch-skip 2 \
+        probe "$p-${shape// /-}" 120 "$NCU" --clock-control none --kernel-name 'regex:decode_(mma_)?kernel' --launch-skip 2 \
           --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats \
           --section Occupancy --section WarpStateStats --section SchedulerStats \
           --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' $PY -c "$ONE_DECODE" $shape
@@ -113,6 +115,20 @@ for p in ${PROBES:-decode-sweep}; do
       probe decode-planned-mma 120 $PY scripts/sweep_decode.py --max-splits 0 --tag=-mma --out "$OUT"
       probe decode-planned-cudacore 120 env EET_HF_DECODE_MMA=0 $PY scripts/sweep_decode.py --max-splits 0 \
         --tag=-cudacore --out "$OUT" ;;
+    decode-combine-sweep) probe "$p" 300 $PY scripts/sweep_decode.py --combine-splits 32 --tag=-combine --out "$OUT" ;;
+    gelu-block-sweep)
+      for shape in "4 256" "1 256" "2 256" "8 256" "4 128" "4 512" "2 512"; do
+        set -- $shape
+        timeout 120 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_GELU_ROWS_PER_THREAD=$1 \
+          -DEET_GELU_THREADS=$2 -o "$OUT/gelu-r$1-t$2" scripts/harness_bias_gelu.cu csrc/activation.cu \
+          >"$OUT/gelu-build-r$1-t$2.log" 2>&1 &
+      done
+      wait  # the builds in parallel, the timings one at a time
+      for shape in "4 256" "1 256" "2 256" "8 256" "4 128" "4 512" "2 512"; do
+        set -- $shape
+        probe "gelu-r$1-t$2" 60 "$OUT/gelu-r$1-t$2" "r$1-t$2"
+        rm -f "$OUT/gelu-r$1-t$2"
+      done ;;
     decode-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only decode --json "$OUT/decode.json" ;;
     sanitize-decode) probe "$p" 300 env EET_SANITIZER_TESTS=tests/gpu/test_attention_decode_cuda.py \
         EET_SANITIZER_TIMEOUT=140 OUT="$OUT" bash tests/gpu/sanitize.sh ;;
