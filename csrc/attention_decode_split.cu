@@ -252,16 +252,22 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   const int64_t work = q_chunks * p.heads_kv * p.batch;  // blocks per split (grid x), clusters on the cluster path
   if (work <= 0) return cudaSuccess;
   if (work > 0x7fffffffLL || plan.splits < 1 || plan.splits > kMaxSplits) return cudaErrorInvalidConfiguration;
-  // The tensor-core kernel where it exists (16-bit, head_dim 64 / 128, aligned tensors), else the CUDA-core one;
-  // both take the same grid, plan and workspace. Each keeps its own cluster-fit answers (their shared memory
-  // differs, so does the number of clusters a device holds).
+  // The tensor-core kernel where it exists (16-bit, head_dim 64 / 128, aligned tensors) and pays, else the CUDA-core
+  // one; both take the same grid, plan and workspace. Each keeps its own cluster-fit answers (their shared memory
+  // differs, so does the number of clusters a device holds). Where it pays, on the H200 (scripts/sweep_decode.py,
+  // 2026-12-03): a block that streams a split of the keys for one query vector runs 1.3-1.6x faster on it (so
+  // batch-1 decodes gain 2-9% at the planned split), and a block serving several query vectors (GQA, several rows)
+  // saves the CUDA-core kernel's per-vector FMAs; but one query vector over a whole context per block (splits = 1:
+  // many sequences and heads, bandwidth-bound) ran 3-4% slower there (bs8 h25 ctx2048: 34.6 vs 33.3 us).
   DecodeKernel kernel = decode_kernel<T, D>;
   size_t smem = DecodeConfig<T, D>::kSmemBytes;
   static ClusterFitCache fit_cache, mma_fit_cache;  // one pair per (T, D)
   ClusterFitCache* cache = &fit_cache;
   if constexpr (sizeof(T) == 2) {
+    const bool pays = plan.splits > 1 || (p.heads_q / p.heads_kv) * p.q_len > 1;
     size_t mma_smem = 0;
-    const DecodeKernel mma = aligned && decode_mma_enabled() ? decode_mma_kernel_for<T>(D, &mma_smem) : nullptr;
+    const DecodeKernel mma =
+        aligned && pays && decode_mma_enabled() ? decode_mma_kernel_for<T>(D, &mma_smem) : nullptr;
     if (mma != nullptr) kernel = mma, smem = mma_smem, cache = &mma_fit_cache;
   }
   cudaError_t err =

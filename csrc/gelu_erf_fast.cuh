@@ -1,6 +1,7 @@
 // Exact (erf) gelu for 16-bit tensors without libdevice's erff: used by the bias_gelu kernel (activation.cu) for
-// fp16 / bf16, where erff's two-branch polynomial made the kernel compute-bound (59-68% of the copy ceiling on the
-// H200, against 75-86% for the tanh form with the hardware exp2). fp32 tensors keep erff.
+// fp16 / bf16, branch-free, and more accurate than torch's fp32 formula in the negative tail. On the H200 it alone
+// did not speed the kernel up (2.52 -> 2.57 TB/s at 8192 x 3072): the block shape did (activation.cu). fp32 tensors
+// keep erff.
 #pragma once
 
 #include "common.cuh"

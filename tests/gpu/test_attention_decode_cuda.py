@@ -230,6 +230,13 @@ def _decode_kernel_kind(name: str) -> str | None:
     return "cuda-core" if "decode_kernel" in name else None
 
 
+def _tensor_cores_pay(shape: tuple, splits: int) -> bool:
+    """Mirror of the kernel choice in launch_decode_d (csrc/attention_decode_split.cu) for an aligned 16-bit decode:
+    tensor cores at their head dims unless one query vector per block streams a whole context (one split)."""
+    _batch, heads_q, heads_kv, q_len, _kv_len, head_dim = shape
+    return head_dim in MMA_HEAD_DIMS and (splits > 1 or heads_q // heads_kv * q_len > 1)
+
+
 def _traced_kernels(tmp_path, fn) -> list[str]:
     """Names of the CUDA kernels fn() launched, from a profiler trace."""
     from torch.profiler import ProfilerActivity, profile
@@ -279,8 +286,8 @@ def test_launched_grid_matches_plan(cuda_ops, tmp_path, shape, exact):
     decode = [e for e in kernels if _decode_kernel_kind(e["name"])]
     combines = [e for e in kernels if "combine_kernel" in e["name"]]
     assert len(decode) == 1, [e["name"] for e in kernels]
-    # _inputs is fp16 with 16-byte aligned rows: the tensor-core kernel at head_dim 64 / 128, else the CUDA-core one.
-    want_kind = "mma" if shape[-1] in MMA_HEAD_DIMS else "cuda-core"
+    # _inputs is fp16 with 16-byte aligned rows: the tensor-core kernel at head_dim 64 / 128 where it pays.
+    want_kind = "mma" if _tensor_cores_pay(shape, splits) else "cuda-core"
     assert _decode_kernel_kind(decode[0]["name"]) == want_kind, decode[0]["name"]
     grid = decode[0]["args"]["grid"]
     print(f"shape {shape}: plan {splits} splits{' + combine' if combine else ''}, launched grid {grid}")

@@ -278,3 +278,16 @@ def test_exact_gelu_within_one_ulp_over_every_input(cuda_ops, dtype):
     assert torch.isfinite(out).all() and off.max() <= 1, (
         f"gelu({x[worst].item()}) = {out[worst].item()}, exact {truth[worst].item()} ({int(off.max())} units)"
     )
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_bias_gelu_rows_past_the_grid_limit(cuda_ops, dtype, approximate):
+    """More row groups than grid y holds (65535): blocks stride over the rest, and every row is written."""
+    gen = torch.Generator(device="cuda").manual_seed(SEED)
+    rows, cols = 65535 * 2 + 7, 24
+    x = _randn((rows, cols), dtype, gen, scale=3.0)
+    b = _randn((cols,), dtype, gen)
+    poison_next_alloc(x.numel(), dtype)
+    out = cuda_ops.bias_gelu(x, b, approximate)
+    _check(out, reference.bias_gelu(x, b, approximate), _gelu64(x, b, approximate), f"bias_gelu[{approximate}] rows")
