@@ -6,7 +6,8 @@
 // spends ~270 instructions there (unpacking, FMAs, the shuffle reductions of every dot product and of the running
 // max) at 1-2 warps per scheduler: on the H200 one split streams only ~23 GB/s per block, ~1400 cycles per
 // 64-key round (scripts/sweep_decode.py, 2026-12-02). Here the same 16 keys cost 2 x D/16 mma for S = Q K^T,
-// D/8 for O += P V, a few ldmatrix, and a softmax on the 4 lanes that hold each row.
+// 2 x D/8 for O += P V (P in two 16-bit parts: fp32-like precision), a few ldmatrix, and a softmax on the 4 lanes
+// that hold each row.
 //
 // Tile: the block's query vectors (at most kQPerBlock: the GQA group x query rows) are rows 0..nq-1 of the
 // 16-row A operand; the other rows are zero and their results ignored (the tensor cores have the time: what bounds
@@ -212,15 +213,26 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       o[dt][1] *= alpha;
     }
 
-    // O += P V: the probabilities of n-tiles 0, 1 are the A fragment of the step's one k-step (rows 8..15 zero).
-    const uint32_t pf[4] = {pack2<T>(s[0][0], s[0][1]), 0u, pack2<T>(s[1][0], s[1][1]), 0u};
+    // O += P V: the probabilities of n-tiles 0, 1 are the A fragment of the step's one k-step (rows 8..15 zero),
+    // split into a 16-bit high part and the 16-bit rest, two mma each, so that P keeps ~fp32 precision as in the
+    // CUDA-core kernel. One rounding of P to fp16 (what flash does) was measured on the H200 to flip greedy tokens of
+    // small fp16 Llama / Mistral models more often than HF's eager path does (29 of 32 prompts agreeing with sdpa
+    // against eager's 31, test_generic_greedy_agreement); the extra mma cost little where latency, not the tensor
+    // cores, bounds the kernel.
+    const uint32_t hi0 = pack2<T>(s[0][0], s[0][1]), hi1 = pack2<T>(s[1][0], s[1][1]);
+    const float2 back0 = unpack2<T>(hi0), back1 = unpack2<T>(hi1);
+    const uint32_t ph[4] = {hi0, 0u, hi1, 0u};
+    const uint32_t pl[4] = {pack2<T>(s[0][0] - back0.x, s[0][1] - back0.y), 0u,
+                            pack2<T>(s[1][0] - back1.x, s[1][1] - back1.y), 0u};
 #pragma unroll
     for (int dp = 0; dp < DT / 2; ++dp) {
       uint32_t bv[4];
       // matrices: (keys 0..7, d +0..7), (keys 8..15, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +8..15)
       ldmatrix_x4_trans(bv, sv + (((lane >> 3) & 1) * 8 + (lane & 7)) * kStride + dp * 16 + (lane >> 4) * 8);
-      mma_16816<T>(o[2 * dp], pf, bv[0], bv[1]);
-      mma_16816<T>(o[2 * dp + 1], pf, bv[2], bv[3]);
+      mma_16816<T>(o[2 * dp], ph, bv[0], bv[1]);
+      mma_16816<T>(o[2 * dp + 1], ph, bv[2], bv[3]);
+      mma_16816<T>(o[2 * dp], pl, bv[0], bv[1]);
+      mma_16816<T>(o[2 * dp + 1], pl, bv[2], bv[3]);
     }
   }
 
