@@ -69,7 +69,8 @@ torch.cuda.synchronize()'
 for p in ${PROBES:-decode-sweep}; do
   case $p in
     decode-sweep) probe "$p" 240 $PY scripts/sweep_decode.py --out "$OUT" ;;
-    decode-tests) probe "$p" 300 $PY -m pytest -q tests/gpu/test_attention_decode_cuda.py tests/gpu/test_attention_cuda.py \
+    decode-tests) probe "$p" 300 $PY -m pytest -q tests/gpu/test_attention_decode_cuda.py \
+      tests/gpu/test_attention_decode_launch_cuda.py tests/gpu/test_attention_cuda.py \
       tests/gpu/test_prefill_backend_cuda.py ;;
     ncu-decode)
       for shape in "25 64 2048" "32 128 2048"; do

@@ -3,15 +3,14 @@ fallback for long contexts, and programmatic dependent launch.
 
 `decode_plan` below mirrors decode_plan in csrc/attention_decode.cu (constants from attention_decode.cuh): keep the
 two in step. The cases are built so that the mirror lands on every cluster size 1..8 and 16 and on the combine path
-(asserted per case), and test_launched_grid_matches_plan checks the mirror against what the kernel really launched
-(grid y = splits, a combine kernel or none) from a profiler trace. Every case goes through test_attention_cuda's
-_check: outputs allocated over NaN-poisoned memory, compared with a float64 reference at flash-attention's
-tolerance, rows that see no key exactly zero, two runs bit-identical.
+(asserted per case), and test_attention_decode_launch_cuda checks the mirror against what really launched (grid y =
+splits, a combine kernel or none, which of the two decode kernels) from profiler traces. Every case goes through
+test_attention_cuda's _check: outputs allocated over NaN-poisoned memory, compared with a float64 reference at
+flash-attention's tolerance, rows that see no key exactly zero, two runs bit-identical.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from .conftest import QUICK, poison_next_alloc, quick_sample, rel_err
-from .test_attention_cuda import DTYPES, SEED, SLACK, _check, _ref64, _torch_baseline
+from .test_attention_cuda import DTYPES, SEED, _check, _ref64, _torch_baseline
 
 # ------------------------------------------------------------------------------------------------
 # Mirror of decode_plan (csrc/attention_decode.cu).
@@ -220,84 +219,6 @@ def _inputs(batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype=torch.float
     return q, k, v, bounds
 
 
-MMA_HEAD_DIMS = (64, 128)  # decode_mma_kernel_for (csrc/attention_decode_mma.cu)
-
-
-def _decode_kernel_kind(name: str) -> str | None:
-    """Which decode kernel a profiler event names: "mma" (tensor cores), "cuda-core", or None (another kernel)."""
-    if "decode_mma_kernel" in name:
-        return "mma"
-    return "cuda-core" if "decode_kernel" in name else None
-
-
-def _tensor_cores_pay(shape: tuple, splits: int) -> bool:
-    """Mirror of the kernel choice in launch_decode_d (csrc/attention_decode_split.cu) for an aligned 16-bit decode:
-    tensor cores at their head dims unless one query vector per block streams a whole context (one split)."""
-    _batch, heads_q, heads_kv, q_len, _kv_len, head_dim = shape
-    return head_dim in MMA_HEAD_DIMS and (splits > 1 or heads_q // heads_kv * q_len > 1)
-
-
-def _traced_kernels(tmp_path, fn) -> list[str]:
-    """Names of the CUDA kernels fn() launched, from a profiler trace."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    trace = tmp_path / "trace.json"
-    prof.export_chrome_trace(str(trace))
-    names = [e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "kernel"]
-    assert names, "the profiler recorded no kernel (CUPTI unavailable?): cannot check the launch"
-    return names
-
-
-# (batch, heads_q, heads_kv, q_len, kv_len, head_dim), exact: whether grid y must equal the plan. With one
-# (batch, kv head) the launcher's cluster-fit trim cannot bite (one cluster always fits); with more it may narrow
-# the clusters on a GPU whose GPCs do not hold them all in one wave, so those rows only bound it (and print it).
-LAUNCH_SHAPES = [((1, 1, 1, 1, 64 * s, 64), True) for s in CLUSTER_SIZES] + [
-    ((1, 4, 1, 1, 128 * 5, 32), True),  # d32: 128-key rounds, 5 splits
-    ((1, 4, 1, 1, 16368, 64), True),  # capped at 16 below the combine threshold
-    ((1, 4, 1, 1, 16384, 64), True),  # combine, 128 splits
-    ((1, 12, 12, 1, 128, 64), False),  # GPT-2 decode step: 2 splits
-    ((1, 12, 12, 1, 256, 64), False),  # 4
-    ((1, 25, 25, 1, 2048, 64), False),  # bench decode/bs1/h25/d64/ctx2048
-    ((1, 32, 32, 1, 4096, 128), False),  # bench decode/bs1/h32/d128/ctx4096
-    ((8, 32, 32, 1, 4096, 128), False),  # bs8: one split
-]
-
-
-@pytest.mark.parametrize("shape,exact", [pytest.param(s, e, id="-".join(map(str, s))) for s, e in LAUNCH_SHAPES])
-def test_launched_grid_matches_plan(cuda_ops, tmp_path, shape, exact):
-    """What really ran, from a profiler trace: decode_kernel's grid y is the split count, and a combine kernel
-    follows exactly on the combine path."""
-    from torch.profiler import ProfilerActivity, profile
-
-    splits, combine = decode_plan(*shape)
-    q, k, v, (ks, ke, qo) = _inputs(*shape)
-    cuda_ops.attention(q, k, v, ks, ke, qo, True, 0.125)  # warm-up: build, occupancy queries
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        cuda_ops.attention(q, k, v, ks, ke, qo, True, 0.125)
-        torch.cuda.synchronize()
-    trace = tmp_path / "trace.json"
-    prof.export_chrome_trace(str(trace))
-    kernels = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "kernel"]
-    assert kernels, "the profiler recorded no kernel (CUPTI unavailable?): cannot check the launch"
-    decode = [e for e in kernels if _decode_kernel_kind(e["name"])]
-    combines = [e for e in kernels if "combine_kernel" in e["name"]]
-    assert len(decode) == 1, [e["name"] for e in kernels]
-    # _inputs is fp16 with 16-byte aligned rows: the tensor-core kernel at head_dim 64 / 128 where it pays.
-    want_kind = "mma" if _tensor_cores_pay(shape, splits) else "cuda-core"
-    assert _decode_kernel_kind(decode[0]["name"]) == want_kind, decode[0]["name"]
-    grid = decode[0]["args"]["grid"]
-    print(f"shape {shape}: plan {splits} splits{' + combine' if combine else ''}, launched grid {grid}")
-    assert len(combines) == (1 if combine else 0), f"combine kernels {len(combines)}, plan {splits, combine}"
-    if exact or combine:
-        assert grid[1] == splits, f"grid {grid}, plan {splits} (16 needs the non-portable cluster size)"
-    else:
-        assert 1 <= grid[1] <= splits, f"grid {grid}, plan {splits}"
-
-
 @pytest.mark.parametrize(
     "shape",
     [(1, 4, 1, 1, 1024, 256), (1, 8, 1, 8, 64 * 3, 128), (2, 16, 2, 2, 64 * 8 - 5, 64), (1, 4, 1, 1, 16384, 64)],
@@ -406,60 +327,3 @@ def test_pdl_chain_in_graph_equals_synchronized_chain(cuda_ops, heads_q, heads_k
         torch.cuda.synchronize()
         assert torch.isfinite(got).all(), pos
         assert torch.equal(got, want), f"write position {pos}: the graph's PDL chain differs from the synchronized one"
-
-
-def _cuda_core_cases() -> list[dict]:
-    """16-bit cases at the tensor-core kernel's head dims, to run on the CUDA-core kernel (EET_HF_DECODE_MMA=0),
-    which still serves other head dims and unaligned tensors: GQA, q_len 1-4, left padding, a dead row."""
-    rng = random.Random(4)
-    out = []
-    for i, (shape, pad, dead) in enumerate(
-        (
-            ((1, 25, 25, 1, 2048, 64), 0, None),
-            ((2, 32, 8, 1, 1000, 128), 17, 1),
-            ((3, 8, 2, 2, 333, 64), 5, 2),
-            ((1, 4, 1, 4, 4097, 128), 0, None),
-        )
-    ):
-        out.append(_case(("fp16", "bf16")[i % 2], shape, rng=rng, left_pad=pad, dead_row=dead, tag="cuda-core"))
-    return out
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in quick_sample(_cuda_core_cases(), 2)])
-def test_cuda_core_kernel_at_tensor_core_head_dims(cuda_ops, monkeypatch, case):
-    """EET_HF_DECODE_MMA=0 keeps 16-bit decodes on the CUDA-core kernel: still right (test_attention_cuda's
-    _check: poisoned output, float64 reference, dead rows zero, two runs equal)."""
-    monkeypatch.setenv("EET_HF_DECODE_MMA", "0")
-    _check(cuda_ops, case)
-
-
-@pytest.mark.parametrize("head_dim", MMA_HEAD_DIMS)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_launched_decode_kernel_choice(cuda_ops, tmp_path, monkeypatch, dtype, head_dim):
-    """(Profiler trace: "launched", so the sanitizer leaves it out.) Aligned 16-bit decodes with several query vectors
-    per block run the tensor-core kernel, EET_HF_DECODE_MMA=0 the CUDA-core one, and a misaligned
-    query (scalar loads) the CUDA-core one: the two kernels agree within their float64-checked tolerance."""
-    q, k, v, (ks, ke, qo) = _inputs(1, 8, 2, 2, 777, head_dim, dtype=dtype, seed=SEED)
-    ks[0] = 3
-
-    def run(query):
-        return cuda_ops.attention(query, k, v, ks, ke, qo, True, 0.125)
-
-    kinds = {}
-    outs = {}
-    for env in ("1", "0"):
-        monkeypatch.setenv("EET_HF_DECODE_MMA", env)
-        run(q)  # warm-up (occupancy queries)
-        names = _traced_kernels(tmp_path, lambda env=env: outs.__setitem__(env, run(q)))
-        kinds[env] = [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)]
-    assert kinds == {"1": ["mma"], "0": ["cuda-core"]}, kinds
-    ref = _ref64(q, k, v, ks, ke, qo, True, 0.125)
-    base_err = rel_err(_torch_baseline(q, k, v, ks, ke, qo, True, 0.125), ref)
-    for env, out in outs.items():
-        assert rel_err(out, ref) <= 2 * base_err + SLACK[dtype], (env, rel_err(out, ref), base_err)
-
-    monkeypatch.delenv("EET_HF_DECODE_MMA")
-    storage = torch.empty(q.numel() + 1, dtype=dtype, device="cuda")
-    q_odd = storage[1:].view(q.shape).copy_(q)  # one element off 16-byte alignment
-    names = _traced_kernels(tmp_path, lambda: run(q_odd))
-    assert [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)] == ["cuda-core"], names
