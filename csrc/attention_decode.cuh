@@ -14,6 +14,7 @@
 #include <cstdlib>
 
 #include "attention_common.cuh"
+#include "attention_ptx.cuh"
 #include "kernels.h"
 
 namespace eet {
@@ -182,7 +183,7 @@ __device__ __forceinline__ void prefetch_chunk_start(const AttentionParams& p, c
     const int row = pc.lo + (i / kLinesPerRow) % rows;
     const T* base = i < rows * kLinesPerRow ? kb + static_cast<int64_t>(row) * p.k_stride_s
                                             : vb + static_cast<int64_t>(row) * p.v_stride_s;
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(base + line * (128 / static_cast<int>(sizeof(T)))));
+    prefetch_l2(base + line * (128 / static_cast<int>(sizeof(T))));
   }
 }
 

@@ -255,10 +255,13 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   // The tensor-core kernel where it exists (16-bit, head_dim 64 / 128, aligned tensors) and pays, else the CUDA-core
   // one; both take the same grid, plan and workspace. Each keeps its own cluster-fit answers (their shared memory
   // differs, so does the number of clusters a device holds). Where it pays, on the H200 (scripts/sweep_decode.py,
-  // 2026-12-03): a block that streams a split of the keys for one query vector runs 1.3-1.6x faster on it (so
-  // batch-1 decodes gain 2-9% at the planned split), and a block serving several query vectors (GQA, several rows)
-  // saves the CUDA-core kernel's per-vector FMAs; but one query vector over a whole context per block (splits = 1:
-  // many sequences and heads, bandwidth-bound) ran 3-4% slower there (bs8 h25 ctx2048: 34.6 vs 33.3 us).
+  // 2026-12-03): a block that streams a split of the keys for one query vector ran 1.3-1.6x faster on it (one split,
+  // batch 1, before P was split in two), which gave batch-1 d64 decodes 1-8% at the planned split (h25, 2048 keys:
+  // 8.9 -> 8.2 us) and d128 none once P V kept fp32-like precision (two mma per product); a block serving several
+  // query vectors (GQA, several rows) saves the CUDA-core kernel's per-vector FMAs (not timed separately); but one
+  // query vector over a whole
+  // context per block (splits = 1: many sequences and heads, bandwidth-bound) ran 3-4% slower (bs8 h25 ctx2048: 34.6
+  // vs 33.3 us).
   DecodeKernel kernel = decode_kernel<T, D>;
   size_t smem = DecodeConfig<T, D>::kSmemBytes;
   static ClusterFitCache fit_cache, mma_fit_cache;  // one pair per (T, D)
