@@ -259,9 +259,8 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   // batch 1, before P was split in two), which gave batch-1 d64 decodes 1-8% at the planned split (h25, 2048 keys:
   // 8.9 -> 8.2 us) and d128 none once P V kept fp32-like precision (two mma per product); a block serving several
   // query vectors (GQA, several rows) saves the CUDA-core kernel's per-vector FMAs (not timed separately); but one
-  // query vector over a whole
-  // context per block (splits = 1: many sequences and heads, bandwidth-bound) ran 3-4% slower (bs8 h25 ctx2048: 34.6
-  // vs 33.3 us).
+  // query vector over a whole context per block (splits = 1: many sequences and heads, bandwidth-bound) ran 3-4%
+  // slower (bs8 h25 ctx2048: 34.6 vs 33.3 us).
   DecodeKernel kernel = decode_kernel<T, D>;
   size_t smem = DecodeConfig<T, D>::kSmemBytes;
   static ClusterFitCache fit_cache, mma_fit_cache;  // one pair per (T, D)
