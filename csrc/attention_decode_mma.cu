@@ -11,9 +11,9 @@
 //
 // Tile: the block's query vectors (at most kQPerBlock: the GQA group x query rows) are rows 0..nq-1 of the
 // 16-row A operand; the other rows are zero and their results ignored (the tensor cores have the time: what bounds
-// a decode is bytes and instruction latency). Each warp streams its own 16-key steps (warp w takes keys
-// cr.lo + (r * kWarps + w) * 16 .. + 15 in round r) through its own shared-memory stages with cp.async, kStages - 1
-// steps ahead; a warp syncs only with itself (__syncwarp after its wait, for the other lanes' copies). Rows are
+// a decode is bytes and instruction latency). Each warp streams its own steps of kKeys keys (warp w takes keys
+// cr.lo + (r * kWarps + w) * kKeys .. + kKeys - 1 in round r) through its own shared-memory stages with cp.async,
+// kStages - 1 steps ahead; a warp syncs only with itself (__syncwarp after its wait, for the other lanes' copies). Rows are
 // padded to D + 8 elements so that ldmatrix is conflict-free. Keys past the chunk's end are zero-filled, never left
 // stale: a zero probability times a stale NaN would still poison O. The warps' partials land in their own (then
 // idle) stages and decode_block_finish merges them as for the CUDA-core kernel.
@@ -37,18 +37,39 @@ namespace eet {
 namespace attn {
 namespace {
 
+// Keys per warp step and pipeline stages per head dim. Compile-time overrides (-DEET_DECODE_MMA_KEYS_D64=32 ...)
+// exist for scripts/harness_decode.cu, which times block shapes the kernel fixes at compile time.
+#ifndef EET_DECODE_MMA_KEYS_D64
+#define EET_DECODE_MMA_KEYS_D64 16
+#endif
+#ifndef EET_DECODE_MMA_STAGES_D64
+#define EET_DECODE_MMA_STAGES_D64 5
+#endif
+#ifndef EET_DECODE_MMA_KEYS_D128
+#define EET_DECODE_MMA_KEYS_D128 16
+#endif
+#ifndef EET_DECODE_MMA_STAGES_D128
+#define EET_DECODE_MMA_STAGES_D128 3
+#endif
+
 template <int D>
 struct MmaDecodeConfig {
-  static constexpr int kKeys = 16;                          // keys per warp step: one k-step of P V
+  // Keys per warp step: 16 is one k-step of P V; 32 runs two of them (and four n-tiles of S) per pipeline wait,
+  // softmax reduction and rescale of O, halving those fixed costs per key.
+  static constexpr int kKeys = D <= 64 ? EET_DECODE_MMA_KEYS_D64 : EET_DECODE_MMA_KEYS_D128;
+  static constexpr int kNT = kKeys / 8;                     // n-tiles of S per step
+  static constexpr int kPK = kKeys / 16;                    // k-steps of P V per step
   static constexpr int kRound = kWarps * kKeys;             // keys a block consumes per round
   static constexpr int kStride = D + 8;                     // shared row stride (elements): conflict-free ldmatrix
-  static constexpr int kStages = D <= 64 ? 5 : 3;           // 64 keys ahead per warp at d64, 32 at d128: 16 KB
+  static constexpr int kStages = D <= 64 ? EET_DECODE_MMA_STAGES_D64 : EET_DECODE_MMA_STAGES_D128;
   static constexpr int kStageElems = 2 * kKeys * kStride;   // K rows, then V rows
   static constexpr int kWarpElems = kStages * kStageElems;  // one warp's stages
   static constexpr size_t kSmemBytes = static_cast<size_t>(kWarps) * kWarpElems * 2;  // 16-bit elements
   static constexpr int kKT = D / 16;                        // k-steps of S = Q K^T
   static constexpr int kAcc = kKT / 2;                      // independent S accumulators: halves the mma chain
   static constexpr int kDT = D / 8;                         // n-tiles of O
+  static_assert(kKeys == 16 || kKeys == 32, "a warp step is one or two k-steps of P V");
+  static_assert(kStages >= 2, "the pipeline needs a stage in flight");
   static_assert(kKT % 2 == 0, "head_dim must be a multiple of 32");
   static_assert(kQPerBlock <= 8, "query vectors must fit the lanes' rows 0..7 of the A operand");
   // The warps' partials (kQPerBlock x D floats) reuse a warp's stages once its loop is done.
@@ -62,7 +83,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
                       const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = MmaDecodeConfig<D>;
   constexpr int kKeys = C::kKeys, kStride = C::kStride, kStages = C::kStages, KT = C::kKT, DT = C::kDT;
-  constexpr int A = C::kAcc, Q = kQPerBlock;
+  constexpr int A = C::kAcc, Q = kQPerBlock, NT = C::kNT, PK = C::kPK;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
 
   __shared__ float sm_m[kWarps * Q], sm_l[kWarps * Q];
@@ -160,27 +181,31 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     const T* sv = sk + kKeys * kStride;
     const int base = base0 + r * C::kRound;
 
-    // S = Q K^T over the step's 16 keys (n-tiles 0, 1), the k-steps spread over A accumulators.
-    float sa[A][2][4];
+    // S = Q K^T over the step's keys (n-tiles of 8 keys), the k-steps spread over A accumulators.
+    float sa[A][NT][4];
 #pragma unroll
     for (int a = 0; a < A; ++a)
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) sa[a][nt][0] = sa[a][nt][1] = sa[a][nt][2] = sa[a][nt][3] = 0.f;
+      for (int nt = 0; nt < NT; ++nt) sa[a][nt][0] = sa[a][nt][1] = sa[a][nt][2] = sa[a][nt][3] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < KT; ++ks) {
-      uint32_t bk[4];
-      // matrices: (keys 0..7, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +0..7), (keys 8..15, d +8..15)
-      ldmatrix_x4(bk, sk + ((lane >> 4) * 8 + (lane & 7)) * kStride + ks * 16 + ((lane >> 3) & 1) * 8);
       const uint32_t af[4] = {qf[ks][0], 0u, qf[ks][1], 0u};
-      mma_16816<T>(sa[ks % A][0], af, bk[0], bk[1]);
-      mma_16816<T>(sa[ks % A][1], af, bk[2], bk[3]);
+#pragma unroll
+      for (int kh = 0; kh < PK; ++kh) {
+        uint32_t bk[4];
+        // matrices: (keys 0..7, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +0..7), (keys 8..15, d +8..15)
+        // of the step's 16-key half kh
+        ldmatrix_x4(bk, sk + (kh * 16 + (lane >> 4) * 8 + (lane & 7)) * kStride + ks * 16 + ((lane >> 3) & 1) * 8);
+        mma_16816<T>(sa[ks % A][2 * kh], af, bk[0], bk[1]);
+        mma_16816<T>(sa[ks % A][2 * kh + 1], af, bk[2], bk[3]);
+      }
     }
 
     // Row g: scale to log2 units, mask, online softmax over the quad's 4 lanes (2 keys per lane per n-tile).
-    float s[2][2];
+    float s[NT][2];
     float mx = -INFINITY;
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float v = sa[0][nt][e];
@@ -199,7 +224,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     m_row = m_new;
     float rs = 0.f;
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         s[nt][e] = fast_exp2(s[nt][e] - m_use);
@@ -213,26 +238,31 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       o[dt][1] *= alpha;
     }
 
-    // O += P V: the probabilities of n-tiles 0, 1 are the A fragment of the step's one k-step (rows 8..15 zero),
+    // O += P V: the probabilities of n-tiles 2kh, 2kh + 1 are the A fragment of k-step kh (rows 8..15 zero),
     // split into a 16-bit high part and the 16-bit rest, two mma each, so that P keeps ~fp32 precision as in the
     // CUDA-core kernel. One rounding of P to fp16 (what flash does) was measured on the H200 to flip greedy tokens of
     // small fp16 Llama / Mistral models more often than HF's eager path does (29 of 32 prompts agreeing with sdpa
     // against eager's 31, test_generic_greedy_agreement); the extra mma cost little where latency, not the tensor
     // cores, bounds the kernel.
-    const uint32_t hi0 = pack2<T>(s[0][0], s[0][1]), hi1 = pack2<T>(s[1][0], s[1][1]);
-    const float2 back0 = unpack2<T>(hi0), back1 = unpack2<T>(hi1);
-    const uint32_t ph[4] = {hi0, 0u, hi1, 0u};
-    const uint32_t pl[4] = {pack2<T>(s[0][0] - back0.x, s[0][1] - back0.y), 0u,
-                            pack2<T>(s[1][0] - back1.x, s[1][1] - back1.y), 0u};
 #pragma unroll
-    for (int dp = 0; dp < DT / 2; ++dp) {
-      uint32_t bv[4];
-      // matrices: (keys 0..7, d +0..7), (keys 8..15, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +8..15)
-      ldmatrix_x4_trans(bv, sv + (((lane >> 3) & 1) * 8 + (lane & 7)) * kStride + dp * 16 + (lane >> 4) * 8);
-      mma_16816<T>(o[2 * dp], ph, bv[0], bv[1]);
-      mma_16816<T>(o[2 * dp + 1], ph, bv[2], bv[3]);
-      mma_16816<T>(o[2 * dp], pl, bv[0], bv[1]);
-      mma_16816<T>(o[2 * dp + 1], pl, bv[2], bv[3]);
+    for (int kh = 0; kh < PK; ++kh) {
+      const uint32_t hi0 = pack2<T>(s[2 * kh][0], s[2 * kh][1]), hi1 = pack2<T>(s[2 * kh + 1][0], s[2 * kh + 1][1]);
+      const float2 back0 = unpack2<T>(hi0), back1 = unpack2<T>(hi1);
+      const uint32_t ph[4] = {hi0, 0u, hi1, 0u};
+      const uint32_t pl[4] = {pack2<T>(s[2 * kh][0] - back0.x, s[2 * kh][1] - back0.y), 0u,
+                              pack2<T>(s[2 * kh + 1][0] - back1.x, s[2 * kh + 1][1] - back1.y), 0u};
+#pragma unroll
+      for (int dp = 0; dp < DT / 2; ++dp) {
+        uint32_t bv[4];
+        // matrices: (keys 0..7, d +0..7), (keys 8..15, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +8..15)
+        // of the step's 16-key half kh
+        ldmatrix_x4_trans(bv, sv + (kh * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kStride + dp * 16 +
+                                  (lane >> 4) * 8);
+        mma_16816<T>(o[2 * dp], ph, bv[0], bv[1]);
+        mma_16816<T>(o[2 * dp + 1], ph, bv[2], bv[3]);
+        mma_16816<T>(o[2 * dp], pl, bv[0], bv[1]);
+        mma_16816<T>(o[2 * dp + 1], pl, bv[2], bv[3]);
+      }
     }
   }
 

@@ -23,6 +23,12 @@
 #   decode-mma-ab     decode attention, planned splits, tensor-core kernel and CUDA-core kernel (EET_HF_DECODE_MMA=0)
 #   decode-combine-sweep  decode attention on the combine path (no cluster) for 2..32 splits, next to the cluster ones
 #   gelu-block-sweep  bias_gelu alone (scripts/harness_bias_gelu.cu) at several rows-per-thread / threads-per-block
+#   read-ceiling      scripts/harness_read_ceiling.cu: the best plain read of the decode cache sizes, and what clusters
+#                     and PDL cost on their own
+#   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for tensor-core block shapes (keys per warp
+#                     step, stages) fixed at compile time, every forced split, checked against an fp32 reference
+#   prefill-kernel-bench  the kernel bench's prefill rows alone
+#   parity-full       python -m evaluation.parity --full
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -150,6 +156,29 @@ for p in ${PROBES:-decode-sweep}; do
         --budget-s 180 --out-dir "$OUT/permuted"
       probe bench-in-place 200 env EET_HF_PACK_IN_PLACE=1 $PY -m evaluation.bench --suite encoder --models bert-base \
         --engines eet --budget-s 180 --out-dir "$OUT/in-place" ;;
+    read-ceiling)
+      probe read-ceiling-build 120 nvcc -std=c++17 -O3 -arch=sm_90 -o "$OUT/read_ceiling" scripts/harness_read_ceiling.cu
+      probe "$p" 120 "$OUT/read_ceiling"
+      rm -f "$OUT/read_ceiling" ;;
+    decode-shape-sweep)
+      # name:keys_d64:stages_d64:keys_d128:stages_d128 (base = the committed defaults)
+      SHAPES_DECODE=${DECODE_SHAPES:-"base:16:5:16:3 k32s3:32:3:32:2 k32s2:32:2:16:2 k16s3:16:3:32:3 k16s4:16:4:16:4"}
+      for v in $SHAPES_DECODE; do
+        IFS=: read -r name k64 s64 k128 s128 <<<"$v"
+        timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_KEYS_D64=$k64 \
+          -DEET_DECODE_MMA_STAGES_D64=$s64 -DEET_DECODE_MMA_KEYS_D128=$k128 -DEET_DECODE_MMA_STAGES_D128=$s128 \
+          -o "$OUT/decode-$name" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
+          csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu \
+          >"$OUT/decode-build-$name.log" 2>&1 &
+      done
+      wait  # the builds in parallel, the timings one at a time
+      for v in $SHAPES_DECODE; do
+        name=${v%%:*}
+        probe "decode-shape-$name" 120 "$OUT/decode-$name" "$v"
+        rm -f "$OUT/decode-$name"
+      done ;;
+    prefill-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only prefill --json "$OUT/prefill.json" ;;
+    parity-full) probe "$p" 420 $PY -m evaluation.parity --full --out-dir "$OUT/parity" ;;
     *) echo "unknown probe $p" | tee -a "$OUT/probes.txt" ;;
   esac
 done

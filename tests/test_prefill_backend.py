@@ -57,6 +57,15 @@ def test_shapes_where_cudnn_did_not_win_never_switch(shape):
     assert {pb.first_backend(q, k, True) for _ in range(2000)} == {"FLASH_ATTENTION"}
 
 
+@pytest.mark.parametrize("causal, qualifies", [(True, False), (False, True)])
+def test_minimum_length_depends_on_causality(causal, qualifies):
+    # 128 tokens: cuDNN won bidirectional (BERT) shapes on the H200 and lost the causal (GPT-2) one.
+    q, k = _qk(tokens=pb.CUDNN_MIN_TOKENS_BIDIRECTIONAL)
+    assert (pb.calls_before_cudnn(q, k, causal) is not None) == qualifies
+    short_q, short_k = _qk(tokens=pb.CUDNN_MIN_TOKENS_BIDIRECTIONAL - 1)
+    assert pb.calls_before_cudnn(short_q, short_k, False) is None
+
+
 def test_flash_until_the_threshold_then_cudnn_per_shape():
     q, k = _qk()
     n = pb.calls_before_cudnn(q, k, False)
