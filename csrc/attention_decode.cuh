@@ -29,6 +29,11 @@ constexpr int kBlocksPerSm = 2; // decode_kernel's occupancy (registers and pipe
 // with a single one (80 registers instead of ~180) with a 3-stage pipeline, 4 blocks per SM and up to 16 splits.
 // Slower everywhere: bs1 h25 d64 ctx2048 9.8 us (8.7 here), h32 d128 ctx2048 18.0 (14.9), bs8 h25 ctx2048 44 (34):
 // the rounds each warp keeps in flight matter more than warps per SM.
+// Also tried and dropped (H200, 2026-12-03, scripts/harness_decode.cu, logs/2026-12-03b): tensor-core blocks of 32
+// keys per warp step and 2-4 pipeline stages (batch-1 times within 3% of the defaults at every shape), and a merge
+// without clusters (each split's partial to the workspace, the group's last block merging them after an atomic
+// ticket): no faster (bs1 h25 d64 ctx2048 8.8 us at its best split vs 8.2, h32 d128 ctx4096 23.1 vs 24.0) although
+// a plain read of the same bytes loses 0.8-1.5 us to clusters of 8 (scripts/harness_read_ceiling.cu).
 // Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
 // little more than its own loads, so chunks go down to one pipeline round of keys.
 constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)
