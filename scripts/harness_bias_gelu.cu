@@ -16,26 +16,13 @@
 #include <cstdio>
 #include <vector>
 
+#include "harness_common.cuh"
 #include "kernels.h"
 
 namespace {
 
-constexpr double kCeilingGbps = 4160.0;
-
-bool check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return true;
-  printf("%s: CUDA error %s\n", what, cudaGetErrorString(e));
-  return false;
-}
-
-// Fills x with a deterministic spread over [-6, 6) (both tails of gelu).
-__global__ void fill(__half* x, long long n, unsigned seed) {
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const unsigned h = (static_cast<unsigned>(i) * 2654435761u) ^ seed;
-    x[i] = __float2half(static_cast<float>(h % 12000u) / 1000.0f - 6.0f);
-  }
-}
+using harness::check;
+using harness::kCeilingGbps;
 
 bool time_case(const char* tag, long long rows, long long cols, eet::GeluKind kind, const char* form) {
   const long long n = rows * cols;
@@ -46,9 +33,9 @@ bool time_case(const char* tag, long long rows, long long cols, eet::GeluKind ki
   for (long long s = 0; ok && s < sets; ++s) {
     ok = check(cudaMalloc(&xs[s], n * sizeof(__half)), "malloc x") &&
          check(cudaMalloc(&outs[s], n * sizeof(__half)), "malloc out");
-    if (ok) fill<<<1024, 256>>>(xs[s], n, static_cast<unsigned>(s + 1));
+    if (ok) harness::fill_uniform<<<1024, 256>>>(xs[s], n, static_cast<unsigned>(s + 1), -6.f, 6.f);  // both tails
   }
-  if (ok) fill<<<64, 256>>>(bias, cols, 99u);
+  if (ok) harness::fill_uniform<<<64, 256>>>(bias, cols, 99u, -6.f, 6.f);
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);

@@ -23,28 +23,13 @@
 #include <vector>
 
 #include "attention_kernels.h"
+#include "harness_common.cuh"
 #include "kernels.h"
 
 namespace {
 
-constexpr double kCeilingGbps = 4160.0;
-
-bool check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return true;
-  printf("%s: CUDA error %s\n", what, cudaGetErrorString(e));
-  return false;
-}
-
-__global__ void fill(__half* x, long long n, unsigned seed) {
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    unsigned h = static_cast<unsigned>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    x[i] = __float2half(static_cast<float>(h % 20001u) / 10000.0f - 1.0f);
-  }
-}
+using harness::check;
+using harness::kCeilingGbps;
 
 // One block per (batch, head): scores in shared memory, fp32 throughout. q [B, H, 1, D], k / v [B, H, L, D],
 // out [B, 1, H, D]; every key visible.
@@ -82,35 +67,13 @@ struct Shape {
 
 double time_us(eet::AttentionParams p, const std::vector<__half*>& ks, const std::vector<__half*>& vs,
                const std::vector<__half*>& qs, int sms, cudaStream_t s, bool* ok) {
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  *ok = check(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), "capture");
-  for (size_t i = 0; *ok && i < ks.size(); ++i) {
-    p.k = ks[i], p.v = vs[i], p.q = qs[i];
-    *ok = check(eet::attn::launch_decode(eet::DType::kFloat16, p, true, sms, s), "launch");
-  }
-  *ok = check(cudaStreamEndCapture(s, &graph), "end capture") && *ok;
-  *ok = *ok && check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::vector<float> ms;
-  for (int rep = 0; *ok && rep < 28; ++rep) {
-    cudaEventRecord(a, s);
-    cudaGraphLaunch(exec, s);
-    cudaEventRecord(b, s);
-    *ok = check(cudaEventSynchronize(b), "replay");
-    float t = 0.f;
-    cudaEventElapsedTime(&t, a, b);
-    if (rep >= 3) ms.push_back(t);
-  }
-  if (exec) cudaGraphExecDestroy(exec);
-  if (graph) cudaGraphDestroy(graph);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  if (!*ok || ms.empty()) return 0.0;
-  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
-  return ms[ms.size() / 2] * 1e3 / static_cast<double>(ks.size());
+  return harness::graph_median_us(s, static_cast<int>(ks.size()), [&](cudaStream_t st) {
+    for (size_t i = 0; i < ks.size(); ++i) {
+      p.k = ks[i], p.v = vs[i], p.q = qs[i];
+      if (!check(eet::attn::launch_decode(eet::DType::kFloat16, p, true, sms, st), "launch")) return false;
+    }
+    return true;
+  }, ok);
 }
 
 // Poison out, run once on copy 0, compare with the reference. Returns the max abs error (inf: unwritten / NaN).
@@ -154,9 +117,10 @@ int main(int argc, char** argv) {
       if (!check(cudaMalloc(&ks[i], kv * 2), "malloc k") || !check(cudaMalloc(&vs[i], kv * 2), "malloc v") ||
           !check(cudaMalloc(&qs[i], static_cast<size_t>(sh.batch) * sh.heads * sh.d * 2), "malloc q"))
         return 1;
-      fill<<<1024, 256, 0, s>>>(ks[i], kv, 11u * i + 1);
-      fill<<<1024, 256, 0, s>>>(vs[i], kv, 11u * i + 5);
-      fill<<<16, 256, 0, s>>>(qs[i], static_cast<long long>(sh.batch) * sh.heads * sh.d, 11u * i + 7);
+      harness::fill_uniform<<<1024, 256, 0, s>>>(ks[i], kv, 11u * i + 1, -1.f, 1.f);
+      harness::fill_uniform<<<1024, 256, 0, s>>>(vs[i], kv, 11u * i + 5, -1.f, 1.f);
+      const long long nq = static_cast<long long>(sh.batch) * sh.heads * sh.d;
+      harness::fill_uniform<<<16, 256, 0, s>>>(qs[i], nq, 11u * i + 7, -1.f, 1.f);
     }
     int32_t *bounds = nullptr;
     void* out = nullptr;

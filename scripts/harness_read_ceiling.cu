@@ -19,16 +19,13 @@
 #include <cstdio>
 #include <vector>
 
+#include "harness_common.cuh"
+
 namespace {
 
-constexpr double kCeilingGbps = 4160.0;
+using harness::check;
+using harness::kCeilingGbps;
 constexpr int kUnroll = 8;
-
-bool check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return true;
-  printf("%s: CUDA error %s\n", what, cudaGetErrorString(e));
-  return false;
-}
 
 __device__ __forceinline__ float words_sum(const uint4& v) {
   return __uint_as_float(v.x & 0x3f7fffffu) + __uint_as_float(v.y & 0x3f7fffffu) +
@@ -107,42 +104,26 @@ struct Variant {
 };
 
 const Variant kVariants[] = {
-    {"plain", 1, 0, launch<1, 0>},      {"pdl", 1, 1, launch<1, 1>},          {"pdl+prefetch", 1, 2, launch<1, 2>},
-    {"cluster8", 8, 0, launch<8, 0>},   {"cluster8+pdl", 8, 1, launch<8, 1>}, {"cluster8+pdl+prefetch", 8, 2, launch<8, 2>},
+    {"plain", 1, 0, launch<1, 0>},
+    {"pdl", 1, 1, launch<1, 1>},
+    {"pdl+prefetch", 1, 2, launch<1, 2>},
+    {"cluster8", 8, 0, launch<8, 0>},
+    {"cluster8+pdl", 8, 1, launch<8, 1>},
+    {"cluster8+pdl+prefetch", 8, 2, launch<8, 2>},
 };
 
-// Median microseconds per launch: a graph of `sets` launches (one per buffer), replayed 25 times.
+// Median microseconds per launch: a graph of one launch per buffer (harness_common.cuh).
 double time_us(const Variant& v, int blocks, int threads, const std::vector<uint4*>& bufs, long long n16, float* out,
                bool* ok) {
   cudaStream_t s;
   cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  *ok = check(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), "capture");
-  for (size_t i = 0; *ok && i < bufs.size(); ++i) *ok = check(v.fn(blocks, threads, bufs[i], n16, out, s), v.name);
-  *ok = check(cudaStreamEndCapture(s, &graph), "end capture") && *ok;
-  *ok = *ok && check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-  std::vector<float> ms;
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int rep = 0; *ok && rep < 28; ++rep) {
-    cudaEventRecord(a, s);
-    cudaGraphLaunch(exec, s);
-    cudaEventRecord(b, s);
-    *ok = check(cudaEventSynchronize(b), "replay");
-    float t = 0.f;
-    cudaEventElapsedTime(&t, a, b);
-    if (rep >= 3) ms.push_back(t);
-  }
-  if (exec) cudaGraphExecDestroy(exec);
-  if (graph) cudaGraphDestroy(graph);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+  const double us = harness::graph_median_us(s, static_cast<int>(bufs.size()), [&](cudaStream_t st) {
+    for (uint4* buf : bufs)
+      if (!check(v.fn(blocks, threads, buf, n16, out, st), v.name)) return false;
+    return true;
+  }, ok);
   cudaStreamDestroy(s);
-  if (!*ok || ms.empty()) return 0.0;
-  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
-  return ms[ms.size() / 2] * 1e3 / static_cast<double>(bufs.size());
+  return us;
 }
 
 }  // namespace
