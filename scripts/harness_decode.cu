@@ -6,7 +6,7 @@
 //     csrc/attention_decode_split.cu csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu \
 //     csrc/cluster_fit.cu csrc/pdl.cu && /tmp/decode_k32s3 k32s3
 //
-// Per shape (batch 1 and 8, the decode rows of kernels-h200): fp16 K / V caches with fresh values, enough copies
+// Per shape (batch 1 and 8, the decode rows of kernels-h200, and two short contexts): fp16 K / V caches with fresh values, enough copies
 // cycled to read from HBM (over the 60 MB L2), one query row; timed as evaluation/bench_kernels_attention.py times
 // decode (a CUDA graph of one launch per copy, median of event-timed replays, per launch), at the planner's split
 // and at every forced cluster split 1..16 (EET_HF_DECODE_SPLITS). Before timing, the output is poisoned and
@@ -101,8 +101,10 @@ double check_once(eet::AttentionParams p, const Shape& sh, __half* q, __half* k,
 
 int main(int argc, char** argv) {
   const char* tag = argc > 1 ? argv[1] : "default";
-  const Shape shapes[] = {{1, 25, 64, 2048}, {1, 25, 64, 4096}, {1, 32, 128, 2048},
-                          {1, 32, 128, 4096}, {1, 12, 64, 1024}, {8, 25, 64, 2048}};
+  // The kernel bench's batch-1 rows, then short contexts at the same heads: with a few KB per block, their times are
+  // the fixed cost per launch (the intercept of time against bytes) that bounds batch 1.
+  const Shape shapes[] = {{1, 25, 64, 2048}, {1, 25, 64, 4096}, {1, 32, 128, 2048}, {1, 32, 128, 4096},
+                          {1, 12, 64, 1024}, {8, 25, 64, 2048},  {1, 25, 64, 64},    {1, 25, 64, 512}};
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
   cudaStream_t s;
