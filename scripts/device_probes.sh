@@ -27,6 +27,8 @@
 #                     and PDL cost on their own
 #   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for tensor-core block shapes (keys per warp
 #                     step, stages) fixed at compile time, every forced split, checked against an fp32 reference
+#   decode-intercept  scripts/harness_decode.cu (committed block shape) under the default launch, EET_HF_DECODE_PREFETCH=0,
+#                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
 #   parity-full       python -m evaluation.parity --full
 set -uo pipefail
@@ -59,7 +61,10 @@ probe() {  # probe NAME LIMIT_S CMD...
   fi
 }
 
-probe build 300 $PY -c "import eet_hf.ops as o, sys; ok = o.ensure_loaded(); print(ok, o.build_info()); sys.exit(0 if ok else 1)"
+# SKIP_BUILD=1: probes that need no torch extension (the standalone harnesses) skip its ~40 s build.
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  probe build 300 $PY -c "import eet_hf.ops as o, sys; ok = o.ensure_loaded(); print(ok, o.build_info()); sys.exit(0 if ok else 1)"
+fi
 
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -177,6 +182,15 @@ for p in ${PROBES:-decode-sweep}; do
         probe "decode-shape-$name" 120 "$OUT/decode-$name" "$v"
         rm -f "$OUT/decode-$name"
       done ;;
+    decode-intercept)
+      probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
+        -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
+        csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu
+      probe decode-default 60 "$OUT/decode-harness" default
+      probe decode-noprefetch 60 env EET_HF_DECODE_PREFETCH=0 "$OUT/decode-harness" noprefetch
+      probe decode-nopdl 60 env EET_HF_PDL=0 "$OUT/decode-harness" nopdl
+      probe decode-cudacore 60 env EET_HF_DECODE_MMA=0 "$OUT/decode-harness" cudacore
+      rm -f "$OUT/decode-harness" ;;
     prefill-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only prefill --json "$OUT/prefill.json" ;;
     parity-full) probe "$p" 420 $PY -m evaluation.parity --full --out-dir "$OUT/parity" ;;
     *) echo "unknown probe $p" | tee -a "$OUT/probes.txt" ;;
