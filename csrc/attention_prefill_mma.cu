@@ -16,6 +16,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "attention_common.cuh"
 #include "attention_kernels.h"
@@ -59,23 +61,24 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gbase, int64_t gstri
 // ------------------------------------------------------------------------------------------------
 // Tensor-core kernel (fp16 / bf16).
 
-template <int D>
+// MT: 16-row m-tiles per warp (the reuse of each K/V fragment); BC: keys per tile.
+template <int D, int MT = (D <= 128 ? 2 : 1), int BC = (D <= 64 ? 64 : 32)>
 struct MmaConfig {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kMT = D <= 128 ? 2 : 1;       // 16-row m-tiles per warp: reuse of each K/V fragment
+  static constexpr int kMT = MT;
   static constexpr int kBr = 16 * kMT * kWarps;      // query rows per block
-  static constexpr int kBc = D <= 64 ? 64 : 32;      // keys per tile
+  static constexpr int kBc = BC;                     // keys per tile
   static constexpr int kStride = D + 8;              // smem row stride (elements): conflict-free ldmatrix
-  static constexpr bool kQInRegs = D <= 64;          // Q fragments held in registers across the key loop
+  static constexpr bool kQInRegs = MT * D <= 128;    // Q fragments held in registers across the key loop (32 regs)
   static constexpr int kSmemElems = (kBr + 4 * kBc) * kStride;  // Q + 2 stages of K and V
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(MmaConfig<D>::kThreads)
+template <typename T, int D, int MT, int BC>
+__global__ void __launch_bounds__(MmaConfig<D, MT, BC>::kThreads)
     prefill_mma_kernel(const AttentionParams p, const int aligned_flag) {
-  using C = MmaConfig<D>;
-  constexpr int kBr = C::kBr, kBc = C::kBc, kStride = C::kStride, kThreads = C::kThreads, MT = C::kMT;
+  using C = MmaConfig<D, MT, BC>;
+  constexpr int kBr = C::kBr, kBc = C::kBc, kStride = C::kStride, kThreads = C::kThreads;
   constexpr int KT = D / 16;   // k-steps of Q K^T
   constexpr int NT = kBc / 8;  // n-tiles (8 keys) of S
   constexpr int DT = D / 8;    // n-tiles (8 dims) of O
@@ -315,13 +318,25 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads)
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, int MT = MmaConfig<D>::kMT, int BC = MmaConfig<D>::kBc>
 cudaError_t launch_mma_d(const AttentionParams& p, bool aligned, cudaStream_t stream) {
   const int64_t bh = static_cast<int64_t>(p.batch) * p.heads_q;
-  using C = MmaConfig<D>;
+  using C = MmaConfig<D, MT, BC>;
   const int64_t blocks = (p.q_len + C::kBr - 1) / C::kBr * bh;
-  return launch_with_smem(prefill_mma_kernel<T, D>, blocks, C::kThreads, C::kSmemElems * sizeof(T), p, aligned,
-                          stream);
+  return launch_with_smem(prefill_mma_kernel<T, D, MT, BC>, blocks, C::kThreads, C::kSmemElems * sizeof(T), p,
+                          aligned, stream);
+}
+
+// EXPERIMENT (H200 timing of the head_dim-128 tile; removed once one is chosen): EET_HF_PREFILL_TILE_D128 =
+// "<m-tiles per warp>x<keys per tile>", one of 2x32 (default), 2x64, 1x32, 1x64.
+template <typename T>
+cudaError_t launch_mma_d128(const AttentionParams& p, bool aligned, cudaStream_t stream) {
+  const char* v = std::getenv("EET_HF_PREFILL_TILE_D128");
+  const std::string tile = v == nullptr ? "" : v;
+  if (tile == "2x64") return launch_mma_d<T, 128, 2, 64>(p, aligned, stream);
+  if (tile == "1x32") return launch_mma_d<T, 128, 1, 32>(p, aligned, stream);
+  if (tile == "1x64") return launch_mma_d<T, 128, 1, 64>(p, aligned, stream);
+  return launch_mma_d<T, 128>(p, aligned, stream);
 }
 
 }  // namespace
@@ -333,7 +348,7 @@ cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, cudaStrea
     case 64: return launch_mma_d<T, 64>(p, aligned, stream);
     case 80: return launch_mma_d<T, 80>(p, aligned, stream);
     case 96: return launch_mma_d<T, 96>(p, aligned, stream);
-    case 128: return launch_mma_d<T, 128>(p, aligned, stream);
+    case 128: return launch_mma_d128<T>(p, aligned, stream);
     case 256: return launch_mma_d<T, 256>(p, aligned, stream);
     default: return cudaErrorInvalidValue;
   }
