@@ -63,7 +63,7 @@ cudaError_t attention(DType dtype, const AttentionParams& p, int num_sms, cudaSt
   if (p.cu_seqlens == nullptr && !bounds_given) return cudaErrorInvalidValue;
   const bool aligned = attn::vector_loads_ok(p, dtype_size(dtype));
   if (use_decode(p)) return attn::launch_decode(dtype, p, aligned, num_sms, stream);
-  return attn::launch_prefill(dtype, p, aligned, stream);
+  return attn::launch_prefill(dtype, p, aligned, num_sms, stream);
 }
 
 }  // namespace eet

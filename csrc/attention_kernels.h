@@ -22,13 +22,14 @@ constexpr int kDecodeMaxQLen = 8;
 // of a dimension longer than 1 a multiple of 16 bytes. Otherwise the kernels take a scalar load path.
 bool vector_loads_ok(const AttentionParams& p, size_t elem_size);
 
-// Prefill: flash-attention over tiles of 64 query rows (tensor cores for fp16/bf16, SIMT for fp32).
-cudaError_t launch_prefill(DType dtype, const AttentionParams& p, bool aligned, cudaStream_t stream);
+// Prefill: flash-attention over tiles of query rows (tensor cores for fp16/bf16, SIMT for fp32); num_sms picks
+// the tile shape where it depends on how full the grid leaves the GPU.
+cudaError_t launch_prefill(DType dtype, const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream);
 // The two kernels behind it, each with a switch over the head dims (cudaErrorInvalidValue for others):
 // fp32 (attention_prefill_simt.cu), and T = __half or __nv_bfloat16 (attention_prefill_mma.cu).
 cudaError_t launch_prefill_simt(const AttentionParams& p, bool aligned, cudaStream_t stream);
 template <typename T>
-cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, cudaStream_t stream);
+cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream);
 
 // Decode: split-K over the visible key range. The splits of one (batch, kv head, query chunk) form one thread
 // block cluster and merge over distributed shared memory inside the one kernel; only shapes that want more splits

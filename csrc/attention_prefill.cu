@@ -13,13 +13,13 @@
 namespace eet {
 namespace attn {
 
-cudaError_t launch_prefill(DType dtype, const AttentionParams& p, bool aligned, cudaStream_t stream) {
+cudaError_t launch_prefill(DType dtype, const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (sizeof(T) == 4) {
       return launch_prefill_simt(p, aligned, stream);
     } else {
-      return launch_prefill_mma<T>(p, aligned, stream);
+      return launch_prefill_mma<T>(p, aligned, num_sms, stream);
     }
   });
 }

@@ -4,8 +4,9 @@
 // kv_start, from kv_end on, and past the causal limit of the tile's last row are never loaded.
 //
 // mma.sync m16n8k16 (fp32 accumulate), ldmatrix from padded shared memory, K/V tiles double-buffered with
-// cp.async. Each of the 4 warps owns 32 query rows (16 for head_dim 256), so that every K/V fragment read from
-// shared memory feeds two mma tiles. The packed (varlen) layout runs the same kernel (attention_prefill.cuh).
+// cp.async. Each of the 4 warps owns 32 query rows, so that every K/V fragment read from shared memory feeds two
+// mma tiles; 16 rows at head_dim 256, and at head_dim 128 when the grid is short (launch_mma_d128). The packed
+// (varlen) layout runs the same kernel (attention_prefill.cuh).
 //
 // Masking inside a tile: score = -inf for an invisible key; the running max is replaced by 0 in the
 // exponent while it is still -inf, so a row that has seen no visible key yet accumulates exactly 0 and
@@ -16,8 +17,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "attention_common.cuh"
 #include "attention_kernels.h"
@@ -327,35 +326,41 @@ cudaError_t launch_mma_d(const AttentionParams& p, bool aligned, cudaStream_t st
                           aligned, stream);
 }
 
-// EXPERIMENT (H200 timing of the head_dim-128 tile; removed once one is chosen): EET_HF_PREFILL_TILE_D128 =
-// "<m-tiles per warp>x<keys per tile>", one of 2x32 (default), 2x64, 1x32, 1x64.
+// head_dim 128: 128-row tiles of 32 keys (2 m-tiles per warp, 252 registers: 2 blocks per SM) unless their grid
+// fits in one wave of those 2 blocks per SM; then 64-row tiles of 64 keys (1 m-tile per warp, 174 registers),
+// twice the blocks, so the longest causal tiles (the last rows, which see every key) are half as long and padded
+// rows, which end early, leave fewer SMs idle. H200, scripts/probe_prefill_tiles.py (logs/2026-12-03c): bs2 h32
+// L512 left-padded causal 48.2 -> 40.0 us (cuDNN with the mask 49.1), unpadded 46.3 -> 46.2; at bs2 L2048 (1024
+// blocks of 128 rows) the 64-row tiles were 10-35% slower, so longer grids keep the 128-row tiles.
 template <typename T>
-cudaError_t launch_mma_d128(const AttentionParams& p, bool aligned, cudaStream_t stream) {
-  const char* v = std::getenv("EET_HF_PREFILL_TILE_D128");
-  const std::string tile = v == nullptr ? "" : v;
-  if (tile == "2x64") return launch_mma_d<T, 128, 2, 64>(p, aligned, stream);
-  if (tile == "1x32") return launch_mma_d<T, 128, 1, 32>(p, aligned, stream);
-  if (tile == "1x64") return launch_mma_d<T, 128, 1, 64>(p, aligned, stream);
+cudaError_t launch_mma_d128(const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream) {
+  using Wide = MmaConfig<128>;
+  const int64_t wide_blocks = (p.q_len + Wide::kBr - 1) / Wide::kBr * static_cast<int64_t>(p.batch) * p.heads_q;
+  if (wide_blocks <= 2 * static_cast<int64_t>(num_sms > 0 ? num_sms : 132)) {
+    return launch_mma_d<T, 128, 1, 64>(p, aligned, stream);
+  }
   return launch_mma_d<T, 128>(p, aligned, stream);
 }
 
 }  // namespace
 
 template <typename T>
-cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, cudaStream_t stream) {
+cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream) {
   switch (p.head_dim) {
     case 32: return launch_mma_d<T, 32>(p, aligned, stream);
     case 64: return launch_mma_d<T, 64>(p, aligned, stream);
     case 80: return launch_mma_d<T, 80>(p, aligned, stream);
     case 96: return launch_mma_d<T, 96>(p, aligned, stream);
-    case 128: return launch_mma_d128<T>(p, aligned, stream);
+    case 128: return launch_mma_d128<T>(p, aligned, num_sms, stream);
     case 256: return launch_mma_d<T, 256>(p, aligned, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
-template cudaError_t launch_prefill_mma<__half>(const AttentionParams& p, bool aligned, cudaStream_t stream);
-template cudaError_t launch_prefill_mma<__nv_bfloat16>(const AttentionParams& p, bool aligned, cudaStream_t stream);
+template cudaError_t launch_prefill_mma<__half>(const AttentionParams& p, bool aligned, int num_sms,
+                                                cudaStream_t stream);
+template cudaError_t launch_prefill_mma<__nv_bfloat16>(const AttentionParams& p, bool aligned, int num_sms,
+                                                        cudaStream_t stream);
 
 }  // namespace attn
 }  // namespace eet

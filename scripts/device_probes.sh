@@ -31,8 +31,6 @@
 #                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
 #   parity-full       python -m evaluation.parity --full
-#   prefill-tiles     the prefill GPU tests under each head_dim-128 tile shape (EET_HF_PREFILL_TILE_D128), then
-#                     scripts/probe_prefill_tiles.py: each tile's time next to torch's SDPA backends
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -194,12 +192,6 @@ for p in ${PROBES:-decode-sweep}; do
       probe decode-cudacore 60 env EET_HF_DECODE_MMA=0 "$OUT/decode-harness" cudacore
       rm -f "$OUT/decode-harness" ;;
     prefill-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only prefill --json "$OUT/prefill.json" ;;
-    prefill-tiles)
-      for t in 2x32 2x64 1x32 1x64; do
-        EET_HF_PREFILL_TILE_D128=$t probe "prefill-tests-$t" 120 $PY -m pytest -q -x tests/gpu/test_attention_cuda.py \
-          -k "prefill or edge or graph" -p no:cacheprovider
-      done
-      probe "$p" 180 $PY scripts/probe_prefill_tiles.py ;;
     parity-full) probe "$p" 420 $PY -m evaluation.parity --full --out-dir "$OUT/parity" ;;
     *) echo "unknown probe $p" | tee -a "$OUT/probes.txt" ;;
   esac

@@ -202,6 +202,32 @@ def _edge_cases():
                 seed=_rng.randrange(1 << 31),
             )
         )
+        # head_dim 128 takes 64-row tiles when its 128-row grid fits in one wave of 2 blocks per SM and 128-row
+        # tiles otherwise (launch_mma_d128): a short grid (16 blocks of 128 rows) and one of 288 (> 2 x 132 SMs),
+        # each causal left-padded and bidirectional right-padded, odd lengths so that the last tiles are partial.
+        for batch, heads_q, heads_kv, length in ((2, 4, 4, 300), (4, 24, 8, 257)):
+            for causal in (True, False):
+                pad = length // 3
+                cases.append(
+                    dict(
+                        dtype=dtype,
+                        batch=batch,
+                        heads_q=heads_q,
+                        heads_kv=heads_kv,
+                        q_len=length,
+                        kv_len=length,
+                        head_dim=128,
+                        causal=causal,
+                        padding="left" if causal else "right",
+                        layout_q="hf",
+                        layout_kv="hf",
+                        scale=1 / math.sqrt(128),
+                        kv_start=[pad * (i % 2) if causal else 0 for i in range(batch)],
+                        kv_end=[length if causal else length - pad * (i % 2) for i in range(batch)],
+                        q_offset=[0] * batch,
+                        seed=_rng.randrange(1 << 31),
+                    )
+                )
     return [pytest.param(c, id="edge-" + _case_id(c)) for c in cases]
 
 
