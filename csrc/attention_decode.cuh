@@ -123,6 +123,24 @@ __device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4& r, float (&
   }
 }
 
+// Block -> (query chunk, kv head, batch) along grid x, split along grid y (= the cluster rank on the cluster path),
+// for both decode kernels. The clusters of a head's query chunks are adjacent, so they read the same K/V while it
+// is in L2.
+struct DecodeBlockIndex {
+  int qc, hk, b, split;
+};
+
+__device__ __forceinline__ DecodeBlockIndex decode_block_index(const AttentionParams& p, int q_chunks) {
+  int64_t idx = blockIdx.x;
+  DecodeBlockIndex r;
+  r.qc = static_cast<int>(idx % q_chunks);
+  idx /= q_chunks;
+  r.hk = static_cast<int>(idx % p.heads_kv);
+  r.b = static_cast<int>(idx / p.heads_kv);
+  r.split = static_cast<int>(blockIdx.y);
+  return r;
+}
+
 // The visible key range of sequence b for any of its query rows, and its chunk `split` of `splits`.
 struct ChunkRange {
   int lo, hi;    // keys [lo, hi) of this block's chunk; empty when hi <= lo

@@ -97,12 +97,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int g = lane >> 2;   // the A / C fragment row this lane holds (and g + 8, always padding here)
   const int tig = lane & 3;  // thread in group: its column pair
 
-  int64_t idx = blockIdx.x;
-  const int qc = static_cast<int>(idx % q_chunks);
-  idx /= q_chunks;
-  const int hk = static_cast<int>(idx % p.heads_kv);
-  const int b = static_cast<int>(idx / p.heads_kv);
-  const int split = static_cast<int>(blockIdx.y);
+  const DecodeBlockIndex bi = decode_block_index(p, q_chunks);
+  const int qc = bi.qc, hk = bi.hk, b = bi.b, split = bi.split;
 
   const T* kb = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
   const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
