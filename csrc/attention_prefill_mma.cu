@@ -329,16 +329,18 @@ cudaError_t launch_mma_d(const AttentionParams& p, bool aligned, cudaStream_t st
 // head_dim 128: 128-row tiles of 32 keys (2 m-tiles per warp, 252 registers: 2 blocks per SM) unless their grid
 // fits in one wave of those 2 blocks per SM; then 64-row tiles of 64 keys (1 m-tile per warp, 174 registers),
 // twice the blocks, so the longest causal tiles (the last rows, which see every key) are half as long and padded
-// rows, which end early, leave fewer SMs idle. H200, scripts/probe_prefill_tiles.py (logs/2026-12-03c): bs2 h32
-// L512 left-padded causal 48.2 -> 40.0 us (cuDNN with the mask 49.1), unpadded 46.3 -> 46.2; at bs2 L2048 (1024
-// blocks of 128 rows) the 64-row tiles were 10-35% slower, so longer grids keep the 128-row tiles.
+// rows, which end early, leave fewer SMs idle. H200, scripts/probe_prefill_tiles.py of commit 36ce0c2 (which timed
+// each tile shape; logs/2026-12-03c): bs2 h32 L512 left-padded causal 48.2 -> 40.0 us (cuDNN with the mask 49.1),
+// unpadded 46.3 -> 46.2; at bs2 L2048 (1024 blocks of 128 rows) the 64-row tiles were 10-35% slower, so longer
+// grids keep the 128-row tiles.
+constexpr int kWideD128BlocksPerSm = 2;  // the 128-row tile's occupancy (registers)
+
 template <typename T>
 cudaError_t launch_mma_d128(const AttentionParams& p, bool aligned, int num_sms, cudaStream_t stream) {
   using Wide = MmaConfig<128>;
   const int64_t wide_blocks = (p.q_len + Wide::kBr - 1) / Wide::kBr * static_cast<int64_t>(p.batch) * p.heads_q;
-  if (wide_blocks <= 2 * static_cast<int64_t>(num_sms > 0 ? num_sms : 132)) {
-    return launch_mma_d<T, 128, 1, 64>(p, aligned, stream);
-  }
+  const int64_t wave = static_cast<int64_t>(kWideD128BlocksPerSm) * (num_sms > 0 ? num_sms : 132);
+  if (wide_blocks <= wave) return launch_mma_d<T, 128, 1, 64>(p, aligned, stream);
   return launch_mma_d<T, 128>(p, aligned, stream);
 }
 
