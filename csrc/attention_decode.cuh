@@ -20,11 +20,19 @@
 namespace eet {
 namespace attn {
 
-constexpr int kWarps = 4;
+// Warps per block and blocks per SM: compile-time overrides (-DEET_DECODE_WARPS=8 -DEET_DECODE_BLOCKS_PER_SM=1) exist
+// for scripts/harness_decode.cu, which times block shapes the kernels fix at compile time.
+#ifndef EET_DECODE_WARPS
+#define EET_DECODE_WARPS 4
+#endif
+#ifndef EET_DECODE_BLOCKS_PER_SM
+#define EET_DECODE_BLOCKS_PER_SM 2
+#endif
+constexpr int kWarps = EET_DECODE_WARPS;
 constexpr int kThreads = kWarps * 32;
 constexpr int kQPerBlock = 4;   // query vectors per block (more go to further blocks of the grid)
 constexpr int kUnroll = 4;      // key rows per lane group per round
-constexpr int kBlocksPerSm = 2; // decode_kernel's occupancy (registers and pipeline smem), all dtypes / dims
+constexpr int kBlocksPerSm = EET_DECODE_BLOCKS_PER_SM;  // the decode kernels' occupancy (registers, pipeline smem)
 // Tried and dropped (H200, 2026-12-02; logs/2026-12-02c/q1-experiment): blocks of one query vector for sequences
 // with a single one (80 registers instead of ~180) with a 3-stage pipeline, 4 blocks per SM and up to 16 splits.
 // Slower everywhere: bs1 h25 d64 ctx2048 9.8 us (8.7 here), h32 d128 ctx2048 18.0 (14.9), bs8 h25 ctx2048 44 (34):

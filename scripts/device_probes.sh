@@ -25,8 +25,9 @@
 #   gelu-block-sweep  bias_gelu alone (scripts/harness_bias_gelu.cu) at several rows-per-thread / threads-per-block
 #   read-ceiling      scripts/harness_read_ceiling.cu: the best plain read of the decode cache sizes, and what clusters
 #                     and PDL cost on their own
-#   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for tensor-core block shapes (keys per warp
-#                     step, stages) fixed at compile time, every forced split, checked against an fp32 reference
+#   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for block shapes (keys per warp step, stages
+#                     of the tensor-core kernel, warps per block, blocks per SM) fixed at compile time, every forced
+#                     split, checked against an fp32 reference
 #   decode-intercept  scripts/harness_decode.cu (committed block shape) under the default launch, EET_HF_DECODE_PREFETCH=0,
 #                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
@@ -166,12 +167,13 @@ for p in ${PROBES:-decode-sweep}; do
       probe "$p" 120 "$OUT/read_ceiling"
       rm -f "$OUT/read_ceiling" ;;
     decode-shape-sweep)
-      # name:keys_d64:stages_d64:keys_d128:stages_d128 (base = the committed defaults)
+      # name:keys_d64:stages_d64:keys_d128:stages_d128[:warps:blocks_per_sm] (base = the committed defaults)
       SHAPES_DECODE=${DECODE_SHAPES:-"base:16:5:16:3 k32s3:32:3:32:2 k32s2:32:2:16:2 k16s3:16:3:32:3 k16s4:16:4:16:4"}
       for v in $SHAPES_DECODE; do
-        IFS=: read -r name k64 s64 k128 s128 <<<"$v"
+        IFS=: read -r name k64 s64 k128 s128 warps bps <<<"$v"
         timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_KEYS_D64=$k64 \
           -DEET_DECODE_MMA_STAGES_D64=$s64 -DEET_DECODE_MMA_KEYS_D128=$k128 -DEET_DECODE_MMA_STAGES_D128=$s128 \
+          -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} \
           -o "$OUT/decode-$name" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
           csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu \
           >"$OUT/decode-build-$name.log" 2>&1 &
