@@ -56,19 +56,17 @@ namespace eet {
 namespace attn {
 
 DecodePlan decode_plan(const AttentionParams& p, int num_sms) {
-  DecodePlan plan{1, false, false, false};
+  DecodePlan plan{1, false, false};
   if (p.heads_kv <= 0 || p.batch <= 0 || p.q_len <= 0) return plan;
-  // EET_HF_DECODE_SPLITS=s (read per call) forces s cluster splits, 1..kMaxClusterSplits, =c<s> s splits on the
-  // combine path (workspace + combine kernel) and =t<s> s splits on the ticket merge, 1..kMaxSplits: for
-  // scripts/sweep_decode.py and scripts/harness_decode.cu only, which time every split count to check this rule.
+  // EET_HF_DECODE_SPLITS=s (read per call) forces s cluster splits, 1..kMaxClusterSplits, and =c<s> s splits on the
+  // combine path (workspace + combine kernel), 1..kMaxSplits: for scripts/sweep_decode.py only, which times every
+  // split count to check this rule.
   if (const char* forced = std::getenv("EET_HF_DECODE_SPLITS")) {
     const bool combine = forced[0] == 'c';
-    const bool ticket = forced[0] == 't';
-    const int s = std::atoi(forced + (combine || ticket ? 1 : 0));
-    const int cap = combine || ticket ? kMaxSplits : kMaxClusterSplits;
+    const int s = std::atoi(forced + (combine ? 1 : 0));
+    const int cap = combine ? kMaxSplits : kMaxClusterSplits;
     plan.splits = s < 1 ? 1 : (s > cap ? cap : s);
     plan.combine = combine;
-    plan.ticket = ticket && plan.splits > 1;
     plan.forced = true;
     return plan;
   }
@@ -98,7 +96,7 @@ DecodePlan decode_plan(const AttentionParams& p, int num_sms) {
 
 size_t decode_workspace_bytes(const AttentionParams& p, int num_sms) {
   const DecodePlan plan = decode_plan(p, num_sms);
-  if (!plan.combine && !plan.ticket) return 0;
+  if (!plan.combine) return 0;
   const size_t rows_total = static_cast<size_t>(p.batch) * p.q_len * p.heads_q;
   return static_cast<size_t>(plan.splits) * rows_total * (static_cast<size_t>(p.head_dim) + 2) * sizeof(float);
 }

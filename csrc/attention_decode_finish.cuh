@@ -1,8 +1,7 @@
 // The end of a decode block (design in attention_decode.cu), shared by the CUDA-core kernel
 // (attention_decode_split.cu) and the tensor-core one (attention_decode_mma.cu): merge the partials its warps left
 // in shared memory, then write the output (one split), merge the cluster's splits (attention_decode_merge.cuh), or
-// store the block's partial for the combine kernel or the ticket merge (attention_decode_ticket.cuh). Header-only,
-// device code.
+// store the block's partial for the combine kernel. Header-only, device code.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,7 +11,6 @@
 
 #include "attention_decode.cuh"
 #include "attention_decode_merge.cuh"
-#include "attention_decode_ticket.cuh"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -34,12 +32,11 @@ struct DecodePartials {
 
 // Every thread of the block calls this once its warp wrote its partials (it starts with __syncthreads and, on the
 // cluster path, holds the cluster barriers). Block (qc, hk, b) of split `split` of `splits`; nq query vectors.
-// ws_acc / ws_ml: the workspace of the combine path and of the ticket merge, nullptr otherwise (cluster path);
-// ticket: the group's counter on the ticket merge, nullptr otherwise.
+// ws_acc / ws_ml: the combine path's workspace, nullptr otherwise.
 template <typename T, int D>
 __device__ __forceinline__ void decode_block_finish(const AttentionParams& p, const DecodePartials& s, int b, int hk,
                                                     int qc, int nq, int split, int splits, float* __restrict__ ws_acc,
-                                                    float* __restrict__ ws_ml, unsigned* ticket) {
+                                                    float* __restrict__ ws_ml) {
   __syncthreads();
   const int group_size = p.heads_q / p.heads_kv;
   // Output row of query vector k: out is [batch, q_len, heads_q, D].
@@ -81,9 +78,6 @@ __device__ __forceinline__ void decode_block_finish(const AttentionParams& p, co
     }
   }
   if (in_cluster) cluster_merge_write<T, D>(s.acc, s.block_m, s.block_l, nq, splits, static_cast<T*>(p.out), out_row);
-  if (splits > 1 && ticket != nullptr) {
-    ticket_merge_write<T, D>(ws_acc, ws_ml, ticket, nq, splits, rows_total, static_cast<T*>(p.out), out_row);
-  }
 }
 
 }  // namespace attn

@@ -80,8 +80,7 @@ struct MmaDecodeConfig {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_mma_kernel(const AttentionParams p, const int /*aligned_flag*/, const int splits, const int q_chunks,
-                      const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml,
-                      unsigned* __restrict__ tickets) {
+                      const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = MmaDecodeConfig<D>;
   constexpr int kKeys = C::kKeys, kStride = C::kStride, kStages = C::kStages, KT = C::kKT, DT = C::kDT;
   constexpr int A = C::kAcc, Q = kQPerBlock, NT = C::kNT, PK = C::kPK;
@@ -284,8 +283,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     }
   }
   const DecodePartials partials{parts, kWarpFloats, sm_m, sm_l, sm_block_m, sm_block_l};
-  decode_block_finish<T, D>(p, partials, b, hk, qc, nq, split, splits, ws_acc, ws_ml,
-                            tickets != nullptr ? tickets + blockIdx.x : nullptr);
+  decode_block_finish<T, D>(p, partials, b, hk, qc, nq, split, splits, ws_acc, ws_ml);
 }
 
 }  // namespace

@@ -27,8 +27,7 @@ namespace {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_kernel(const AttentionParams p, const int aligned_flag, const int splits, const int q_chunks,
-                  const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml,
-                  unsigned* __restrict__ tickets) {
+                  const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = DecodeConfig<T, D>;
   constexpr int kVec = C::kVec, NV = C::kNV, LPR = C::kLPR, VPL = C::kVPL, GROUPS = C::kGroups;
   constexpr int U = kUnroll, Q = kQPerBlock, kStages = C::kStages;
@@ -238,8 +237,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     }
   }
   const DecodePartials parts{&sm_acc[0][0][0], Q * D, &sm_m[0][0], &sm_l[0][0], sm_block_m, sm_block_l};
-  decode_block_finish<T, D>(p, parts, b, hk, qc, nq, split, splits, ws_acc, ws_ml,
-                            tickets != nullptr ? tickets + blockIdx.x : nullptr);
+  decode_block_finish<T, D>(p, parts, b, hk, qc, nq, split, splits, ws_acc, ws_ml);
 }
 
 template <typename T, int D>
@@ -276,30 +274,24 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   int splits = plan.splits;
   float* ws_acc = nullptr;
   float* ws_ml = nullptr;
-  unsigned* tickets = nullptr;
-  if (plan.combine || plan.ticket) {
+  if (plan.combine) {
     if (p.workspace == nullptr) return cudaErrorInvalidValue;
     ws_acc = static_cast<float*>(p.workspace);
     ws_ml = ws_acc + static_cast<int64_t>(splits) * rows_total * D;
-    if (plan.ticket) {
-      tickets = decode_tickets(work);
-      if (tickets == nullptr) return cudaErrorInvalidValue;
-    }
   } else if (splits > 1 && !plan.forced) {
     splits = cluster_width_that_fits(reinterpret_cast<const void*>(kernel), kThreads, smem, splits, work, *cache);
   }
-  const bool clustered = !plan.combine && !plan.ticket;
   auto launch = [&](int n) {
     return launch_pdl(kernel, dim3(static_cast<unsigned>(work), static_cast<unsigned>(n)), dim3(kThreads), smem,
-                      stream, clustered ? static_cast<unsigned>(n) : 1u, p, aligned ? 1 : 0, n,
-                      static_cast<int>(q_chunks), decode_prefetch_enabled(), ws_acc, ws_ml, tickets);
+                      stream, plan.combine ? 1u : static_cast<unsigned>(n), p, aligned ? 1 : 0, n,
+                      static_cast<int>(q_chunks), decode_prefetch_enabled(), ws_acc, ws_ml);
   };
-  if (clustered && splits > kPortableClusterWidth && plan.forced) {
+  if (splits > kPortableClusterWidth && plan.forced) {
     (void)cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeNonPortableClusterSizeAllowed,
                                1);
   }
   err = launch(splits);
-  if (err != cudaSuccess && clustered && splits > kPortableClusterWidth) {
+  if (err != cudaSuccess && !plan.combine && splits > kPortableClusterWidth) {
     (void)cudaGetLastError();  // a refused non-portable cluster: the portable width always launches
     splits = kPortableClusterWidth;
     err = launch(splits);

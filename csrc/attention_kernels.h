@@ -38,12 +38,7 @@ struct DecodePlan {
   int splits;    // key chunks per (batch, kv head, query chunk), >= 1
   bool combine;  // true: partials to p.workspace + combine kernel; false: one kernel (a cluster of `splits`)
   bool forced;   // splits set by EET_HF_DECODE_SPLITS (a sweep): not narrowed to the device's cluster fit
-  bool ticket;   // true: partials to p.workspace, merged by each group's last block (no cluster, one kernel)
 };
-// Groups (batch x kv heads x query chunks) the ticket merge serves in one launch; decode_tickets: their counters on
-// the current device (attention_decode_tickets.cu), nullptr for more groups.
-constexpr int64_t kDecodeTicketSlots = 16384;
-unsigned* decode_tickets(int64_t groups);
 // Shapes only (never device data): fixed on the host, so the launch is graph-capture safe.
 DecodePlan decode_plan(const AttentionParams& p, int num_sms);
 size_t decode_workspace_bytes(const AttentionParams& p, int num_sms);  // 0 unless plan.combine
@@ -56,9 +51,8 @@ cudaError_t launch_decode(DType dtype, const AttentionParams& p, bool aligned, i
 template <typename T>
 cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, DecodePlan plan, cudaStream_t stream);
 // The decode kernels' common signature: (params, aligned, splits, query chunks, L2 prefetch, workspace partials
-// (accumulators, max/sum) or nullptr, ticket counters (one per grid x) or nullptr). launch_decode_split launches
-// either kernel with the same grid and plan.
-using DecodeKernel = void (*)(AttentionParams, int, int, int, bool, float*, float*, unsigned*);
+// (accumulators, max/sum) or nullptr). launch_decode_split launches either kernel with the same grid and plan.
+using DecodeKernel = void (*)(AttentionParams, int, int, int, bool, float*, float*);
 // The tensor-core decode kernel (attention_decode_mma.cu) for T = __half / __nv_bfloat16 and head_dim, with its
 // dynamic shared memory in *smem_bytes; nullptr for head dims it does not cover (64 and 128 only). 16-byte aligned
 // tensors only.

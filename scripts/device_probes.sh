@@ -15,7 +15,6 @@
 #   decode-prefetch-ab  decode attention, planned splits, L2 prefetch on and off
 #   decode-kernel-bench the kernel bench's decode rows alone
 #   sanitize-decode   tests/gpu/sanitize.sh (memcheck, racecheck) over the decode attention tests
-#   sanitize-ticket   the same over the ticket-merge decode tests
 #   sanitize-small-linear-nofilter  racecheck over the small_linear tests, every kernel instrumented
 #   encoder-tests     the encoder GPU tests (defaults)
 #   encoder-bench-base  the encoder suite, bert-base, every engine, merged into a copy of the committed results
@@ -27,8 +26,8 @@
 #   read-ceiling      scripts/harness_read_ceiling.cu: the best plain read of the decode cache sizes, and what clusters
 #                     and PDL cost on their own
 #   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for block shapes (keys per warp step, stages
-#                     of the tensor-core kernel, warps per block, blocks per SM) fixed at compile time (DECODE_SHAPES),
-#                     every forced split of the cluster path and of the ticket merge, checked against an fp32 reference
+#                     of the tensor-core kernel, warps per block, blocks per SM) fixed at compile time, every forced
+#                     split, checked against an fp32 reference
 #   decode-intercept  scripts/harness_decode.cu (committed block shape) under the default launch, EET_HF_DECODE_PREFETCH=0,
 #                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
@@ -83,8 +82,7 @@ for p in ${PROBES:-decode-sweep}; do
   case $p in
     decode-sweep) probe "$p" 240 $PY scripts/sweep_decode.py --out "$OUT" ;;
     decode-tests) probe "$p" 300 $PY -m pytest -q tests/gpu/test_attention_decode_cuda.py \
-      tests/gpu/test_attention_decode_launch_cuda.py tests/gpu/test_attention_decode_ticket_cuda.py \
-      tests/gpu/test_attention_cuda.py \
+      tests/gpu/test_attention_decode_launch_cuda.py tests/gpu/test_attention_cuda.py \
       tests/gpu/test_prefill_backend_cuda.py ;;
     ncu-decode)
       for shape in "25 64 2048" "32 128 2048"; do
@@ -147,8 +145,6 @@ for p in ${PROBES:-decode-sweep}; do
     decode-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only decode --json "$OUT/decode.json" ;;
     sanitize-decode) probe "$p" 300 env EET_SANITIZER_TESTS=tests/gpu/test_attention_decode_cuda.py \
         EET_SANITIZER_TIMEOUT=140 OUT="$OUT" bash tests/gpu/sanitize.sh ;;
-    sanitize-ticket) probe "$p" 300 env EET_SANITIZER_TESTS=tests/gpu/test_attention_decode_ticket_cuda.py \
-        EET_SANITIZER_TIMEOUT=140 OUT="$OUT/sanitize-ticket" bash tests/gpu/sanitize.sh ;;
     sanitize-small-linear-nofilter) probe "$p" 200 env EET_SANITIZER_TESTS=tests/gpu/test_small_linear_cuda.py \
         EET_SANITIZER_TOOLS=racecheck EET_SANITIZER_FILTER=0 EET_SANITIZER_TIMEOUT=150 OUT="$OUT/nofilter" \
         bash tests/gpu/sanitize.sh ;;
@@ -179,8 +175,7 @@ for p in ${PROBES:-decode-sweep}; do
           -DEET_DECODE_MMA_STAGES_D64=$s64 -DEET_DECODE_MMA_KEYS_D128=$k128 -DEET_DECODE_MMA_STAGES_D128=$s128 \
           -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} \
           -o "$OUT/decode-$name" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-          csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/attention_decode_tickets.cu \
-          csrc/cluster_fit.cu csrc/pdl.cu \
+          csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu \
           >"$OUT/decode-build-$name.log" 2>&1 &
       done
       wait  # the builds in parallel, the timings one at a time
@@ -192,7 +187,7 @@ for p in ${PROBES:-decode-sweep}; do
     decode-intercept)
       probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
         -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-        csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/attention_decode_tickets.cu csrc/cluster_fit.cu csrc/pdl.cu
+        csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu
       probe decode-default 60 "$OUT/decode-harness" default
       probe decode-noprefetch 60 env EET_HF_DECODE_PREFETCH=0 "$OUT/decode-harness" noprefetch
       probe decode-nopdl 60 env EET_HF_PDL=0 "$OUT/decode-harness" nopdl

@@ -4,13 +4,12 @@
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_KEYS_D64=32 \
 //     -DEET_DECODE_MMA_STAGES_D64=3 -o /tmp/decode_k32s3 scripts/harness_decode.cu csrc/attention_decode.cu \
 //     csrc/attention_decode_split.cu csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu \
-//     csrc/attention_decode_tickets.cu csrc/cluster_fit.cu csrc/pdl.cu && /tmp/decode_k32s3 k32s3
+//     csrc/cluster_fit.cu csrc/pdl.cu && /tmp/decode_k32s3 k32s3
 //
 // Per shape (batch 1 and 8, the decode rows of kernels-h200, and two short contexts): fp16 K / V caches with fresh values, enough copies
 // cycled to read from HBM (over the 60 MB L2), one query row; timed as evaluation/bench_kernels_attention.py times
 // decode (a CUDA graph of one launch per copy, median of event-timed replays, per launch), at the planner's split
-// at every forced cluster split 1..16 and at every split 2..32 of the ticket merge (EET_HF_DECODE_SPLITS=s / t<s>),
-// each one line. Before timing, the output is poisoned and
+// and at every forced cluster split 1..16 (EET_HF_DECODE_SPLITS). Before timing, the output is poisoned and
 // compared with a naive fp32 kernel on the same inputs (max abs error <= 2e-3): exit status 1 on a mismatch, an
 // unwritten element or a CUDA error.
 #include <cuda_fp16.h>
@@ -146,45 +145,41 @@ int main(int argc, char** argv) {
     p.kv_start = bounds, p.kv_end = bounds + sh.batch, p.q_offset = bounds + 2 * sh.batch;
     p.batch = sh.batch, p.heads_q = sh.heads, p.heads_kv = sh.heads, p.q_len = 1, p.kv_len = sh.ctx;
     p.head_dim = sh.d, p.scale = scale, p.causal = true, p.workspace = nullptr, p.cu_seqlens = nullptr;
-    // Workspace for the largest forced plan (the ticket merge at 32 splits; the planner's pick may use it too).
-    void* workspace = nullptr;
-    const size_t ws_bytes = static_cast<size_t>(32) * sh.batch * sh.heads * (sh.d + 2) * sizeof(float);
-    if (!check(cudaMalloc(&workspace, ws_bytes), "malloc workspace")) return 1;
-    p.workspace = workspace;
-    const eet::attn::DecodePlan plan = eet::attn::decode_plan(p, sms);
-    for (const char* mode : {"", "t"}) {  // cluster splits (and the planner's pick), then the ticket merge
-      std::string line;
-      char buf[64];
-      double best = 1e30;
-      int best_s = 0;
-      const int lo = mode[0] ? 2 : 0, hi = mode[0] ? 32 : 16;
-      for (int forced = lo; forced <= hi; ++forced) {  // 0: the planner's pick
-        if (forced == 0) unsetenv("EET_HF_DECODE_SPLITS");
-        else setenv("EET_HF_DECODE_SPLITS", (mode + std::to_string(forced)).c_str(), 1);
-        const double err = check_once(p, sh, qs[0], ks[0], vs[0], ref, sms, s);
-        if (!(err <= 2e-3)) {
-          printf("bs%d h%d d%d ctx%d splits %s%d: max abs error %g vs the fp32 reference\n", sh.batch, sh.heads, sh.d,
-                 sh.ctx, mode, forced, err);
-          all_ok = false;
-          continue;
-        }
-        bool ok = true;
-        const double us = time_us(p, ks, vs, qs, sms, s, &ok);
-        if (!ok) return 1;
-        if (forced == 0) {
-          snprintf(buf, sizeof buf, "planned(%s%d) %.1f us (%.0f%%) |", plan.ticket ? "t" : plan.combine ? "c" : "",
-                   plan.splits, us, 100.0 * cache_bytes / (us * 1e-6) / 1e9 / kCeilingGbps);
-        } else {
-          snprintf(buf, sizeof buf, " %s%d:%.1f", mode, forced, us);
-          if (us < best) best = us, best_s = forced;
-        }
-        line += buf;
-      }
-      unsetenv("EET_HF_DECODE_SPLITS");
-      printf("%s bs%d h%d d%d ctx%d %s  best %s%d:%.1f us (%.0f%%)\n", tag, sh.batch, sh.heads, sh.d, sh.ctx,
-             line.c_str(), mode, best_s, best, 100.0 * cache_bytes / (best * 1e-6) / 1e9 / kCeilingGbps);
+    if (eet::attn::decode_workspace_bytes(p, sms) != 0) {
+      printf("bs%d h%d d%d ctx%d: the plan wants the combine path; this harness times the cluster path only\n",
+             sh.batch, sh.heads, sh.d, sh.ctx);
+      continue;
     }
-    cudaFree(workspace);
+    const int planned = eet::attn::decode_plan(p, sms).splits;
+    std::string line;
+    char buf[64];
+    double best = 1e30;
+    int best_s = 0;
+    for (int forced = 0; forced <= 16; ++forced) {  // 0: the planner's pick
+      if (forced == 0) unsetenv("EET_HF_DECODE_SPLITS");
+      else setenv("EET_HF_DECODE_SPLITS", std::to_string(forced).c_str(), 1);
+      const double err = check_once(p, sh, qs[0], ks[0], vs[0], ref, sms, s);
+      if (!(err <= 2e-3)) {
+        printf("bs%d h%d d%d ctx%d splits %d: max abs error %g vs the fp32 reference\n", sh.batch, sh.heads, sh.d,
+               sh.ctx, forced, err);
+        all_ok = false;
+        continue;
+      }
+      bool ok = true;
+      const double us = time_us(p, ks, vs, qs, sms, s, &ok);
+      if (!ok) return 1;
+      if (forced == 0) {
+        snprintf(buf, sizeof buf, "planned(%d) %.1f us (%.0f%%) |", planned, us,
+                 100.0 * cache_bytes / (us * 1e-6) / 1e9 / kCeilingGbps);
+      } else {
+        snprintf(buf, sizeof buf, " %d:%.1f", forced, us);
+        if (us < best) best = us, best_s = forced;
+      }
+      line += buf;
+    }
+    unsetenv("EET_HF_DECODE_SPLITS");
+    printf("%s bs%d h%d d%d ctx%d %s  best %d:%.1f us (%.0f%%)\n", tag, sh.batch, sh.heads, sh.d, sh.ctx, line.c_str(),
+           best_s, best, 100.0 * cache_bytes / (best * 1e-6) / 1e9 / kCeilingGbps);
     for (int i = 0; i < n; ++i) cudaFree(ks[i]), cudaFree(vs[i]), cudaFree(qs[i]);
     cudaFree(bounds), cudaFree(out), cudaFree(ref);
   }
