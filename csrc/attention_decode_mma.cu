@@ -176,6 +176,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     const T* sk = my_pipe + (r % kStages) * C::kStageElems;
     const T* sv = sk + kKeys * kStride;
     const int base = base0 + r * C::kRound;
+#ifdef EET_DECODE_MMA_LOAD_ONLY
+    // Developer probe only (scripts/harness_decode.cu with EET_HARNESS_NO_CHECK=1): the same loads and pipeline
+    // with no arithmetic, to tell the loads' own rate from what the products and the softmax cost on top.
+    l_part += __uint_as_float(reinterpret_cast<const unsigned*>(sk)[lane] & 0x3f7fffffu) +
+              __uint_as_float(reinterpret_cast<const unsigned*>(sv)[lane] & 0x3f7fffffu) + static_cast<float>(base);
+    continue;
+#endif
 
     // S = Q K^T over the step's keys (n-tiles of 8 keys), the k-steps spread over A accumulators.
     float sa[A][NT][4];

@@ -101,6 +101,8 @@ double check_once(eet::AttentionParams p, const Shape& sh, __half* q, __half* k,
 
 int main(int argc, char** argv) {
   const char* tag = argc > 1 ? argv[1] : "default";
+  // EET_HARNESS_NO_CHECK=1 times a build whose output is wrong on purpose (-DEET_DECODE_MMA_LOAD_ONLY: loads only).
+  const bool no_check = std::getenv("EET_HARNESS_NO_CHECK") != nullptr;
   // The kernel bench's batch-1 rows, then short contexts at the same heads: with a few KB per block, their times are
   // the fixed cost per launch (the intercept of time against bytes) that bounds batch 1.
   const Shape shapes[] = {{1, 25, 64, 2048}, {1, 25, 64, 4096}, {1, 32, 128, 2048}, {1, 32, 128, 4096},
@@ -159,7 +161,7 @@ int main(int argc, char** argv) {
       if (forced == 0) unsetenv("EET_HF_DECODE_SPLITS");
       else setenv("EET_HF_DECODE_SPLITS", std::to_string(forced).c_str(), 1);
       const double err = check_once(p, sh, qs[0], ks[0], vs[0], ref, sms, s);
-      if (!(err <= 2e-3)) {
+      if (!(err <= 2e-3) && !no_check) {
         printf("bs%d h%d d%d ctx%d splits %d: max abs error %g vs the fp32 reference\n", sh.batch, sh.heads, sh.d,
                sh.ctx, forced, err);
         all_ok = false;
