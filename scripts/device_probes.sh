@@ -29,6 +29,7 @@
 #                     of the tensor-core kernel, warps per block, blocks per SM) fixed at compile time, every forced
 #                     split, checked against an fp32 reference (a spec ending in :loads builds the tensor-core kernel
 #                     with its loads alone, unchecked)
+#   decode-sass       cuobjdump -sass of the tensor-core decode kernel
 #   decode-intercept  scripts/harness_decode.cu (committed block shape) under the default launch, EET_HF_DECODE_PREFETCH=0,
 #                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
@@ -185,6 +186,11 @@ for p in ${PROBES:-decode-sweep}; do
         probe "decode-shape-$name" 120 env ${loads:+EET_HARNESS_NO_CHECK=1} "$OUT/decode-$name" "$v"
         rm -f "$OUT/decode-$name"
       done ;;
+    decode-sass)  # the tensor-core decode kernel's SASS (committed block shape), for instruction counts and order
+      probe decode-sass-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -cubin \
+        -o "$OUT/decode_mma.cubin" csrc/attention_decode_mma.cu
+      probe decode-sass 60 cuobjdump -sass "$OUT/decode_mma.cubin"
+      rm -f "$OUT/decode_mma.cubin" ;;
     decode-intercept)
       probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
         -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
