@@ -7,6 +7,7 @@
 #
 #   decode-sweep      scripts/sweep_decode.py: decode attention time per forced split count
 #   ncu-decode        Nsight Compute on one decode launch per shape (bs1 h25 d64 / h32 d128, ctx 2048)
+#   ncu-decode-source Nsight Compute's per-SASS-instruction stall samples of one planned batch-1 decode launch
 #   racecheck-repro   compute-sanitizer racecheck on scripts/repro_cluster_racecheck.cu (no torch, no eet code)
 #   sdpa-first-call   scripts/probe_sdpa_first_call.py: cuDNN's per-length plan cost against its saving
 #   inplace-tests     the encoder GPU tests with EET_HF_PACK_IN_PLACE=1
@@ -92,6 +93,15 @@ for p in ${PROBES:-decode-sweep}; do
           --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats \
           --section Occupancy --section WarpStateStats --section SchedulerStats \
           --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' $PY -c "$ONE_DECODE" $shape
+      done ;;
+    ncu-decode-source)  # per-instruction stall samples of one planned batch-1 decode launch (tensor-core kernel)
+      for shape in "25 64 4096" "32 128 2048"; do
+        probe "$p-${shape// /-}" 150 "$NCU" --clock-control none --kernel-name 'regex:decode_mma_kernel' \
+          --launch-skip 2 --launch-count 1 --section SourceCounters --section WarpStateStats --section SpeedOfLight \
+          --import-source no -f -o "$OUT/ncu-${shape// /-}" $PY -c "$ONE_DECODE" $shape
+        probe "$p-${shape// /-}-sass" 120 "$NCU" -i "$OUT/ncu-${shape// /-}.ncu-rep" --page source --csv \
+          --print-source sass
+        rm -f "$OUT/ncu-${shape// /-}.ncu-rep"
       done ;;
     racecheck-repro)
       probe repro-build 120 nvcc -O2 -arch=sm_90 -o "$OUT/repro" scripts/repro_cluster_racecheck.cu
