@@ -141,40 +141,61 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   T* const my_pipe = pipe + warp * C::kWarpElems;
   const int base0 = cr.lo + warp * kKeys;
   const int rounds = cr.hi > base0 ? (cr.hi - base0 + C::kRound - 1) / C::kRound : 0;  // warp-uniform
-  auto issue = [&](int r) {
-    if (r < rounds) {
-      T* sk = my_pipe + (r % kStages) * C::kStageElems;
-      T* sv = sk + kKeys * kStride;
-      const int base = base0 + r * C::kRound;
+
+  // Issue state, advanced one round per issue() call (the calls go round 0, 1, 2, ... in order). Lane L copies
+  // 16-byte chunk L % kChunks of rows L / kChunks + it * kRowsPerIt of the step, so its source offsets move by a
+  // constant per copy and per round and its destination differs between stages by a constant: no index division,
+  // no 64-bit multiply per copy (the SASS of the first form spent ~140 of a d64 step's ~330 instructions on them).
+  constexpr int kRowsPerIt = 32 / kChunks;               // rows one warp-wide copy covers
+  constexpr int kIt = kKeys / kRowsPerIt;                // copies per lane per tensor per step
+  static_assert(32 % kChunks == 0 && kKeys % kRowsPerIt == 0, "a warp-wide copy covers whole rows of a step");
+  const int lane_row = lane / kChunks;
+  T* const dst_lane = my_pipe + lane_row * kStride + (lane % kChunks) * 8;
+  const int64_t k_it = kRowsPerIt * p.k_stride_s, v_it = kRowsPerIt * p.v_stride_s;  // source step per copy
+  int64_t k_off = static_cast<int64_t>(base0 + lane_row) * p.k_stride_s + (lane % kChunks) * 8;
+  int64_t v_off = static_cast<int64_t>(base0 + lane_row) * p.v_stride_s + (lane % kChunks) * 8;
+  int issue_r = 0, issue_stage = 0;
+  auto issue = [&]() {
+    if (issue_r < rounds) {
+      T* kd = dst_lane + issue_stage * C::kStageElems;
+      T* vd = kd + kKeys * kStride;
+      const T* ksrc = kb + k_off;
+      const T* vsrc = vb + v_off;
+      const int first = base0 + issue_r * C::kRound + lane_row;  // this lane's first row of the step
+      const bool whole = first - lane_row + kKeys <= cr.hi;       // warp-uniform: every row of the step is in
 #pragma unroll
-      for (int it = 0; it < kKeys * kChunks / 32; ++it) {
-        const int i = lane + it * 32;
-        const int row = i / kChunks;
-        const int c = i - row * kChunks;
-        const int j = base + row;
-        T* kd = sk + row * kStride + c * 8;
-        T* vd = sv + row * kStride + c * 8;
-        if (j < cr.hi) {
-          cp_async_16(kd, kb + static_cast<int64_t>(j) * p.k_stride_s + c * 8);
-          cp_async_16(vd, vb + static_cast<int64_t>(j) * p.v_stride_s + c * 8);
+      for (int it = 0; it < kIt; ++it) {
+        if (whole || first + it * kRowsPerIt < cr.hi) {
+          cp_async_16(kd, ksrc);
+          cp_async_16(vd, vsrc);
         } else {
           *reinterpret_cast<uint4*>(kd) = make_uint4(0u, 0u, 0u, 0u);
           *reinterpret_cast<uint4*>(vd) = make_uint4(0u, 0u, 0u, 0u);
         }
+        kd += kRowsPerIt * kStride, vd += kRowsPerIt * kStride;
+        ksrc += k_it, vsrc += v_it;
       }
     }
     cp_async_commit();  // possibly empty: keeps one group per round
+    ++issue_r;
+    issue_stage = issue_stage + 1 == kStages ? 0 : issue_stage + 1;
+    k_off += C::kRound * p.k_stride_s;  // a warp's next step is a block round further
+    v_off += C::kRound * p.v_stride_s;
   };
 #pragma unroll
-  for (int r = 0; r < kStages - 1; ++r) issue(r);
+  for (int r = 0; r < kStages - 1; ++r) issue();
 
+  // Keys row g may see end before vis_end (the chunk's end, the causal limit); padding rows see none (keys >= 0).
+  const int vis_end = row_ok ? min(cr.hi, lim + 1) : 0;
+  int stage = 0;  // round r's stage, r % kStages
   for (int r = 0; r < rounds; ++r) {
     __syncwarp();                  // every lane is done with round r - 1's stage, which this issue refills
-    issue(r + kStages - 1);
+    issue();                       // round r + kStages - 1
     cp_async_wait<kStages - 1>();  // this lane's copies of round r have landed ...
     __syncwarp();                  // ... and so have the other lanes' (and their zero fills)
-    const T* sk = my_pipe + (r % kStages) * C::kStageElems;
+    const T* sk = my_pipe + stage * C::kStageElems;
     const T* sv = sk + kKeys * kStride;
+    stage = stage + 1 == kStages ? 0 : stage + 1;
     const int base = base0 + r * C::kRound;
 #ifdef EET_DECODE_MMA_LOAD_ONLY
     // Developer probe only (scripts/harness_decode.cu with EET_HARNESS_NO_CHECK=1): the same loads and pipeline
@@ -214,8 +235,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
         float v = sa[0][nt][e];
 #pragma unroll
         for (int a = 1; a < A; ++a) v += sa[a][nt][e];
-        const int j = base + nt * 8 + 2 * tig + e;
-        s[nt][e] = row_ok && j < cr.hi && j <= lim ? v * scale_log2 : -INFINITY;
+        s[nt][e] = base + nt * 8 + 2 * tig + e < vis_end ? v * scale_log2 : -INFINITY;
         mx = fmaxf(mx, s[nt][e]);
       }
     }
