@@ -109,27 +109,30 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
 
   const int group_size = p.heads_q / p.heads_kv;
   const int nq = min(Q, group_size * p.q_len - qc * Q);  // query vectors of this block, >= 1
-  const ChunkRange cr = chunk_range<kKeys>(p, b, split, splits);
 
-  // Row g's query vector as A fragments (k-step ks: columns ks*16 + 2*tig, +1 and ks*16 + 8 + 2*tig, +1), and the
-  // last key it may see. Rows nq..15 stay zero.
+  // Row g's query vector as A fragments (k-step ks: columns ks*16 + 2*tig, +1 and ks*16 + 8 + 2*tig, +1); rows
+  // nq..15 stay zero. Loaded first, in program order before every K / V copy (ldg_nc_u32_in_order), so that the first
+  // product does not wait for the prologue's copies; the address does not need the sequence bounds.
   const bool row_ok = g < nq;
+  const int qi = qc * Q + (row_ok ? g : 0);
+  const int hig = qi / p.q_len;
+  const int q_row = qi - hig * p.q_len;
   uint32_t qf[KT][2];
-  int lim;
   {
-    const int qi = qc * Q + (row_ok ? g : 0);
-    const int hig = qi / p.q_len;
-    const int row = qi - hig * p.q_len;
     const T* qp = static_cast<const T*>(p.q) + b * p.q_stride_b + (hk * group_size + hig) * p.q_stride_h +
-                  row * p.q_stride_s;
-    long long l = p.causal ? cr.qo + row : static_cast<long long>(p.kv_len);
-    lim = static_cast<int>(l < -1 ? -1 : (l > p.kv_len ? p.kv_len : l));
+                  q_row * p.q_stride_s;
 #pragma unroll
     for (int ks = 0; ks < KT; ++ks) {
-      qf[ks][0] = row_ok ? __ldg(reinterpret_cast<const unsigned*>(qp + ks * 16 + 2 * tig)) : 0u;
-      qf[ks][1] = row_ok ? __ldg(reinterpret_cast<const unsigned*>(qp + ks * 16 + 8 + 2 * tig)) : 0u;
+      qf[ks][0] = row_ok ? ldg_nc_u32_in_order(qp + ks * 16 + 2 * tig) : 0u;
+      qf[ks][1] = row_ok ? ldg_nc_u32_in_order(qp + ks * 16 + 8 + 2 * tig) : 0u;
     }
   }
+  const ChunkRange cr = chunk_range<kKeys>(p, b, split, splits);
+  // The last key row g may see.
+  const int lim = [&] {
+    const long long l = p.causal ? cr.qo + q_row : static_cast<long long>(p.kv_len);
+    return static_cast<int>(l < -1 ? -1 : (l > p.kv_len ? p.kv_len : l));
+  }();
   const float scale_log2 = p.scale * kLog2e;
 
   float o[DT][4];  // elements 0, 1: row g, dims dt*8 + 2*tig, +1 (2, 3: padding rows)

@@ -20,6 +20,15 @@ __device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
 }
+// A 4-byte read-only global load that stays where it is written relative to the other asm statements here (the
+// cp.async copies): the compiler may sink a plain __ldg whose value is needed late below a block of copies, and then
+// the load queues behind them (measured on the H200: the decode kernel's query loads sank under three pipeline
+// stages of K / V copies, and its first product waited for all of them).
+__device__ __forceinline__ uint32_t ldg_nc_u32_in_order(const void* gmem) {
+  uint32_t v;
+  asm volatile("ld.global.nc.u32 %0, [%1];\n" : "=r"(v) : "l"(gmem));
+  return v;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 // Ask for the 128-byte line holding gmem to be brought into L2. No value is read, so it cannot observe a write the
