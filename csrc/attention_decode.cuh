@@ -43,10 +43,11 @@ constexpr int kBlocksPerSm = EET_DECODE_BLOCKS_PER_SM;  // the decode kernels' o
 // ticket): no faster (bs1 h25 d64 ctx2048 8.8 us at its best split vs 8.2, h32 d128 ctx4096 23.1 vs 24.0) although
 // a plain read of the same bytes loses 0.8-1.5 us to clusters of 8 (scripts/harness_read_ceiling.cu).
 // And on 2026-12-04 (logs/2026-12-04): blocks of 8 warps, one per SM, on clusters or on that ticket merge (at most
-// 3% faster, d128 up to 14% slower: spreading the cache evenly over all SMs does not raise the rate); the tensor-core
-// kernel's copies issued without a division and a 64-bit multiply per copy (~25% fewer instructions per step: 14%
-// faster at 2 splits, but d64 at the planned split 10% slower, cause not found). The tensor-core kernel's loads
-// alone (no arithmetic) reach 45 / 60 / 62% of the copy ceiling at bs1 h25 ctx2048 / h25 ctx4096 / h32 d128 ctx2048.
+// 3% faster, d128 up to 14% slower: spreading the cache evenly over all SMs does not raise the rate). Kept from that
+// day: the tensor-core kernel's copies issued without a division and a 64-bit multiply per copy (~25% fewer
+// instructions per step; 14-17% faster where a warp streams many steps, the planned batch-1 splits within 2%), once
+// its query loads were pinned ahead of the copies. The tensor-core kernel's loads alone (no arithmetic) reach 45 /
+// 60 / 62% of the copy ceiling at bs1 h25 ctx2048 / h25 ctx4096 / h32 d128 ctx2048.
 // Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
 // little more than its own loads, so chunks go down to one pipeline round of keys.
 constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)
