@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   // Issue state, advanced one round per issue() call (the calls go round 0, 1, 2, ... in order). Lane L copies
   // 16-byte chunk L % kChunks of rows L / kChunks + it * kRowsPerIt of the step, so its source offsets move by a
   // constant per copy and per round and its destination differs between stages by a constant: no index division,
-  // no 64-bit multiply per copy (the SASS of the first form spent ~140 of a d64 step's ~330 instructions on them).
+  // no 64-bit multiply per copy (computed per copy, they took ~140 of a d64 step's ~330 SASS instructions).
   constexpr int kRowsPerIt = 32 / kChunks;               // rows one warp-wide copy covers
   constexpr int kIt = kKeys / kRowsPerIt;                // copies per lane per tensor per step
   static_assert(32 % kChunks == 0 && kKeys % kRowsPerIt == 0, "a warp-wide copy covers whole rows of a step");
