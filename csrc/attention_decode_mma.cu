@@ -164,11 +164,11 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       T* vd = kd + kKeys * kStride;
       const T* ksrc = kb + k_off;
       const T* vsrc = vb + v_off;
-      const int first = base0 + issue_r * C::kRound + lane_row;  // this lane's first row of the step
-      const bool whole = first - lane_row + kKeys <= cr.hi;       // warp-uniform: every row of the step is in
+      const int step_base = base0 + issue_r * C::kRound;  // the step's first key
+      const bool whole = step_base + kKeys <= cr.hi;       // warp-uniform: every row of the step is in the chunk
 #pragma unroll
       for (int it = 0; it < kIt; ++it) {
-        if (whole || first + it * kRowsPerIt < cr.hi) {
+        if (whole || step_base + lane_row + it * kRowsPerIt < cr.hi) {
           cp_async_16(kd, ksrc);
           cp_async_16(vd, vsrc);
         } else {

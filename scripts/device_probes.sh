@@ -179,7 +179,7 @@ for p in ${PROBES:-decode-sweep}; do
       probe "$p" 120 "$OUT/read_ceiling"
       rm -f "$OUT/read_ceiling" ;;
     decode-shape-sweep)
-      # name:keys_d64:stages_d64:keys_d128:stages_d128[:warps:blocks_per_sm] (base = the committed defaults)
+      # name:keys_d64:stages_d64:keys_d128:stages_d128[:warps:blocks_per_sm[:loads]] (base = the committed defaults)
       SHAPES_DECODE=${DECODE_SHAPES:-"base:16:5:16:3 k32s3:32:3:32:2 k32s2:32:2:16:2 k16s3:16:3:32:3 k16s4:16:4:16:4"}
       for v in $SHAPES_DECODE; do
         IFS=: read -r name k64 s64 k128 s128 warps bps loads <<<"$v"
