@@ -33,6 +33,9 @@
 #   decode-sass       cuobjdump -sass of the tensor-core decode kernel
 #   decode-intercept  scripts/harness_decode.cu (committed block shape) under the default launch, EET_HF_DECODE_PREFETCH=0,
 #                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
+#   read-paths        scripts/harness_read_paths.cu: decode-shaped reads (ldg / cp.async / bulk copies, bounds first,
+#                     clusters of 8 or 10 under each cluster scheduling policy) with no arithmetic
+#   decode-policy     scripts/harness_decode.cu (committed block shape) under EET_HF_CLUSTER_POLICY=0, 1, 2
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
 #   parity-full       python -m evaluation.parity --full
 set -uo pipefail
@@ -209,6 +212,19 @@ for p in ${PROBES:-decode-sweep}; do
       probe decode-noprefetch 60 env EET_HF_DECODE_PREFETCH=0 "$OUT/decode-harness" noprefetch
       probe decode-nopdl 60 env EET_HF_PDL=0 "$OUT/decode-harness" nopdl
       probe decode-cudacore 60 env EET_HF_DECODE_MMA=0 "$OUT/decode-harness" cudacore
+      rm -f "$OUT/decode-harness" ;;
+    read-paths)
+      probe read-paths-build 200 nvcc -std=c++17 -O3 -arch=sm_90 -Iscripts -o "$OUT/read-paths" \
+        scripts/harness_read_paths.cu
+      probe read-paths 240 "$OUT/read-paths"
+      rm -f "$OUT/read-paths" ;;
+    decode-policy)
+      probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
+        -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
+        csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu
+      for pol in 0 1 2; do
+        probe "decode-policy$pol" 60 env EET_HF_CLUSTER_POLICY=$pol "$OUT/decode-harness" "policy$pol"
+      done
       rm -f "$OUT/decode-harness" ;;
     prefill-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only prefill --json "$OUT/prefill.json" ;;
     parity-full) probe "$p" 420 $PY -m evaluation.parity --full --out-dir "$OUT/parity" ;;
