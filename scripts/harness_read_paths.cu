@@ -119,7 +119,8 @@ __global__ void __launch_bounds__(kThreads) stream_read(const uint4* __restrict_
       issue(r + kStages - 1);
       asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 1) : "memory");
       __syncwarp();
-      acc += word(pipe[(r % kStages) * kStep16 + lane]);
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) acc += word(pipe[(r % kStages) * kStep16 + e * 32 + lane]);
     }
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
   } else {
@@ -151,7 +152,8 @@ __global__ void __launch_bounds__(kThreads) stream_read(const uint4* __restrict_
       __syncwarp();
       issue(r + kStages - 1);
       mbar_wait(bar + r % kStages, static_cast<uint32_t>((r / kStages) & 1));
-      acc += word(pipe[(r % kStages) * kStep16 + lane]);
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) acc += word(pipe[(r % kStages) * kStep16 + e * 32 + lane]);
     }
   }
 
