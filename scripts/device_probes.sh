@@ -26,7 +26,7 @@
 #   gelu-block-sweep  bias_gelu alone (scripts/harness_bias_gelu.cu) at several rows-per-thread / threads-per-block
 #   read-ceiling      scripts/harness_read_ceiling.cu: the best plain read of the decode cache sizes, and what clusters
 #                     and PDL cost on their own
-#   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for block shapes (keys per warp step, stages
+#   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for block shapes (steps in flight per warp
 #                     of the tensor-core kernel, warps per block, blocks per SM) fixed at compile time, every forced
 #                     split, checked against an fp32 reference (a spec ending in :loads builds the tensor-core kernel
 #                     with its loads alone, unchecked)
@@ -182,20 +182,20 @@ for p in ${PROBES:-decode-sweep}; do
       probe "$p" 120 "$OUT/read_ceiling"
       rm -f "$OUT/read_ceiling" ;;
     decode-shape-sweep)
-      # name:keys_d64:stages_d64:keys_d128:stages_d128[:warps:blocks_per_sm[:loads]] (base = the committed defaults)
-      SHAPES_DECODE=${DECODE_SHAPES:-"base:16:5:16:3 k32s3:32:3:32:2 k32s2:32:2:16:2 k16s3:16:3:32:3 k16s4:16:4:16:4"}
+      # name:ahead_d64:ahead_d128[:warps:blocks_per_sm[:loads]] (steps in flight per warp; base = the committed defaults)
+      SHAPES_DECODE=${DECODE_SHAPES:-"base:4:2 a3:3:1 a2:2:1"}
       for v in $SHAPES_DECODE; do
-        IFS=: read -r name k64 s64 k128 s128 warps bps loads <<<"$v"
-        timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_KEYS_D64=$k64 \
-          -DEET_DECODE_MMA_STAGES_D64=$s64 -DEET_DECODE_MMA_KEYS_D128=$k128 -DEET_DECODE_MMA_STAGES_D128=$s128 \
-          -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} ${loads:+-DEET_DECODE_MMA_LOAD_ONLY} \
+        IFS=: read -r name a64 a128 warps bps loads <<<"$v"
+        timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_AHEAD_D64=$a64 \
+          -DEET_DECODE_MMA_AHEAD_D128=$a128 -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} \
+          ${loads:+-DEET_DECODE_MMA_LOAD_ONLY} \
           -o "$OUT/decode-$name" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
           csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu \
           >"$OUT/decode-build-$name.log" 2>&1 &
       done
       wait  # the builds in parallel, the timings one at a time
       for v in $SHAPES_DECODE; do
-        IFS=: read -r name _ _ _ _ _ _ loads <<<"$v"
+        IFS=: read -r name _ _ _ _ loads <<<"$v"
         probe "decode-shape-$name" 120 env ${loads:+EET_HARNESS_NO_CHECK=1} "$OUT/decode-$name" "$v"
         rm -f "$OUT/decode-$name"
       done ;;
