@@ -49,14 +49,14 @@ namespace eet {
 namespace attn {
 namespace {
 
-// Keys per warp step and register buffers (steps in flight) per head dim. Compile-time overrides
-// (-DEET_DECODE_MMA_AHEAD_D64=2 ...) exist for scripts/harness_decode.cu, which times block shapes the kernel fixes at
+// Steps per batch (the loads in flight while a batch computes) per head dim. Compile-time overrides
+// (-DEET_DECODE_MMA_BATCH_D64=1 ...) exist for scripts/harness_decode.cu, which times block shapes the kernel fixes at
 // compile time.
-#ifndef EET_DECODE_MMA_AHEAD_D64
-#define EET_DECODE_MMA_AHEAD_D64 4
+#ifndef EET_DECODE_MMA_BATCH_D64
+#define EET_DECODE_MMA_BATCH_D64 2
 #endif
-#ifndef EET_DECODE_MMA_AHEAD_D128
-#define EET_DECODE_MMA_AHEAD_D128 2
+#ifndef EET_DECODE_MMA_BATCH_D128
+#define EET_DECODE_MMA_BATCH_D128 1
 #endif
 
 template <int D>
@@ -64,7 +64,7 @@ struct MmaDecodeConfig {
   static constexpr int kKeys = 16;                  // keys per warp step: one k-step of P V, two n-tiles of S
   static constexpr int kNT = kKeys / 8;             // n-tiles of S per step
   static constexpr int kRound = kWarps * kKeys;     // keys a block consumes per round
-  static constexpr int kAhead = D <= 64 ? EET_DECODE_MMA_AHEAD_D64 : EET_DECODE_MMA_AHEAD_D128;
+  static constexpr int kBatch = D <= 64 ? EET_DECODE_MMA_BATCH_D64 : EET_DECODE_MMA_BATCH_D128;
   static constexpr int kKT = D / 16;                // k-steps of S = Q K^T
   static constexpr int kKP = D / 32;                // k-step pairs: 16-byte K loads per key row per lane
   static constexpr int kAcc = kKT / 2;              // independent S accumulators: halves the mma chain
@@ -74,16 +74,19 @@ struct MmaDecodeConfig {
   static constexpr size_t kSmemBytes = static_cast<size_t>(kWarps) * kQPerBlock * D * 4;
   static_assert(kKT % 2 == 0, "head_dim must be a multiple of 32");
   static_assert(kVL >= 1, "head_dim must be a multiple of 64");
-  static_assert(kAhead >= 1, "at least one step in flight");
+  static_assert(kBatch >= 1, "a batch is at least one step");
   static_assert(kQPerBlock <= 8, "query vectors must fit the lanes' rows 0..7 of the A operand");
 };
 
-// One step's operands in one lane: K rows nt * 8 + g (16 bytes per k-step pair) and V rows 2tig, 2tig + 1,
-// 2tig + 8, 2tig + 9 (D / 8 contiguous values each) of the step.
+// One batch's operands in one lane: of each of its kBatch steps, K rows nt * 8 + g (16 bytes per k-step pair) and
+// V rows 2tig, 2tig + 1, 2tig + 8, 2tig + 9 (D / 8 contiguous values each).
 template <int D>
-struct StepRegs {
-  uint4 k[MmaDecodeConfig<D>::kNT][MmaDecodeConfig<D>::kKP];
-  uint4 v[4][MmaDecodeConfig<D>::kVL];
+struct KRegs {
+  uint4 k[MmaDecodeConfig<D>::kBatch][MmaDecodeConfig<D>::kNT][MmaDecodeConfig<D>::kKP];
+};
+template <int D>
+struct VRegs {
+  uint4 v[MmaDecodeConfig<D>::kBatch][4][MmaDecodeConfig<D>::kVL];
 };
 
 // 16 bytes from global memory, or zeros where ok is false (the address is then not read). asm volatile, so the loads
@@ -106,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_mma_kernel(const AttentionParams p, const int /*aligned_flag*/, const int splits, const int q_chunks,
                       const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = MmaDecodeConfig<D>;
-  constexpr int kKeys = C::kKeys, kAhead = C::kAhead, KT = C::kKT, KP = C::kKP, DT = C::kDT, VL = C::kVL;
+  constexpr int kKeys = C::kKeys, KT = C::kKT, KP = C::kKP, DT = C::kDT, VL = C::kVL;
   constexpr int A = C::kAcc, Q = kQPerBlock, NT = C::kNT;
 
   __shared__ float sm_m[kWarps * Q], sm_l[kWarps * Q];
@@ -127,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
 
   pdl_trigger();  // as decode_kernel: dependents may be scheduled; they wait for this grid in their pdl_wait
-  if (prefetch) prefetch_chunk_start<T, D, kKeys>(p, kb, vb, split, splits, kAhead * C::kRound);
+  if (prefetch) prefetch_chunk_start<T, D, kKeys>(p, kb, vb, split, splits, 2 * C::kBatch * C::kRound);
   pdl_wait();
 
   const int group_size = p.heads_q / p.heads_kv;
@@ -176,52 +179,40 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   int64_t v_off[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) v_off[j] = v_row[j] * p.v_stride_s;
-  auto load = [&](StepRegs<D>& st, int r) {
-    const int step_base = base0 + r * C::kRound;  // the step's first key
-    const bool live = r < rounds;
-    const T* kr = k_lane + r * k_round;
-    const T* vr = v_lane + r * v_round;
+  auto load_k = [&](KRegs<D>& kr, int batch) {
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const bool ok = live && step_base + nt * 8 + g < cr.hi;
+    for (int i = 0; i < C::kBatch; ++i) {
+      const int r = batch * C::kBatch + i;
+      const int step_base = base0 + r * C::kRound;  // the step's first key
+      const T* kp_row = k_lane + r * k_round;
 #pragma unroll
-      for (int kp = 0; kp < KP; ++kp) st.k[nt][kp] = ldg_nc_v4_or_zero(kr + nt * k_nt + kp * 32, ok);
+      for (int nt = 0; nt < NT; ++nt) {
+        const bool ok = r < rounds && step_base + nt * 8 + g < cr.hi;
+#pragma unroll
+        for (int kp = 0; kp < KP; ++kp) kr.k[i][nt][kp] = ldg_nc_v4_or_zero(kp_row + nt * k_nt + kp * 32, ok);
+      }
     }
+  };
+  auto load_v = [&](VRegs<D>& vr, int batch) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const bool ok = live && step_base + v_row[j] < cr.hi;
+    for (int i = 0; i < C::kBatch; ++i) {
+      const int r = batch * C::kBatch + i;
+      const int step_base = base0 + r * C::kRound;
+      const T* vp_row = v_lane + r * v_round;
 #pragma unroll
-      for (int l = 0; l < VL; ++l) st.v[j][l] = ldg_nc_v4_or_zero(vr + v_off[j] + l * 8, ok);
+      for (int j = 0; j < 4; ++j) {
+        const bool ok = r < rounds && step_base + v_row[j] < cr.hi;
+#pragma unroll
+        for (int l = 0; l < VL; ++l) vr.v[i][j][l] = ldg_nc_v4_or_zero(vp_row + v_off[j] + l * 8, ok);
+      }
     }
   };
 
   // Keys row g may see end before vis_end (the chunk's end, the causal limit); padding rows see none (keys >= 0).
   const int vis_end = row_ok ? min(cr.hi, lim + 1) : 0;
-  auto consume = [&](const StepRegs<D>& st, int r) {
+  // Softmax and P V of round r, whose S is sa and whose V rows are vv.
+  auto step = [&](const float (&sa)[A][NT][4], const uint4 (&vv)[4][VL], int r) {
     const int base = base0 + r * C::kRound;
-#ifdef EET_DECODE_MMA_LOAD_ONLY
-    // Developer probe only (scripts/harness_decode.cu with EET_HARNESS_NO_CHECK=1): the same loads with no
-    // arithmetic, to tell the loads' own rate from what the products and the softmax cost on top.
-    l_part += __uint_as_float(st.k[0][0].x & 0x3f7fffffu) + __uint_as_float(st.v[0][0].x & 0x3f7fffffu) +
-              static_cast<float>(base);
-    return;
-#endif
-    // S = Q K^T over the step's keys (n-tiles of 8 keys), the k-steps spread over A accumulators.
-    float sa[A][NT][4];
-#pragma unroll
-    for (int a = 0; a < A; ++a)
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) sa[a][nt][0] = sa[a][nt][1] = sa[a][nt][2] = sa[a][nt][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < KT; ++ks) {
-      const uint32_t af[4] = {qf[ks][0], 0u, qf[ks][1], 0u};
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const uint4& w = st.k[nt][ks / 2];
-        mma_16816<T>(sa[ks % A][nt], af, word_of(w, 2 * (ks % 2)), word_of(w, 2 * (ks % 2) + 1));
-      }
-    }
-
     // Row g: scale to log2 units, mask, online softmax over the quad's 4 lanes (2 keys per lane per n-tile).
     float s[NT][2];
     float mx = -INFINITY;
@@ -275,26 +266,52 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       // 2tig + 1, b1 keys 2tig + 8, 2tig + 9 (the lower key in the lower half).
       const int wi = (dt % 8) / 2;
       const unsigned sel = dt % 2 == 0 ? 0x5410u : 0x7632u;
-      const uint32_t b0 = __byte_perm(word_of(st.v[0][dt / 8], wi), word_of(st.v[1][dt / 8], wi), sel);
-      const uint32_t b1 = __byte_perm(word_of(st.v[2][dt / 8], wi), word_of(st.v[3][dt / 8], wi), sel);
+      const uint32_t b0 = __byte_perm(word_of(vv[0][dt / 8], wi), word_of(vv[1][dt / 8], wi), sel);
+      const uint32_t b1 = __byte_perm(word_of(vv[2][dt / 8], wi), word_of(vv[3][dt / 8], wi), sel);
       mma_16816<T>(o[dt], ph, b0, b1);
       mma_16816<T>(o[dt], pl, b0, b1);
     }
   };
 
-  // kAhead steps in flight per warp: buffer u holds rounds u, u + kAhead, ...; each is refilled right after its
-  // products (the refill's loads then overlap the next kAhead - 1 steps). Rounds past the warp's end load nothing.
-  StepRegs<D> buf[kAhead];
+  // One batch: S for its steps (the first product waits for the batch's loads, and for nothing issued later: the
+  // loads share one scoreboard, so the next batch's loads go out only after this wait), then the next batch's loads
+  // into kr (free now) and v_next, then softmax and P V per step while they are in flight.
+  auto process = [&](KRegs<D>& kr, const VRegs<D>& v_cur, VRegs<D>& v_next, int batch) {
+    float sa[C::kBatch][A][NT][4];
 #pragma unroll
-  for (int u = 0; u < kAhead; ++u) load(buf[u], u);
-  for (int r0 = 0; r0 < rounds; r0 += kAhead) {
+    for (int i = 0; i < C::kBatch; ++i) {
 #pragma unroll
-    for (int u = 0; u < kAhead; ++u) {
-      if (r0 + u < rounds) {  // warp-uniform
-        consume(buf[u], r0 + u);
-        load(buf[u], r0 + u + kAhead);
+      for (int a = 0; a < A; ++a)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) sa[i][a][nt][0] = sa[i][a][nt][1] = sa[i][a][nt][2] = sa[i][a][nt][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KT; ++ks) {
+        const uint32_t af[4] = {qf[ks][0], 0u, qf[ks][1], 0u};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const uint4& w = kr.k[i][nt][ks / 2];
+          mma_16816<T>(sa[i][ks % A][nt], af, word_of(w, 2 * (ks % 2)), word_of(w, 2 * (ks % 2) + 1));
+        }
       }
     }
+    load_k(kr, batch + 1);
+    load_v(v_next, batch + 1);
+#pragma unroll
+    for (int i = 0; i < C::kBatch; ++i) {
+      const int r = batch * C::kBatch + i;
+      if (r < rounds) step(sa[i], v_cur.v[i], r);  // warp-uniform
+    }
+  };
+  // Batch 0's loads, then two batches per iteration so that the V buffers alternate by name (registers): while a
+  // batch computes its softmax and P V, the next batch's K and V loads are in flight.
+  const int batches = (rounds + C::kBatch - 1) / C::kBatch;
+  KRegs<D> kr;
+  VRegs<D> v0, v1;
+  load_k(kr, 0);
+  load_v(v0, 0);
+  for (int bt = 0; bt < batches; bt += 2) {
+    process(kr, v0, v1, bt);
+    if (bt + 1 < batches) process(kr, v1, v0, bt + 1);
   }
 
   // This warp's partial into shared memory (d of column n, d-tile dt: n * DT + dt).

@@ -182,12 +182,12 @@ for p in ${PROBES:-decode-sweep}; do
       probe "$p" 120 "$OUT/read_ceiling"
       rm -f "$OUT/read_ceiling" ;;
     decode-shape-sweep)
-      # name:ahead_d64:ahead_d128[:warps:blocks_per_sm[:loads]] (steps in flight per warp; base = the committed defaults)
-      SHAPES_DECODE=${DECODE_SHAPES:-"base:4:2 a3:3:1 a2:2:1"}
+      # name:batch_d64:batch_d128[:warps:blocks_per_sm] (steps per register batch; base = the committed defaults)
+      SHAPES_DECODE=${DECODE_SHAPES:-"base:2:1 b1:1:1"}
       for v in $SHAPES_DECODE; do
-        IFS=: read -r name a64 a128 warps bps loads <<<"$v"
-        timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_AHEAD_D64=$a64 \
-          -DEET_DECODE_MMA_AHEAD_D128=$a128 -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} \
+        IFS=: read -r name b64 b128 warps bps loads <<<"$v"
+        timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_BATCH_D64=$b64 \
+          -DEET_DECODE_MMA_BATCH_D128=$b128 -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} \
           ${loads:+-DEET_DECODE_MMA_LOAD_ONLY} \
           -o "$OUT/decode-$name" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
           csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu \
