@@ -231,6 +231,19 @@ inline bool decode_mma_enabled() {
   return v == nullptr || v[0] != '0';
 }
 
+// Which tensor-core decode kernel: the register-load one (attention_decode_mma_regs.cu) at head_dim 128 where a split
+// holds at most kRegsMaxChunk keys (<= 8 steps per warp), the shared-memory one elsewhere. Measured on the H200
+// (scripts/harness_decode.cu, logs/2026-12-04b, bs1 h32 d128): at the planned split (chunks of 256-512 keys) 13.3 /
+// 21.7 us against 14.1 / 23.7 at ctx2048 / 4096, and 4-7 splits of 2048 keys all faster; 2-3 splits (683+ keys) up
+// to 40% slower, and head_dim 64 slower at every split. kv_len / splits is the host's bound on a split's keys.
+// EET_HF_DECODE_MMA_REGS=1 / 0 (read per call, so a test can run both on any case) forces it on / off.
+constexpr int64_t kRegsMaxChunk = 512;
+inline bool decode_mma_regs_pays(int head_dim, int64_t kv_len, int splits) {
+  const char* v = std::getenv("EET_HF_DECODE_MMA_REGS");
+  if (v != nullptr && (v[0] == '0' || v[0] == '1')) return v[0] == '1';
+  return head_dim == 128 && splits > 0 && (kv_len + splits - 1) / splits <= kRegsMaxChunk;
+}
+
 // EET_HF_DECODE_PREFETCH=0 (read once per process) turns off the decode kernel's L2 prefetch: for A/B timing.
 inline bool decode_prefetch_enabled() {
   static const bool enabled = [] {

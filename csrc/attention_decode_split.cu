@@ -257,14 +257,17 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   // slower (bs8 h25 ctx2048: 34.6 vs 33.3 us).
   DecodeKernel kernel = decode_kernel<T, D>;
   size_t smem = DecodeConfig<T, D>::kSmemBytes;
-  static ClusterFitCache fit_cache, mma_fit_cache;  // one pair per (T, D)
+  static ClusterFitCache fit_cache, mma_fit_cache, regs_fit_cache;  // one set per (T, D)
   ClusterFitCache* cache = &fit_cache;
   if constexpr (sizeof(T) == 2) {
     const bool pays = plan.splits > 1 || (p.heads_q / p.heads_kv) * p.q_len > 1;
     size_t mma_smem = 0;
-    const DecodeKernel mma =
-        aligned && pays && decode_mma_enabled() ? decode_mma_kernel_for<T>(D, &mma_smem) : nullptr;
-    if (mma != nullptr) kernel = mma, smem = mma_smem, cache = &mma_fit_cache;
+    const bool regs = decode_mma_regs_pays(D, p.kv_len, plan.splits);
+    const DecodeKernel mma = aligned && pays && decode_mma_enabled()
+                                 ? (regs ? decode_mma_regs_kernel_for<T>(D, &mma_smem)
+                                         : decode_mma_kernel_for<T>(D, &mma_smem))
+                                 : nullptr;
+    if (mma != nullptr) kernel = mma, smem = mma_smem, cache = regs ? &regs_fit_cache : &mma_fit_cache;
   }
   cudaError_t err =
       cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,

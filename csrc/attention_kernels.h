@@ -58,6 +58,10 @@ using DecodeKernel = void (*)(AttentionParams, int, int, int, bool, float*, floa
 // tensors only.
 template <typename T>
 DecodeKernel decode_mma_kernel_for(int head_dim, size_t* smem_bytes);
+// The same with K and V loaded into registers, no shared-memory pipeline (attention_decode_mma_regs.cu; the
+// launcher's rule for which of the two runs is decode_mma_regs_pays in attention_decode.cuh).
+template <typename T>
+DecodeKernel decode_mma_regs_kernel_for(int head_dim, size_t* smem_bytes);
 template <typename T>
 cudaError_t launch_decode_combine(const float* ws_acc,  // [splits, rows_total, head_dim]
                                   const float* ws_ml,   // [2, splits, rows_total]: running max, then sum

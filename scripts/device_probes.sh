@@ -15,7 +15,7 @@
 #   racecheck-small-linear  racecheck on eet::small_linear alone (scripts/harness_small_linear.cu), per split count
 #   decode-prefetch-ab  decode attention, planned splits, L2 prefetch on and off
 #   decode-kernel-bench the kernel bench's decode rows alone
-#   sanitize-decode   tests/gpu/sanitize.sh (memcheck, racecheck) over the decode attention tests
+#   sanitize-decode   tests/gpu/sanitize.sh (memcheck, racecheck) over the decode attention and kernel-choice tests
 #   sanitize-small-linear-nofilter  racecheck over the small_linear tests, every kernel instrumented
 #   encoder-tests     the encoder GPU tests (defaults)
 #   encoder-bench-base  the encoder suite, bert-base, every engine, merged into a copy of the committed results
@@ -26,7 +26,7 @@
 #   gelu-block-sweep  bias_gelu alone (scripts/harness_bias_gelu.cu) at several rows-per-thread / threads-per-block
 #   read-ceiling      scripts/harness_read_ceiling.cu: the best plain read of the decode cache sizes, and what clusters
 #                     and PDL cost on their own
-#   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for block shapes (steps in flight per warp
+#   decode-shape-sweep  decode attention alone (scripts/harness_decode.cu) for block shapes (keys per warp step, stages
 #                     of the tensor-core kernel, warps per block, blocks per SM) fixed at compile time, every forced
 #                     split, checked against an fp32 reference (a spec ending in :loads builds the tensor-core kernel
 #                     with its loads alone, unchecked)
@@ -36,6 +36,7 @@
 #   read-paths        scripts/harness_read_paths.cu: decode-shaped reads (ldg / cp.async / bulk copies, bounds first,
 #                     clusters of 8 or 10 under each cluster scheduling policy) with no arithmetic
 #   decode-policy     scripts/harness_decode.cu (committed block shape) under EET_HF_CLUSTER_POLICY=0, 1, 2
+#   decode-regs       scripts/harness_decode.cu with the default kernel choice, EET_HF_DECODE_MMA_REGS=0 and =1
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
 #   parity-full       python -m evaluation.parity --full
 set -uo pipefail
@@ -158,8 +159,8 @@ for p in ${PROBES:-decode-sweep}; do
         rm -f "$OUT/gelu-r$1-t$2"
       done ;;
     decode-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only decode --json "$OUT/decode.json" ;;
-    sanitize-decode) probe "$p" 300 env EET_SANITIZER_TESTS=tests/gpu/test_attention_decode_cuda.py \
-        EET_SANITIZER_TIMEOUT=140 OUT="$OUT" bash tests/gpu/sanitize.sh ;;
+    sanitize-decode) probe "$p" 360 env EET_SANITIZER_TESTS="tests/gpu/test_attention_decode_cuda.py
+        tests/gpu/test_attention_decode_launch_cuda.py" EET_SANITIZER_TIMEOUT=140 OUT="$OUT" bash tests/gpu/sanitize.sh ;;
     sanitize-small-linear-nofilter) probe "$p" 200 env EET_SANITIZER_TESTS=tests/gpu/test_small_linear_cuda.py \
         EET_SANITIZER_TOOLS=racecheck EET_SANITIZER_FILTER=0 EET_SANITIZER_TIMEOUT=150 OUT="$OUT/nofilter" \
         bash tests/gpu/sanitize.sh ;;
@@ -182,20 +183,20 @@ for p in ${PROBES:-decode-sweep}; do
       probe "$p" 120 "$OUT/read_ceiling"
       rm -f "$OUT/read_ceiling" ;;
     decode-shape-sweep)
-      # name:batch_d64:batch_d128[:warps:blocks_per_sm] (steps per register batch; base = the committed defaults)
-      SHAPES_DECODE=${DECODE_SHAPES:-"base:2:1 b1:1:1"}
+      # name:keys_d64:stages_d64:keys_d128:stages_d128[:warps:blocks_per_sm[:loads]] (base = the committed defaults)
+      SHAPES_DECODE=${DECODE_SHAPES:-"base:16:5:16:3 k32s3:32:3:32:2 k32s2:32:2:16:2 k16s3:16:3:32:3 k16s4:16:4:16:4"}
       for v in $SHAPES_DECODE; do
-        IFS=: read -r name b64 b128 warps bps loads <<<"$v"
-        timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_BATCH_D64=$b64 \
-          -DEET_DECODE_MMA_BATCH_D128=$b128 -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} \
-          ${loads:+-DEET_DECODE_MMA_LOAD_ONLY} \
+        IFS=: read -r name k64 s64 k128 s128 warps bps loads <<<"$v"
+        timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_KEYS_D64=$k64 \
+          -DEET_DECODE_MMA_STAGES_D64=$s64 -DEET_DECODE_MMA_KEYS_D128=$k128 -DEET_DECODE_MMA_STAGES_D128=$s128 \
+          -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} ${loads:+-DEET_DECODE_MMA_LOAD_ONLY} \
           -o "$OUT/decode-$name" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-          csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu \
-          >"$OUT/decode-build-$name.log" 2>&1 &
+          csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
+          csrc/cluster_fit.cu csrc/pdl.cu >"$OUT/decode-build-$name.log" 2>&1 &
       done
       wait  # the builds in parallel, the timings one at a time
       for v in $SHAPES_DECODE; do
-        IFS=: read -r name _ _ _ _ loads <<<"$v"
+        IFS=: read -r name _ _ _ _ _ _ loads <<<"$v"
         probe "decode-shape-$name" 120 env ${loads:+EET_HARNESS_NO_CHECK=1} "$OUT/decode-$name" "$v"
         rm -f "$OUT/decode-$name"
       done ;;
@@ -207,7 +208,8 @@ for p in ${PROBES:-decode-sweep}; do
     decode-intercept)
       probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
         -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-        csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu
+        csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
+        csrc/cluster_fit.cu csrc/pdl.cu
       probe decode-default 60 "$OUT/decode-harness" default
       probe decode-noprefetch 60 env EET_HF_DECODE_PREFETCH=0 "$OUT/decode-harness" noprefetch
       probe decode-nopdl 60 env EET_HF_PDL=0 "$OUT/decode-harness" nopdl
@@ -221,10 +223,20 @@ for p in ${PROBES:-decode-sweep}; do
     decode-policy)
       probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
         -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-        csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu
+        csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
+        csrc/cluster_fit.cu csrc/pdl.cu
       for pol in 0 1 2; do
         probe "decode-policy$pol" 60 env EET_HF_CLUSTER_POLICY=$pol "$OUT/decode-harness" "policy$pol"
       done
+      rm -f "$OUT/decode-harness" ;;
+    decode-regs)  # scripts/harness_decode.cu under the default kernel choice and with the register kernel forced off / on
+      probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
+        -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
+        csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
+        csrc/cluster_fit.cu csrc/pdl.cu
+      probe decode-regs-auto 60 "$OUT/decode-harness" auto
+      probe decode-regs-off 60 env EET_HF_DECODE_MMA_REGS=0 "$OUT/decode-harness" regs-off
+      probe decode-regs-on 60 env EET_HF_DECODE_MMA_REGS=1 "$OUT/decode-harness" regs-on
       rm -f "$OUT/decode-harness" ;;
     prefill-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only prefill --json "$OUT/prefill.json" ;;
     parity-full) probe "$p" 420 $PY -m evaluation.parity --full --out-dir "$OUT/parity" ;;

@@ -1,10 +1,10 @@
 // Developer probe: eet's decode attention (csrc/attention_decode*.cu) alone, no torch, to time block shapes the
-// tensor-core kernel fixes at compile time (steps per register batch, warps per block). Build one binary per shape:
+// tensor-core kernel fixes at compile time (keys per warp step, pipeline stages). Build one binary per shape:
 //
-//   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_BATCH_D64=1 \
-//     -DEET_DECODE_MMA_BATCH_D128=1 -o /tmp/decode_b1 scripts/harness_decode.cu csrc/attention_decode.cu \
-//     csrc/attention_decode_split.cu csrc/attention_decode_mma.cu csrc/attention_decode_combine.cu \
-//     csrc/cluster_fit.cu csrc/pdl.cu && /tmp/decode_b1 b1
+//   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_KEYS_D64=32 \
+//     -DEET_DECODE_MMA_STAGES_D64=3 -o /tmp/decode_k32s3 scripts/harness_decode.cu csrc/attention_decode.cu \
+//     csrc/attention_decode_split.cu csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu \
+//     csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu && /tmp/decode_k32s3 k32s3
 //
 // Per shape (batch 1 and 8, the decode rows of kernels-h200, and two short contexts): fp16 K / V caches with fresh values, enough copies
 // cycled to read from HBM (over the 60 MB L2), one query row; timed as evaluation/bench_kernels_attention.py times

@@ -1,6 +1,7 @@
-"""Which decode kernel runs (csrc/attention_decode_split.cu's choice between the CUDA-core kernel and the tensor-core
-one, csrc/attention_decode_mma.cu) and with what grid, read from profiler traces; and the CUDA-core kernel at the
-tensor-core kernel's head dims (EET_HF_DECODE_MMA=0). The split-rule mirror and the case builders are
+"""Which decode kernel runs (csrc/attention_decode_split.cu's choice between the CUDA-core kernel and the two
+tensor-core ones, csrc/attention_decode_mma.cu and csrc/attention_decode_mma_regs.cu) and with what grid, read from
+profiler traces; the CUDA-core kernel at the tensor-core kernels' head dims (EET_HF_DECODE_MMA=0) and the
+register-load tensor-core kernel forced on and off (EET_HF_DECODE_MMA_REGS). The split-rule mirror and the case builders are
 test_attention_decode_cuda's; correctness checks are test_attention_cuda's _check (poisoned outputs, float64
 reference). Tests reading the profiler have "launched" in their names: tests/gpu/sanitize.sh leaves them out.
 """
@@ -17,14 +18,23 @@ from .conftest import quick_sample, rel_err
 from .test_attention_cuda import SEED, SLACK, _check, _ref64, _torch_baseline
 from .test_attention_decode_cuda import CLUSTER_SIZES, _case, _case_id, _inputs, decode_plan
 
-MMA_HEAD_DIMS = (64, 128)  # decode_mma_kernel_for (csrc/attention_decode_mma.cu)
+MMA_HEAD_DIMS = (64, 128)  # decode_mma_kernel_for (csrc/attention_decode_mma.cu), decode_mma_regs_kernel_for
+REGS_MAX_CHUNK = 512  # kRegsMaxChunk (csrc/attention_decode.cuh)
 
 
 def _decode_kernel_kind(name: str) -> str | None:
-    """Which decode kernel a profiler event names: "mma" (tensor cores), "cuda-core", or None (another kernel)."""
+    """Which decode kernel a profiler event names: "mma" (tensor cores, shared-memory pipeline), "mma-regs" (tensor
+    cores, register loads), "cuda-core", or None (another kernel)."""
+    if "decode_mma_regs_kernel" in name:
+        return "mma-regs"
     if "decode_mma_kernel" in name:
         return "mma"
     return "cuda-core" if "decode_kernel" in name else None
+
+
+def _mma_kind(head_dim: int, kv_len: int, splits: int) -> str:
+    """Mirror of decode_mma_regs_pays (csrc/attention_decode.cuh) without an override: which tensor-core kernel."""
+    return "mma-regs" if head_dim == 128 and -(-kv_len // splits) <= REGS_MAX_CHUNK else "mma"
 
 
 def _tensor_cores_pay(shape: tuple, splits: int) -> bool:
@@ -84,7 +94,7 @@ def test_launched_grid_matches_plan(cuda_ops, tmp_path, shape, exact):
     combines = [e for e in kernels if "combine_kernel" in e["name"]]
     assert len(decode) == 1, [e["name"] for e in kernels]
     # _inputs is fp16 with 16-byte aligned rows: the tensor-core kernel at head_dim 64 / 128 where it pays.
-    want_kind = "mma" if _tensor_cores_pay(shape, splits) else "cuda-core"
+    want_kind = _mma_kind(shape[5], shape[4], splits) if _tensor_cores_pay(shape, splits) else "cuda-core"
     assert _decode_kernel_kind(decode[0]["name"]) == want_kind, decode[0]["name"]
     grid = decode[0]["args"]["grid"]
     print(f"shape {shape}: plan {splits} splits{' + combine' if combine else ''}, launched grid {grid}")
@@ -139,7 +149,8 @@ def test_launched_decode_kernel_choice(cuda_ops, tmp_path, monkeypatch, dtype, h
         run(q)  # warm-up (occupancy queries)
         names = _traced_kernels(tmp_path, lambda env=env: outs.__setitem__(env, run(q)))
         kinds[env] = [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)]
-    assert kinds == {"1": ["mma"], "0": ["cuda-core"]}, kinds
+    splits, _ = decode_plan(1, 8, 2, 2, 777, head_dim)
+    assert kinds == {"1": [_mma_kind(head_dim, 777, splits)], "0": ["cuda-core"]}, kinds
     ref = _ref64(q, k, v, ks, ke, qo, True, 0.125)
     base_err = rel_err(_torch_baseline(q, k, v, ks, ke, qo, True, 0.125), ref)
     for env, out in outs.items():
@@ -150,3 +161,57 @@ def test_launched_decode_kernel_choice(cuda_ops, tmp_path, monkeypatch, dtype, h
     q_odd = storage[1:].view(q.shape).copy_(q)  # one element off 16-byte alignment
     names = _traced_kernels(tmp_path, lambda: run(q_odd))
     assert [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)] == ["cuda-core"], names
+
+
+def _regs_cases() -> list[dict]:
+    """16-bit cases at both tensor-core head dims for the register-load kernel forced on and off: GQA, q_len 1-4,
+    left padding, a dead row, chunks shorter than a warp step, long chunks (one split), both cache layouts."""
+    rng = random.Random(7)
+    out = []
+    for i, (shape, pad, dead, layout) in enumerate(
+        (
+            ((1, 32, 32, 1, 2048, 128), 0, None, "contig"),
+            ((1, 25, 25, 1, 2048, 64), 3, None, "hf"),
+            ((2, 32, 8, 1, 1000, 128), 17, 1, "contig"),
+            ((3, 8, 2, 2, 333, 64), 5, 2, "hf"),
+            ((1, 4, 1, 4, 4097, 128), 0, None, "hf"),
+            ((4, 8, 8, 1, 37, 128), 1, 3, "contig"),
+            ((2, 16, 16, 3, 5000, 128), 0, 0, "contig"),
+            ((16, 8, 8, 1, 700, 64), 2, 5, "contig"),
+        )
+    ):
+        out.append(
+            _case(("fp16", "bf16")[i % 2], shape, rng=rng, left_pad=pad, dead_row=dead, tag="regs", layout_kv=layout)
+        )
+    return out
+
+
+@pytest.mark.parametrize("regs", ["1", "0"], ids=["regs-on", "regs-off"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in quick_sample(_regs_cases(), 4)])
+def test_register_kernel_forced(cuda_ops, monkeypatch, case, regs):
+    """EET_HF_DECODE_MMA_REGS=1 runs the register-load tensor-core kernel on every aligned 16-bit case it can take
+    (head_dim 64 and 128, any split), =0 never: both right (test_attention_cuda's _check: poisoned output, float64
+    reference, dead rows zero, two runs equal)."""
+    monkeypatch.setenv("EET_HF_DECODE_MMA_REGS", regs)
+    _check(cuda_ops, case)
+
+
+@pytest.mark.parametrize("head_dim", MMA_HEAD_DIMS)
+def test_launched_register_kernel_override(cuda_ops, tmp_path, monkeypatch, head_dim):
+    """(Profiler trace: "launched".) EET_HF_DECODE_MMA_REGS=1 / 0 picks the register-load / shared-memory tensor-core
+    kernel at either head dim, and the two agree within their float64-checked tolerance."""
+    q, k, v, (ks, ke, qo) = _inputs(1, 16, 4, 1, 1500, head_dim, dtype=torch.float16, seed=SEED)
+    ks[0] = 9
+    outs, kinds = {}, {}
+    for env in ("1", "0"):
+        monkeypatch.setenv("EET_HF_DECODE_MMA_REGS", env)
+        cuda_ops.attention(q, k, v, ks, ke, qo, True, 0.125)  # warm-up (occupancy queries)
+        names = _traced_kernels(
+            tmp_path, lambda env=env: outs.__setitem__(env, cuda_ops.attention(q, k, v, ks, ke, qo, True, 0.125))
+        )
+        kinds[env] = [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)]
+    assert kinds == {"1": ["mma-regs"], "0": ["mma"]}, kinds
+    ref = _ref64(q, k, v, ks, ke, qo, True, 0.125)
+    base_err = rel_err(_torch_baseline(q, k, v, ks, ke, qo, True, 0.125), ref)
+    for env, out in outs.items():
+        assert rel_err(out, ref) <= 2 * base_err + SLACK[torch.float16], (env, rel_err(out, ref), base_err)
