@@ -48,6 +48,9 @@ constexpr int kBlocksPerSm = EET_DECODE_BLOCKS_PER_SM;  // the decode kernels' o
 // instructions per step; 14-17% faster where a warp streams many steps, the planned batch-1 splits within 2%), once
 // its query loads were pinned ahead of the copies. The tensor-core kernel's loads alone (no arithmetic) reach 45 /
 // 60 / 62% of the copy ceiling at bs1 h25 ctx2048 / h25 ctx4096 / h32 d128 ctx2048.
+// And later that day (logs/2026-12-04b): the spread and load-balancing cluster scheduling policies (no change); K and
+// V loaded into registers for head_dim 64 as well (slower at every planned split: h25 ctx2048 8.6-9.5 us vs 8.0, in
+// rings of 2-4 register buffers or batches of 1-3 steps; kept for head_dim 128 only, decode_mma_regs_pays below).
 // Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
 // little more than its own loads, so chunks go down to one pipeline round of keys.
 constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)
