@@ -29,7 +29,7 @@
 #include "attention_common.cuh"
 #include "attention_decode.cuh"
 #include "attention_decode_finish.cuh"
-#include "attention_decode_mma_softmax.cuh"
+#include "attention_decode_mma_common.cuh"
 #include "attention_kernels.h"
 #include "attention_ptx.cuh"
 #include "common.cuh"
@@ -98,15 +98,11 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int g = lane >> 2;   // the A / C fragment row this lane holds (and g + 8, always padding here)
   const int tig = lane & 3;  // thread in group: its column pair
 
-  const DecodeBlockIndex bi = decode_block_index(p, q_chunks);
-  const int qc = bi.qc, hk = bi.hk, b = bi.b, split = bi.split;
-
-  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
-  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
-
-  pdl_trigger();  // as decode_kernel: dependents may be scheduled; they wait for this grid in their pdl_wait
-  if (prefetch) prefetch_chunk_start<T, D, kKeys>(p, kb, vb, split, splits, (kStages - 1) * C::kRound);
-  pdl_wait();
+  const MmaDecodeBlock<T> blk =
+      mma_decode_block_start<T, D, kKeys>(p, q_chunks, splits, prefetch, (kStages - 1) * C::kRound);
+  const int qc = blk.bi.qc, hk = blk.bi.hk, b = blk.bi.b, split = blk.bi.split;
+  const T* const kb = blk.kb;
+  const T* const vb = blk.vb;
 
   const int group_size = p.heads_q / p.heads_kv;
   const int nq = min(Q, group_size * p.q_len - qc * Q);  // query vectors of this block, >= 1
@@ -229,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       }
     }
 
-    // Softmax (attention_decode_mma_softmax.cuh), then O += P V: the probabilities of n-tiles 2kh, 2kh + 1 are the
+    // Softmax (attention_decode_mma_common.cuh), then O += P V: the probabilities of n-tiles 2kh, 2kh + 1 are the
     // A fragment of k-step kh (rows 8..15 zero), in two 16-bit parts.
     uint32_t ph[PK][4], pl[PK][4];
     mma_decode_softmax_step<T>(sa, base, tig, vis_end, scale_log2, m_row, l_part, o, ph, pl);

@@ -1,5 +1,5 @@
 // Decode attention on tensor cores with K and V loaded straight into the mma operand registers: the grid, splits,
-// chunks, softmax (attention_decode_mma_softmax.cuh) and merge of the shared-memory tensor-core kernel
+// chunks, softmax (attention_decode_mma_common.cuh) and merge of the shared-memory tensor-core kernel
 // (attention_decode_mma.cu), without its cp.async pipeline and ldmatrix. fp16 / bf16, head_dim 64 and 128.
 //
 // Why a second tensor-core kernel: where every warp streams only a few steps of keys (the batch-1 splits), 16-byte
@@ -38,7 +38,7 @@
 #include "attention_common.cuh"
 #include "attention_decode.cuh"
 #include "attention_decode_finish.cuh"
-#include "attention_decode_mma_softmax.cuh"
+#include "attention_decode_mma_common.cuh"
 #include "attention_kernels.h"
 #include "attention_ptx.cuh"
 #include "common.cuh"
@@ -106,14 +106,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int g = lane >> 2;   // A / C fragment row (g + 8: padding), B fragment column
   const int tig = lane & 3;  // thread in group: column pair of A / C, row pair of B
 
-  const DecodeBlockIndex bi = decode_block_index(p, q_chunks);
-  const int qc = bi.qc, hk = bi.hk, b = bi.b, split = bi.split;
-  const T* kb = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
-  const T* vb = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
-
-  pdl_trigger();  // as decode_kernel: dependents may be scheduled; they wait for this grid in their pdl_wait
-  if (prefetch) prefetch_chunk_start<T, D, kKeys>(p, kb, vb, split, splits, C::kRound);
-  pdl_wait();
+  const MmaDecodeBlock<T> blk = mma_decode_block_start<T, D, kKeys>(p, q_chunks, splits, prefetch, C::kRound);
+  const int qc = blk.bi.qc, hk = blk.bi.hk, b = blk.bi.b, split = blk.bi.split;
+  const T* const kb = blk.kb;
+  const T* const vb = blk.vb;
 
   const int group_size = p.heads_q / p.heads_kv;
   const int nq = min(Q, group_size * p.q_len - qc * Q);  // query vectors of this block, >= 1

@@ -1,8 +1,10 @@
-// One warp step of the tensor-core decode kernels' online softmax (attention_decode_mma.cu: shared-memory pipeline,
-// attention_decode_mma_regs.cu: register loads): S of the step's keys in mma C fragments -> this step's
-// probabilities as the A fragments of P V, the running max and sum updated and the accumulator rescaled. Both
-// kernels hold row g of the 16-row tile in the 4 lanes of quad g (rows 8..15 are padding), keys nt * 8 + 2tig, + 1 of
-// n-tile nt in C elements 0, 1. Header-only, device code.
+// What the two tensor-core decode kernels (attention_decode_mma.cu: shared-memory pipeline,
+// attention_decode_mma_regs.cu: register loads) share besides the merge: the block's start (its index, K / V base,
+// the PDL wait with the L2 prefetch before it) and one warp step of the online softmax. Both kernels hold row g of
+// the 16-row tile in the 4 lanes of quad g (rows 8..15 are padding), keys nt * 8 + 2tig, + 1 of n-tile nt in C
+// elements 0, 1. The query-row and key-limit arithmetic between those stays written out in each kernel: moved here,
+// it changed both kernels' SASS, and the SASS kept is the one timed and sanitized on the H200 (logs/2026-12-04b).
+// Header-only, device code.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,10 +13,34 @@
 #include <cstdint>
 
 #include "attention_common.cuh"
+#include "attention_decode.cuh"
 #include "attention_ptx.cuh"
+#include "common.cuh"
 
 namespace eet {
 namespace attn {
+
+// The block's grid index and this (batch, kv head)'s K and V. Lets dependents be scheduled (pdl_trigger, as
+// decode_kernel), asks L2 for the first rows_ahead keys of the chunk as an unpadded cache would place them, then waits
+// for the previous grid (pdl_wait): nothing before it reads a value.
+template <typename T>
+struct MmaDecodeBlock {
+  DecodeBlockIndex bi;
+  const T* kb;
+  const T* vb;
+};
+template <typename T, int D, int kKeys>
+__device__ __forceinline__ MmaDecodeBlock<T> mma_decode_block_start(const AttentionParams& p, int q_chunks, int splits,
+                                                                    bool prefetch, int rows_ahead) {
+  MmaDecodeBlock<T> m;
+  m.bi = decode_block_index(p, q_chunks);
+  m.kb = static_cast<const T*>(p.k) + m.bi.b * p.k_stride_b + m.bi.hk * p.k_stride_h;
+  m.vb = static_cast<const T*>(p.v) + m.bi.b * p.v_stride_b + m.bi.hk * p.v_stride_h;
+  pdl_trigger();
+  if (prefetch) prefetch_chunk_start<T, D, kKeys>(p, m.kb, m.vb, m.bi.split, splits, rows_ahead);
+  pdl_wait();
+  return m;
+}
 
 // sa: the step's S over A partial accumulators (summed here), NT n-tiles of 8 keys; base: the step's first key;
 // vis_end: row g sees keys < vis_end; m_row / l_part: row g's running max (log2 domain, the same in the quad) and
