@@ -85,6 +85,14 @@ b = [torch.zeros(1, dtype=torch.int32, device="cuda"), torch.full((1,), ctx, dty
 for _ in range(3): o.attention(q, k, v, *b, True, d ** -0.5)
 torch.cuda.synchronize()'
 
+# scripts/harness_decode.cu with the committed block shape, as $OUT/decode-harness.
+build_decode_harness() {
+  probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
+    -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
+    csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
+    csrc/cluster_fit.cu csrc/pdl.cu
+}
+
 for p in ${PROBES:-decode-sweep}; do
   case $p in
     decode-sweep) probe "$p" 240 $PY scripts/sweep_decode.py --out "$OUT" ;;
@@ -206,10 +214,7 @@ for p in ${PROBES:-decode-sweep}; do
       probe decode-sass 60 cuobjdump -sass "$OUT/decode_mma.cubin"
       rm -f "$OUT/decode_mma.cubin" ;;
     decode-intercept)
-      probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
-        -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-        csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
-        csrc/cluster_fit.cu csrc/pdl.cu
+      build_decode_harness
       probe decode-default 60 "$OUT/decode-harness" default
       probe decode-noprefetch 60 env EET_HF_DECODE_PREFETCH=0 "$OUT/decode-harness" noprefetch
       probe decode-nopdl 60 env EET_HF_PDL=0 "$OUT/decode-harness" nopdl
@@ -221,19 +226,13 @@ for p in ${PROBES:-decode-sweep}; do
       probe read-paths 240 "$OUT/read-paths"
       rm -f "$OUT/read-paths" ;;
     decode-policy)
-      probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
-        -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-        csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
-        csrc/cluster_fit.cu csrc/pdl.cu
+      build_decode_harness
       for pol in 0 1 2; do
         probe "decode-policy$pol" 60 env EET_HF_CLUSTER_POLICY=$pol "$OUT/decode-harness" "policy$pol"
       done
       rm -f "$OUT/decode-harness" ;;
     decode-regs)  # scripts/harness_decode.cu under the default kernel choice and with the register kernel forced off / on
-      probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
-        -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-        csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
-        csrc/cluster_fit.cu csrc/pdl.cu
+      build_decode_harness
       probe decode-regs-auto 60 "$OUT/decode-harness" auto
       probe decode-regs-off 60 env EET_HF_DECODE_MMA_REGS=0 "$OUT/decode-harness" regs-off
       probe decode-regs-on 60 env EET_HF_DECODE_MMA_REGS=1 "$OUT/decode-harness" regs-on
