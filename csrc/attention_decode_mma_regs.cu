@@ -71,18 +71,6 @@ struct StepRegs {
   uint4 v[4][RegsDecodeConfig<D>::kVL];
 };
 
-// 16 bytes from global memory, or zeros where ok is false (the address is then not read). asm volatile, so that the
-// loads keep their place among the mma statements in program order.
-__device__ __forceinline__ uint4 ldg_nc_v4_or_zero(const void* gmem, bool ok) {
-  uint4 r;
-  asm volatile(
-      "{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n"
-      " mov.b32 %3, 0;\n @q ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(gmem), "r"(static_cast<int>(ok)));
-  return r;
-}
-
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }

@@ -29,6 +29,18 @@ __device__ __forceinline__ uint32_t ldg_nc_u32_in_order(const void* gmem) {
   asm volatile("ld.global.nc.u32 %0, [%1];\n" : "=r"(v) : "l"(gmem));
   return v;
 }
+// 16 read-only bytes from global memory, or zeros where ok is false (the address is then not read). asm volatile, so
+// that the loads keep their place among the mma statements in program order (the register-load decode kernel).
+__device__ __forceinline__ uint4 ldg_nc_v4_or_zero(const void* gmem, bool ok) {
+  uint4 r;
+  asm volatile(
+      "{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n"
+      " mov.b32 %3, 0;\n @q ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(gmem), "r"(static_cast<int>(ok)));
+  return r;
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 // Ask for the 128-byte line holding gmem to be brought into L2. No value is read, so it cannot observe a write the

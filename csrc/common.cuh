@@ -141,16 +141,6 @@ inline bool pdl_enabled() {
   return enabled;
 }
 
-// EET_HF_CLUSTER_POLICY=1 / 2 (read once per process; developer knob for scripts/harness_decode.cu) asks for the
-// spread / load-balancing cluster scheduling policy on clustered launches; unset or 0: the driver's default.
-inline int cluster_policy_override() {
-  static const int policy = [] {
-    const char* v = std::getenv("EET_HF_CLUSTER_POLICY");
-    return v == nullptr ? 0 : std::atoi(v);
-  }();
-  return policy;
-}
-
 // May PDL launches be recorded into a CUDA graph here? Probed once per process (pdl.cu): a refusal during a
 // capture would invalidate the capture, so a capture never tries what the probe did not see work.
 bool pdl_capture_supported();
@@ -166,7 +156,7 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attrs[3];
+  cudaLaunchAttribute attrs[2];
   unsigned n = 0;
   if (cluster_y > 1) {
     attrs[n].id = cudaLaunchAttributeClusterDimension;
@@ -174,11 +164,6 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
     attrs[n].val.clusterDim.y = cluster_y;
     attrs[n].val.clusterDim.z = 1;
     ++n;
-    if (const int policy = cluster_policy_override()) {
-      attrs[n].id = cudaLaunchAttributeClusterSchedulingPolicyPreference;
-      attrs[n].val.clusterSchedulingPolicyPreference = static_cast<cudaClusterSchedulingPolicy>(policy);
-      ++n;
-    }
   }
   const unsigned cluster_attrs = n;
   bool pdl = pdl_enabled();

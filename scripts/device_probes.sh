@@ -33,9 +33,9 @@
 #   decode-sass       cuobjdump -sass of the tensor-core decode kernel
 #   decode-intercept  scripts/harness_decode.cu (committed block shape) under the default launch, EET_HF_DECODE_PREFETCH=0,
 #                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
-#   read-paths        scripts/harness_read_paths.cu: decode-shaped reads (ldg / cp.async / bulk copies, bounds first,
-#                     clusters of 8 or 10 under each cluster scheduling policy) with no arithmetic
-#   decode-policy     scripts/harness_decode.cu (committed block shape) under EET_HF_CLUSTER_POLICY=0, 1, 2
+#   read-paths        scripts/harness_read_paths.cu: decode-shaped reads with no arithmetic (ldg / cp.async / bulk
+#                     copies, bounds first, clusters of 8 or 10 under each scheduling policy; then block counts and
+#                     cluster sizes that fit in one wave)
 #   decode-regs       scripts/harness_decode.cu with the default kernel choice, EET_HF_DECODE_MMA_REGS=0 and =1
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
 #   parity-full       python -m evaluation.parity --full
@@ -223,14 +223,9 @@ for p in ${PROBES:-decode-sweep}; do
     read-paths)
       probe read-paths-build 200 nvcc -std=c++17 -O3 -arch=sm_90 -Iscripts -o "$OUT/read-paths" \
         scripts/harness_read_paths.cu
-      probe read-paths 240 "$OUT/read-paths"
+      probe read-paths 240 "$OUT/read-paths" paths
+      probe read-paths-clusters 240 "$OUT/read-paths"
       rm -f "$OUT/read-paths" ;;
-    decode-policy)
-      build_decode_harness
-      for pol in 0 1 2; do
-        probe "decode-policy$pol" 60 env EET_HF_CLUSTER_POLICY=$pol "$OUT/decode-harness" "policy$pol"
-      done
-      rm -f "$OUT/decode-harness" ;;
     decode-regs)  # scripts/harness_decode.cu under the default kernel choice and with the register kernel forced off / on
       build_decode_harness
       probe decode-regs-auto 60 "$OUT/decode-harness" auto

@@ -19,13 +19,16 @@
 // of one launch per buffer, enough buffers to miss L2, median per launch). Each kernel's sum is checked against the
 // plain read's once per size: exit status 1 on a mismatch or a CUDA error.
 //
-//   nvcc -std=c++17 -O3 -arch=sm_90 -o /tmp/read_paths scripts/harness_read_paths.cu && /tmp/read_paths
+//   nvcc -std=c++17 -O3 -arch=sm_90 -o /tmp/read_paths scripts/harness_read_paths.cu
+//   /tmp/read_paths paths    # every path, bounds on / off, clusters of 8 / 10 under each policy
+//   /tmp/read_paths          # ldg and cp.async over block counts and cluster sizes that fit in one wave
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "harness_common.cuh"
@@ -216,22 +219,52 @@ cudaError_t launch(const Variant& v, int blocks, int policy, const uint4* src, l
 
 }  // namespace
 
-int main() {
-  // Bulk copies (one 4 KB copy or 32 row copies per step) lost to cp.async at every size in the first run, and
-  // reading a length first cost nothing (logs/2026-12-04b); this run keeps ldg and cp.async and varies the block
-  // count and the cluster size, printing how many clusters the GPU holds at once (more clusters than that run in
-  // a second wave).
-  const Variant variants[] = {
-      variant<kLdg, true, 1>("ldg"),         variant<kCpAsync, true, 1>("cpasync"),
-      variant<kLdg, true, 2>("ldg+c2"),      variant<kCpAsync, true, 2>("cpasync+c2"),
-      variant<kLdg, true, 4>("ldg+c4"),      variant<kCpAsync, true, 4>("cpasync+c4"),
-      variant<kLdg, true, 5>("ldg+c5"),      variant<kCpAsync, true, 5>("cpasync+c5"),
-      variant<kLdg, true, 8>("ldg+c8"),      variant<kCpAsync, true, 8>("cpasync+c8"),
-      variant<kBulk, true, 1>("bulk"),
-  };
-  const int block_counts[] = {200, 224, 240, 250, 256, 264};
+int main(int argc, char** argv) {
+  // Two runs (logs/2026-12-04b). "paths" (call 2): every load path with and without the bounds read, and clusters of
+  // 8 (264 blocks) or 10 (250) under each scheduling policy; bulk copies lost to cp.async at every size there, reading
+  // a length first cost nothing, and 33 clusters of 8 turned out to be more than the GPU holds at once. The default
+  // (call 3): ldg and cp.async over block counts 200-264 and clusters of 2-8, printing how many clusters the GPU holds
+  // at once (more than that run in a second wave).
+  const bool paths_run = argc > 1 && std::strcmp(argv[1], "paths") == 0;
+  std::vector<Variant> variants;
+  std::vector<int> block_counts;
+  int policies = 1;
+  if (paths_run) {
+    variants = {
+        variant<kLdg, false, 1>("ldg"),
+        variant<kCpAsync, false, 1>("cpasync"),
+        variant<kBulk, false, 1>("bulk"),
+        variant<kBulkRows, false, 1>("bulkrows"),
+        variant<kLdg, true, 1>("ldg+bounds"),
+        variant<kCpAsync, true, 1>("cpasync+bounds"),
+        variant<kBulk, true, 1>("bulk+bounds"),
+        variant<kBulkRows, true, 1>("bulkrows+bounds"),
+        variant<kLdg, true, 8>("ldg+bounds+c8"),
+        variant<kCpAsync, true, 8>("cpasync+bounds+c8"),
+        variant<kBulk, true, 8>("bulk+bounds+c8"),
+        variant<kBulkRows, true, 8>("bulkrows+bounds+c8"),
+        variant<kCpAsync, true, 10>("cpasync+bounds+c10"),
+        variant<kBulk, true, 10>("bulk+bounds+c10"),
+        variant<kBulkRows, true, 10>("bulkrows+bounds+c10"),
+    };
+    block_counts = {264, 250};  // a variant runs at the counts its cluster size divides
+    policies = 3;
+  } else {
+    variants = {
+        variant<kLdg, true, 1>("ldg"),         variant<kCpAsync, true, 1>("cpasync"),
+        variant<kLdg, true, 2>("ldg+c2"),      variant<kCpAsync, true, 2>("cpasync+c2"),
+        variant<kLdg, true, 4>("ldg+c4"),      variant<kCpAsync, true, 4>("cpasync+c4"),
+        variant<kLdg, true, 5>("ldg+c5"),      variant<kCpAsync, true, 5>("cpasync+c5"),
+        variant<kLdg, true, 8>("ldg+c8"),      variant<kCpAsync, true, 8>("cpasync+c8"),
+        variant<kBulk, true, 1>("bulk"),
+    };
+    block_counts = {200, 224, 240, 250, 256, 264};
+  }
   for (const Variant& v : variants) {
     if (!check(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes), v.name)) return 1;
+    if (v.cluster > 8 &&
+        !check(cudaFuncSetAttribute(v.fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1), v.name))
+      return 1;
     if (v.cluster > 1) {
       cudaLaunchConfig_t cfg = {};
       cfg.gridDim = dim3(264 / v.cluster * v.cluster);
@@ -285,24 +318,25 @@ int main() {
     for (const Variant& v : variants) {
       for (int blocks : block_counts) {
         if (blocks % v.cluster != 0) continue;
-        const int policy = 0;
-        double sum = 0.0;
-        if (!total_of(v, blocks, policy, &sum)) return 1;
-        // Different block counts partition the same words differently: only float rounding may differ.
-        if (std::fabs(sum - ref) > 1e-3 * std::fabs(ref)) {
-          printf("MISMATCH %s: sum %.6e, plain read %.6e\n", v.name, sum, ref);
-          return 1;
+        for (int policy = 0; policy < (v.cluster > 1 ? policies : 1); ++policy) {
+          double sum = 0.0;
+          if (!total_of(v, blocks, policy, &sum)) return 1;
+          // Different block counts partition the same words differently: only float rounding may differ.
+          if (std::fabs(sum - ref) > 1e-3 * std::fabs(ref)) {
+            printf("MISMATCH %s: sum %.6e, plain read %.6e\n", v.name, sum, ref);
+            return 1;
+          }
+          bool ok = true;
+          const double us = harness::graph_median_us(s, sets, [&](cudaStream_t st) {
+            for (uint4* buf : bufs)
+              if (!check(launch(v, blocks, policy, buf, n16, len16, out, st), v.name)) return false;
+            return true;
+          }, &ok);
+          if (!ok) return 1;
+          const double gbps = bytes / (us * 1e-6) / 1e9;
+          printf("%-8.1f %-22s %6d %6d %9.2f %9.1f %5.0f%%\n", bytes / 1e6, v.name, blocks, policy, us, gbps,
+                 100.0 * gbps / kCeilingGbps);
         }
-        bool ok = true;
-        const double us = harness::graph_median_us(s, sets, [&](cudaStream_t st) {
-          for (uint4* buf : bufs)
-            if (!check(launch(v, blocks, policy, buf, n16, len16, out, st), v.name)) return false;
-          return true;
-        }, &ok);
-        if (!ok) return 1;
-        const double gbps = bytes / (us * 1e-6) / 1e9;
-        printf("%-8.1f %-22s %6d %6d %9.2f %9.1f %5.0f%%\n", bytes / 1e6, v.name, blocks, policy, us, gbps,
-               100.0 * gbps / kCeilingGbps);
       }
     }
     for (auto p : bufs) cudaFree(p);
