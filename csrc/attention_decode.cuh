@@ -51,6 +51,12 @@ constexpr int kBlocksPerSm = EET_DECODE_BLOCKS_PER_SM;  // the decode kernels' o
 // And later that day (logs/2026-12-04b): the spread and load-balancing cluster scheduling policies (no change); K and
 // V loaded into registers for head_dim 64 as well (slower at every planned split: h25 ctx2048 8.6-9.5 us vs 8.0, in
 // rings of 2-4 register buffers or batches of 1-3 steps; kept for head_dim 128 only, decode_mma_regs_pays below).
+// And on 2026-12-04c (scripts/harness_decode.cu, same-call A/B): with O accumulated transposed in both tensor-core
+// kernels (attention_decode_mma_common.cuh) bs1 h25 ctx2048 / 4096, h32 d128 ctx2048 / 4096 went 8.0 / 11.9 / 13.6 /
+// 21.8 -> 7.9 / 11.6 / 13.0 / 21.2 us. Planning for 3 or 4 blocks per SM (the shared-memory kernel with 2-4 stages
+// or 32-key steps, the register kernel at head_dim 64, which fits 3 blocks per SM) gained at most 4% at d64 (best
+// 7.6 / 11.0 us: the register kernel over 11 splits) and lost at short contexts (h12 ctx1024: 5.1 vs 4.9 us), so
+// kBlocksPerSm stays 2.
 // Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
 // little more than its own loads, so chunks go down to one pipeline round of keys.
 constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)

@@ -6,12 +6,12 @@
 // spends ~270 instructions there (unpacking, FMAs, the shuffle reductions of every dot product and of the running
 // max) at 1-2 warps per scheduler: on the H200 one split streams only ~23 GB/s per block, ~1400 cycles per
 // 64-key round (scripts/sweep_decode.py, 2026-12-02). Here the same 16 keys cost 2 x D/16 mma for S = Q K^T,
-// 2 x D/8 for O += P V (P in two 16-bit parts: fp32-like precision), a few ldmatrix, and a softmax on the 4 lanes
-// that hold each row.
+// 2 x D/16 for O^T += V^T P^T (P in two 16-bit parts: fp32-like precision; attention_decode_mma_common.cuh), a few
+// ldmatrix, and a softmax on the 4 lanes that hold each row.
 //
-// Tile: the block's query vectors (at most kQPerBlock: the GQA group x query rows) are rows 0..nq-1 of the
-// 16-row A operand; the other rows are zero and their results ignored (the tensor cores have the time: what bounds
-// a decode is bytes and instruction latency). Each warp streams its own steps of kKeys keys (warp w takes keys
+// Tile: the block's query vectors (at most kQPerBlock: the GQA group x query rows) are rows 0..nq-1 of S's 16-row A
+// operand and columns 0..nq-1 of O^T's 8; the other rows and columns are zero and their results ignored (the tensor
+// cores have the time: what bounds a decode is bytes and instruction latency). Each warp streams its own steps of kKeys keys (warp w takes keys
 // cr.lo + (r * kWarps + w) * kKeys .. + kKeys - 1 in round r) through its own shared-memory stages with cp.async,
 // kStages - 1 steps ahead; a warp syncs only with itself (__syncwarp after its wait, for the other lanes' copies).
 // Rows are padded to D + 8 elements so that ldmatrix is conflict-free. Keys past the chunk's end are zero-filled,
@@ -68,7 +68,7 @@ struct MmaDecodeConfig {
   static constexpr size_t kSmemBytes = static_cast<size_t>(kWarps) * kWarpElems * 2;  // 16-bit elements
   static constexpr int kKT = D / 16;                        // k-steps of S = Q K^T
   static constexpr int kAcc = kKT / 2;                      // independent S accumulators: halves the mma chain
-  static constexpr int kDT = D / 8;                         // n-tiles of O
+  static constexpr int kMT = D / 16;                        // m-tiles of O^T (attention_decode_mma_common.cuh)
   static_assert(kKeys == 16 || kKeys == 32, "a warp step is one or two k-steps of P V");
   static_assert(kStages >= 2, "the pipeline needs a stage in flight");
   static_assert(kKT % 2 == 0, "head_dim must be a multiple of 32");
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_mma_kernel(const AttentionParams p, const int /*aligned_flag*/, const int splits, const int q_chunks,
                       const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = MmaDecodeConfig<D>;
-  constexpr int kKeys = C::kKeys, kStride = C::kStride, kStages = C::kStages, KT = C::kKT, DT = C::kDT;
+  constexpr int kKeys = C::kKeys, kStride = C::kStride, kStages = C::kStages, KT = C::kKT, MT = C::kMT;
   constexpr int A = C::kAcc, Q = kQPerBlock, NT = C::kNT, PK = C::kPK;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
 
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
-  const int g = lane >> 2;   // the A / C fragment row this lane holds (and g + 8, always padding here)
+  const int g = lane >> 2;   // S's A / C fragment row this lane holds (and g + 8, always padding here)
   const int tig = lane & 3;  // thread in group: its column pair
 
   const MmaDecodeBlock<T> blk =
@@ -132,9 +132,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   }();
   const float scale_log2 = p.scale * kLog2e;
 
-  float o[DT][4];  // elements 0, 1: row g, dims dt*8 + 2*tig, +1 (2, 3: padding rows)
+  float o[MT][4];  // O^T m-tile mt: query columns 2tig, 2tig + 1; dims mt * 16 + g, + 8
 #pragma unroll
-  for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  for (int mt = 0; mt < MT; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.f;
   float m_row = -INFINITY;  // row g's running max (log2 domain), the same in the 4 lanes of its quad
   float l_part = 0.f;       // this lane's share of row g's sum
 
@@ -225,23 +225,23 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       }
     }
 
-    // Softmax (attention_decode_mma_common.cuh), then O += P V: the probabilities of n-tiles 2kh, 2kh + 1 are the
-    // A fragment of k-step kh (rows 8..15 zero), in two 16-bit parts.
-    uint32_t ph[PK][4], pl[PK][4];
-    mma_decode_softmax_step<T>(sa, base, tig, vis_end, scale_log2, m_row, l_part, o, ph, pl);
+    // Softmax, then O^T += V^T P^T (attention_decode_mma_common.cuh): the probabilities of n-tiles 2kh, 2kh + 1 are
+    // P^T's B fragment of k-step kh, in two 16-bit parts; V^T's A fragment of m-tile mt comes transposed from the
+    // step's V rows.
+    uint32_t bh[PK][2], bl[PK][2];
+    const float alpha = mma_decode_softmax_step<T>(sa, base, tig, vis_end, scale_log2, m_row, l_part, bh, bl);
+    rescale_ot(o, alpha, tig);
 #pragma unroll
     for (int kh = 0; kh < PK; ++kh) {
 #pragma unroll
-      for (int dp = 0; dp < DT / 2; ++dp) {
-        uint32_t bv[4];
-        // matrices: (keys 0..7, d +0..7), (keys 8..15, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +8..15)
-        // of the step's 16-key half kh
-        ldmatrix_x4_trans(bv, sv + (kh * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kStride + dp * 16 +
-                                  (lane >> 4) * 8);
-        mma_16816<T>(o[2 * dp], ph[kh], bv[0], bv[1]);
-        mma_16816<T>(o[2 * dp + 1], ph[kh], bv[2], bv[3]);
-        mma_16816<T>(o[2 * dp], pl[kh], bv[0], bv[1]);
-        mma_16816<T>(o[2 * dp + 1], pl[kh], bv[2], bv[3]);
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t av[4];
+        // matrices, transposed: (keys 0..7, d +0..7), (keys 0..7, d +8..15), (keys 8..15, d +0..7),
+        // (keys 8..15, d +8..15) of the step's 16-key half kh and m-tile mt
+        ldmatrix_x4_trans(av, sv + (kh * 16 + (lane >> 4) * 8 + (lane & 7)) * kStride + mt * 16 +
+                                  ((lane >> 3) & 1) * 8);
+        mma_16816<T>(o[mt], av, bh[kh][0], bh[kh][1]);
+        mma_16816<T>(o[mt], av, bl[kh][0], bl[kh][1]);
       }
     }
   }
@@ -254,17 +254,21 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   l_row += __shfl_xor_sync(0xffffffffu, l_row, 2);
   float* const parts = reinterpret_cast<float*>(pipe);
   constexpr int kWarpFloats = C::kWarpElems / 2;
-  if (row_ok) {
-    float* acc = parts + warp * kWarpFloats + g * D;
 #pragma unroll
-    for (int dt = 0; dt < DT; ++dt) {
-      acc[dt * 8 + 2 * tig] = o[dt][0];
-      acc[dt * 8 + 2 * tig + 1] = o[dt][1];
+  for (int c = 0; c < 2; ++c) {  // O^T's query columns 2tig, 2tig + 1
+    const int q = 2 * tig + c;
+    if (q < nq) {
+      float* acc = parts + warp * kWarpFloats + q * D + g;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        acc[mt * 16] = o[mt][c];
+        acc[mt * 16 + 8] = o[mt][2 + c];
+      }
     }
-    if (tig == 0) {
-      sm_m[warp * Q + g] = m_row;
-      sm_l[warp * Q + g] = l_row;
-    }
+  }
+  if (row_ok && tig == 0) {
+    sm_m[warp * Q + g] = m_row;
+    sm_l[warp * Q + g] = l_row;
   }
   const DecodePartials partials{parts, kWarpFloats, sm_m, sm_l, sm_block_m, sm_block_l};
   decode_block_finish<T, D>(p, partials, b, hk, qc, nq, split, splits, ws_acc, ws_ml);

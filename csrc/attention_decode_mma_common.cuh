@@ -1,9 +1,9 @@
 // What the two tensor-core decode kernels (attention_decode_mma.cu: shared-memory pipeline,
 // attention_decode_mma_regs.cu: register loads) share besides the merge: the block's start (its index, K / V base,
-// the PDL wait with the L2 prefetch before it) and one warp step of the online softmax. Both kernels hold row g of
-// the 16-row tile in the 4 lanes of quad g (rows 8..15 are padding), keys nt * 8 + 2tig, + 1 of n-tile nt in C
-// elements 0, 1. The query-row and key-limit arithmetic between those stays written out in each kernel: moved here,
-// it changed both kernels' SASS, and the SASS kept is the one timed and sanitized on the H200 (logs/2026-12-04b).
+// the PDL wait with the L2 prefetch before it), one warp step of the online softmax and the layout of the transposed
+// output accumulator. Both kernels hold row g of S's 16-row tile in the 4 lanes of quad g (rows 8..15 are padding),
+// keys nt * 8 + 2tig, + 1 of n-tile nt in C elements 0, 1. The query-row and key-limit arithmetic between those stays
+// written out in each kernel: moved here, it changed both kernels' SASS (logs/2026-12-04b).
 // Header-only, device code.
 #pragma once
 
@@ -42,19 +42,26 @@ __device__ __forceinline__ MmaDecodeBlock<T> mma_decode_block_start(const Attent
   return m;
 }
 
+// O is accumulated transposed, O^T += V^T P^T (the same layout in both kernels): V^T is the A operand (16 d rows x 16
+// keys per m-tile) and P^T the B operand (16 keys x 8 query columns). S = Q K^T's accumulator leaves row g's
+// probabilities of keys 2tig, 2tig + 1 (n-tile 0) and 2tig + 8, 2tig + 9 (n-tile 1) in lane (g, tig): exactly P^T's B
+// fragment for column g, so P goes to the mma as it is, two registers per 16 keys. Against O = P V with P as the A
+// operand this halves the P V mma (one m-tile covers 16 d where an n-tile covered 8), halves O's accumulator registers
+// (the query columns 4..7 of O^T are idle where rows 4..15 of O were) and drops the zero padding words of P's A
+// fragment. O^T's element c of m-tile mt: query column 2tig + (c & 1), d row g + 8 * (c >> 1) of the kernel's d map.
+//
 // sa: the step's S over A partial accumulators (summed here), NT n-tiles of 8 keys; base: the step's first key;
 // vis_end: row g sees keys < vis_end; m_row / l_part: row g's running max (log2 domain, the same in the quad) and
-// this lane's share of its sum; o: the accumulator's DT n-tiles (elements 0, 1: row g). On return ph[kh] / pl[kh]
-// hold the probabilities of n-tiles 2kh, 2kh + 1 as the A fragment of P V's k-step kh: a 16-bit high part and the
+// this lane's share of its sum. Returns row g's rescale factor for what O holds so far (rescale_ot applies it); on
+// return bh[kh] / bl[kh] hold P^T's B fragment of k-step kh (n-tiles 2kh, 2kh + 1) as a 16-bit high part and the
 // 16-bit rest, two mma each, so that P keeps ~fp32 precision as in the CUDA-core kernel. One rounding of P to fp16
 // (what flash does) was measured on the H200 to flip greedy tokens of small fp16 Llama / Mistral models more often
 // than HF's eager path does (29 of 32 prompts agreeing with sdpa against eager's 31, test_generic_greedy_agreement);
 // the extra mma cost little where latency, not the tensor cores, bounds the kernel.
-template <typename T, int A, int NT, int DT>
-__device__ __forceinline__ void mma_decode_softmax_step(const float (&sa)[A][NT][4], int base, int tig, int vis_end,
-                                                        float scale_log2, float& m_row, float& l_part,
-                                                        float (&o)[DT][4], uint32_t (&ph)[NT / 2][4],
-                                                        uint32_t (&pl)[NT / 2][4]) {
+template <typename T, int A, int NT>
+__device__ __forceinline__ float mma_decode_softmax_step(const float (&sa)[A][NT][4], int base, int tig, int vis_end,
+                                                         float scale_log2, float& m_row, float& l_part,
+                                                         uint32_t (&bh)[NT / 2][2], uint32_t (&bl)[NT / 2][2]) {
   // Row g: scale to log2 units, mask, online softmax over the quad's 4 lanes (2 keys per lane per n-tile).
   float s[NT][2];
   float mx = -INFINITY;
@@ -86,17 +93,30 @@ __device__ __forceinline__ void mma_decode_softmax_step(const float (&sa)[A][NT]
   }
   l_part = l_part * alpha + rs;
 #pragma unroll
-  for (int dt = 0; dt < DT; ++dt) {
-    o[dt][0] *= alpha;
-    o[dt][1] *= alpha;
-  }
-#pragma unroll
   for (int kh = 0; kh < NT / 2; ++kh) {
-    const uint32_t hi0 = pack2<T>(s[2 * kh][0], s[2 * kh][1]), hi1 = pack2<T>(s[2 * kh + 1][0], s[2 * kh + 1][1]);
-    const float2 back0 = unpack2<T>(hi0), back1 = unpack2<T>(hi1);
-    ph[kh][0] = hi0, ph[kh][1] = 0u, ph[kh][2] = hi1, ph[kh][3] = 0u;
-    pl[kh][0] = pack2<T>(s[2 * kh][0] - back0.x, s[2 * kh][1] - back0.y), pl[kh][1] = 0u;
-    pl[kh][2] = pack2<T>(s[2 * kh + 1][0] - back1.x, s[2 * kh + 1][1] - back1.y), pl[kh][3] = 0u;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float p0 = s[2 * kh + h][0], p1 = s[2 * kh + h][1];
+      bh[kh][h] = pack2<T>(p0, p1);
+      const float2 back = unpack2<T>(bh[kh][h]);
+      bl[kh][h] = pack2<T>(p0 - back.x, p1 - back.y);
+    }
+  }
+  return alpha;
+}
+
+// O^T *= the rescale factors of its query columns 2tig, 2tig + 1: query q's factor was computed in quad q (lane 4q).
+// Columns past the block's query vectors get their (all-masked) rows' factor, 0 times an accumulator of zeros.
+template <int MT>
+__device__ __forceinline__ void rescale_ot(float (&o)[MT][4], float alpha, int tig) {
+  const float a0 = __shfl_sync(0xffffffffu, alpha, 8 * tig);
+  const float a1 = __shfl_sync(0xffffffffu, alpha, 8 * tig + 4);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    o[mt][0] *= a0;
+    o[mt][1] *= a1;
+    o[mt][2] *= a0;
+    o[mt][3] *= a1;
   }
 }
 

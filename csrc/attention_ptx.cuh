@@ -41,6 +41,16 @@ __device__ __forceinline__ uint4 ldg_nc_v4_or_zero(const void* gmem, bool ok) {
   return r;
 }
 
+// 16 read-only bytes from global memory into r where ok is true; where it is false, r keeps its value and the address
+// is not read. No register is zeroed per load (ldg_nc_v4_or_zero writes 4 zeros before each predicated load: 64 of
+// the ~355 SASS instructions of a head_dim-128 register-kernel step). asm volatile, as ldg_nc_v4_or_zero.
+__device__ __forceinline__ void ldg_nc_v4_keep(uint4& r, const void* gmem, bool ok) {
+  asm volatile(
+      "{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n @q ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"
+      : "+r"(r.x), "+r"(r.y), "+r"(r.z), "+r"(r.w)
+      : "l"(gmem), "r"(static_cast<int>(ok)));
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 // Ask for the 128-byte line holding gmem to be brought into L2. No value is read, so it cannot observe a write the

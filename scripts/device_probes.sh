@@ -37,6 +37,10 @@
 #                     copies, bounds first, clusters of 8 or 10 under each scheduling policy; then block counts and
 #                     cluster sizes that fit in one wave)
 #   decode-regs       scripts/harness_decode.cu with the default kernel choice, EET_HF_DECODE_MMA_REGS=0 and =1
+#   decode-ab         scripts/harness_decode.cu built from $DECODE_AB_BASE (a copy of another commit's csrc/, e.g.
+#                     `git archive <ref> csrc | tar -x -C ab-base`) and from this checkout, run base / new / base / new
+#                     in one call (the same machine: the only fair comparison), then this checkout with the register
+#                     kernel forced off and on
 #   prefill-kernel-bench  the kernel bench's prefill rows alone
 #   parity-full       python -m evaluation.parity --full
 set -uo pipefail
@@ -85,12 +89,13 @@ b = [torch.zeros(1, dtype=torch.int32, device="cuda"), torch.full((1,), ctx, dty
 for _ in range(3): o.attention(q, k, v, *b, True, d ** -0.5)
 torch.cuda.synchronize()'
 
-# scripts/harness_decode.cu with the committed block shape, as $OUT/decode-harness.
+# scripts/harness_decode.cu with the committed block shape, as $OUT/decode-harness (or $1 from kernel sources in $2).
 build_decode_harness() {
-  probe decode-harness-build 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc \
-    -o "$OUT/decode-harness" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-    csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
-    csrc/cluster_fit.cu csrc/pdl.cu
+  local out=${1:-$OUT/decode-harness} src=${2:-csrc}
+  probe "$(basename "$out")-build" 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I"$src" -o "$out" \
+    scripts/harness_decode.cu "$src"/attention_decode.cu "$src"/attention_decode_split.cu \
+    "$src"/attention_decode_mma.cu "$src"/attention_decode_mma_regs.cu "$src"/attention_decode_combine.cu \
+    "$src"/cluster_fit.cu "$src"/pdl.cu
 }
 
 for p in ${PROBES:-decode-sweep}; do
@@ -191,10 +196,11 @@ for p in ${PROBES:-decode-sweep}; do
       probe "$p" 120 "$OUT/read_ceiling"
       rm -f "$OUT/read_ceiling" ;;
     decode-shape-sweep)
-      # name:keys_d64:stages_d64:keys_d128:stages_d128[:warps:blocks_per_sm[:loads]] (base = the committed defaults)
+      # name:keys_d64:stages_d64:keys_d128:stages_d128[:warps:blocks_per_sm[:loads[:regs]]] (base = the committed
+      # defaults; regs 0 / 1 times the binary under EET_HF_DECODE_MMA_REGS=0 / 1)
       SHAPES_DECODE=${DECODE_SHAPES:-"base:16:5:16:3 k32s3:32:3:32:2 k32s2:32:2:16:2 k16s3:16:3:32:3 k16s4:16:4:16:4"}
       for v in $SHAPES_DECODE; do
-        IFS=: read -r name k64 s64 k128 s128 warps bps loads <<<"$v"
+        IFS=: read -r name k64 s64 k128 s128 warps bps loads _ <<<"$v"
         timeout 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_KEYS_D64=$k64 \
           -DEET_DECODE_MMA_STAGES_D64=$s64 -DEET_DECODE_MMA_KEYS_D128=$k128 -DEET_DECODE_MMA_STAGES_D128=$s128 \
           -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} ${loads:+-DEET_DECODE_MMA_LOAD_ONLY} \
@@ -204,8 +210,9 @@ for p in ${PROBES:-decode-sweep}; do
       done
       wait  # the builds in parallel, the timings one at a time
       for v in $SHAPES_DECODE; do
-        IFS=: read -r name _ _ _ _ _ _ loads <<<"$v"
-        probe "decode-shape-$name" 120 env ${loads:+EET_HARNESS_NO_CHECK=1} "$OUT/decode-$name" "$v"
+        IFS=: read -r name _ _ _ _ _ _ loads regs <<<"$v"
+        probe "decode-shape-$name" 120 env ${loads:+EET_HARNESS_NO_CHECK=1} ${regs:+EET_HF_DECODE_MMA_REGS=$regs} \
+          "$OUT/decode-$name" "$v"
         rm -f "$OUT/decode-$name"
       done ;;
     decode-sass)  # the tensor-core decode kernel's SASS (committed block shape), for instruction counts and order
@@ -232,6 +239,17 @@ for p in ${PROBES:-decode-sweep}; do
       probe decode-regs-off 60 env EET_HF_DECODE_MMA_REGS=0 "$OUT/decode-harness" regs-off
       probe decode-regs-on 60 env EET_HF_DECODE_MMA_REGS=1 "$OUT/decode-harness" regs-on
       rm -f "$OUT/decode-harness" ;;
+    decode-ab)
+      build_decode_harness "$OUT/decode-ab-base" "${DECODE_AB_BASE:-ab-base/csrc}" &
+      build_decode_harness "$OUT/decode-ab-new" csrc &
+      wait
+      for round in 1 2; do
+        probe "decode-ab-base-$round" 60 "$OUT/decode-ab-base" "base$round"
+        probe "decode-ab-new-$round" 60 "$OUT/decode-ab-new" "new$round"
+      done
+      probe decode-ab-new-regs-off 60 env EET_HF_DECODE_MMA_REGS=0 "$OUT/decode-ab-new" new-regs-off
+      probe decode-ab-new-regs-on 60 env EET_HF_DECODE_MMA_REGS=1 "$OUT/decode-ab-new" new-regs-on
+      rm -f "$OUT/decode-ab-base" "$OUT/decode-ab-new" ;;
     prefill-kernel-bench) probe "$p" 240 $PY -m evaluation.bench_kernels_attention --only prefill --json "$OUT/prefill.json" ;;
     parity-full) probe "$p" 420 $PY -m evaluation.parity --full --out-dir "$OUT/parity" ;;
     *) echo "unknown probe $p" | tee -a "$OUT/probes.txt" ;;
