@@ -11,12 +11,13 @@
 //
 // Tile: the block's query vectors (at most kQPerBlock: the GQA group x query rows) are rows 0..nq-1 of S's 16-row A
 // operand and columns 0..nq-1 of O^T's 8; the other rows and columns are zero and their results ignored (the tensor
-// cores have the time: what bounds a decode is bytes and instruction latency). Each warp streams its own steps of kKeys keys (warp w takes keys
-// cr.lo + (r * kWarps + w) * kKeys .. + kKeys - 1 in round r) through its own shared-memory stages with cp.async,
-// kStages - 1 steps ahead; a warp syncs only with itself (__syncwarp after its wait, for the other lanes' copies).
-// Rows are padded to D + 8 elements so that ldmatrix is conflict-free. Keys past the chunk's end are zero-filled,
-// never left stale: a zero probability times a stale NaN would still poison O. The warps' partials land in their own
-// (then idle) stages and decode_block_finish merges them as for the CUDA-core kernel.
+// cores have the time: what bounds a decode is bytes and instruction latency). Each warp streams its own steps of
+// kKeys keys (warp w takes keys cr.lo + (r * kWarps + w) * kKeys .. + kKeys - 1 in round r) through its own
+// shared-memory stages with cp.async, kStages - 1 steps ahead; a warp syncs only with itself (__syncwarp after its
+// wait, for the other lanes' copies). Rows are padded to D + 8 elements so that ldmatrix is conflict-free. Keys past
+// the chunk's end are zero-filled, never left stale: a zero probability times a stale NaN (the stages start
+// uninitialized) would still poison O. The warps' partials land in their own (then idle) stages and
+// decode_block_finish merges them as for the CUDA-core kernel.
 //
 // Only 16-byte aligned tensors come here (the launcher keeps the others on the CUDA-core kernel's scalar path).
 #include <cuda_bf16.h>

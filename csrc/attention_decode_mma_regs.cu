@@ -117,7 +117,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
                   q_row * p.q_stride_s;
 #pragma unroll
     for (int kp = 0; kp < KP; ++kp) {
-      const uint4 w = ldg_nc_v4_or_zero(qp + (kp * 4 + tig) * 8, row_ok);
+      uint4 w = make_uint4(0u, 0u, 0u, 0u);
+      ldg_nc_v4_keep(w, qp + (kp * 4 + tig) * 8, row_ok);
       qf[2 * kp][0] = w.x, qf[2 * kp][1] = w.y, qf[2 * kp + 1][0] = w.z, qf[2 * kp + 1][1] = w.w;
     }
   }

@@ -29,21 +29,10 @@ __device__ __forceinline__ uint32_t ldg_nc_u32_in_order(const void* gmem) {
   asm volatile("ld.global.nc.u32 %0, [%1];\n" : "=r"(v) : "l"(gmem));
   return v;
 }
-// 16 read-only bytes from global memory, or zeros where ok is false (the address is then not read). asm volatile, so
-// that the loads keep their place among the mma statements in program order (the register-load decode kernel).
-__device__ __forceinline__ uint4 ldg_nc_v4_or_zero(const void* gmem, bool ok) {
-  uint4 r;
-  asm volatile(
-      "{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n"
-      " mov.b32 %3, 0;\n @q ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(gmem), "r"(static_cast<int>(ok)));
-  return r;
-}
-
 // 16 read-only bytes from global memory into r where ok is true; where it is false, r keeps its value and the address
-// is not read. No register is zeroed per load (ldg_nc_v4_or_zero writes 4 zeros before each predicated load: 64 of
-// the ~355 SASS instructions of a head_dim-128 register-kernel step). asm volatile, as ldg_nc_v4_or_zero.
+// is not read (zeroing r inside, before each predicated load, took 64 of the ~355 SASS instructions of a head_dim-128
+// register-kernel step). asm volatile, so that the loads keep their place among the mma statements in program order
+// (the register-load decode kernel).
 __device__ __forceinline__ void ldg_nc_v4_keep(uint4& r, const void* gmem, bool ok) {
   asm volatile(
       "{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n @q ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"

@@ -38,7 +38,8 @@
 #                     cluster sizes that fit in one wave)
 #   decode-regs       scripts/harness_decode.cu with the default kernel choice, EET_HF_DECODE_MMA_REGS=0 and =1
 #   decode-ab         scripts/harness_decode.cu built from $DECODE_AB_BASE (a copy of another commit's csrc/, e.g.
-#                     `git archive <ref> csrc | tar -x -C ab-base`) and from this checkout, run base / new / base / new
+#                     `mkdir ab-base && git archive <ref> csrc | tar -x -C ab-base`: untracked, so it travels with the
+#                     device call; delete it afterwards) and from this checkout, run base / new / base / new
 #                     in one call (the same machine: the only fair comparison), then this checkout with the register
 #                     kernel forced off and on
 #   prefill-kernel-bench  the kernel bench's prefill rows alone

@@ -27,10 +27,9 @@ def merge(results: dict, new_rows: list[dict], prefix: str) -> dict:
     if not fresh:
         raise SystemExit(f"no row of the new file has a case starting with {prefix!r}")
     rows = results["rows"]
-    at = next((i for i, r in enumerate(rows) if r["case"].startswith(prefix)), len(rows))
+    at = next((i for i, r in enumerate(rows) if r["case"].startswith(prefix)), len(rows))  # rows[:at] all stay
     kept = [r for r in rows if not r["case"].startswith(prefix)]
-    before = sum(1 for r in rows[:at] if not r["case"].startswith(prefix))
-    return {**results, "rows": kept[:before] + fresh + kept[before:]}
+    return {**results, "rows": kept[:at] + fresh + kept[at:]}
 
 
 def write_markdown(md_path: Path, results: dict) -> None:
