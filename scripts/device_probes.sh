@@ -34,8 +34,8 @@
 #   decode-intercept  scripts/harness_decode.cu (committed block shape) under the default launch, EET_HF_DECODE_PREFETCH=0,
 #                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
 #   read-paths        scripts/harness_read_paths.cu: decode-shaped reads with no arithmetic (ldg / cp.async / bulk
-#                     copies, bounds first, clusters of 8 or 10 under each scheduling policy; then block counts and
-#                     cluster sizes that fit in one wave)
+#                     copies, bounds first, clusters of 8 or 10 under each scheduling policy; then block counts,
+#                     cluster sizes that fit in one wave and atomic-ticket merges without clusters)
 #   decode-regs       scripts/harness_decode.cu with the default kernel choice, EET_HF_DECODE_MMA_REGS=0 and =1
 #   decode-ab         scripts/harness_decode.cu built from $DECODE_AB_BASE (a copy of another commit's csrc/, e.g.
 #                     `mkdir ab-base && git archive <ref> csrc | tar -x -C ab-base`: untracked, so it travels with the

@@ -14,7 +14,11 @@
 //            sequence's bounds before its first copy);
 //   cluster  8 (264 blocks) or 10 (250 blocks, h25's planned split) blocks per thread block cluster, with the decode
 //            merge's two cluster barriers and a distributed-shared-memory read at the end, under each cluster
-//            scheduling policy (0 default, 1 spread, 2 load balancing).
+//            scheduling policy (0 default, 1 spread, 2 load balancing);
+//   ticket   (kCluster < 0) no cluster: groups of -kCluster consecutive blocks merged through global memory as a
+//            cluster-free decode would: every block stores a 64-float partial, fences, takes an atomic ticket, and
+//            the group's last block reads the group's partials back from L2 and stores their sum (the cheapest
+//            merge across SMs without clusters, the bound of that design).
 // Every launch is a programmatic dependent launch, timed as the decode bench times (harness_common.cuh: a CUDA graph
 // of one launch per buffer, enough buffers to miss L2, median per launch). Each kernel's sum is checked against the
 // plain read's once per size: exit status 1 on a mismatch or a CUDA error.
@@ -41,6 +45,9 @@ using harness::kCeilingGbps;
 constexpr int kWarps = 4, kThreads = kWarps * 32, kStages = 5;
 constexpr int kStepBytes = 4096, kStep16 = kStepBytes / 16, kPerLane = kStep16 / 32;  // 8 x 16 bytes per lane
 constexpr int kSmemBytes = kWarps * kStages * kStepBytes;                              // 80 KB: two blocks per SM
+constexpr int kPartial = 64;  // floats per block partial on the ticket path (one head_dim-64 query vector)
+constexpr int kPartialsAt = 4096, kSumsAt = kPartialsAt + 264 * kPartial;  // float offsets in `out`
+__device__ unsigned g_tickets[264];  // per group; its last block resets it for the next launch
 enum Path { kLdg, kCpAsync, kBulk, kBulkRows };
 
 __device__ __forceinline__ uint32_t saddr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
@@ -176,6 +183,28 @@ __global__ void __launch_bounds__(kThreads) stream_read(const uint4* __restrict_
     cluster.sync();
     if (threadIdx.x == 0) out[gridDim.x + blockIdx.x] = peer;  // kept, so the read is not optimized away
   }
+  if constexpr (kCluster < 0) {
+    constexpr int kGroup = -kCluster;
+    __shared__ bool last;
+    __syncthreads();  // thread 0's block sum in partial[0]
+    const float block_sum = partial[0];
+    if (threadIdx.x < kPartial) {
+      out[kPartialsAt + blockIdx.x * kPartial + threadIdx.x] = block_sum + threadIdx.x;
+      __threadfence();  // the partial is visible GPU-wide before the ticket is taken
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&g_tickets[blockIdx.x / kGroup], 1u) == kGroup - 1;
+    __syncthreads();
+    if (last && threadIdx.x < kPartial) {
+      __threadfence();
+      const int g0 = blockIdx.x / kGroup * kGroup;
+      float sum = 0.f;
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) sum += __ldcg(out + kPartialsAt + (g0 + g) * kPartial + threadIdx.x);
+      out[kSumsAt + g0 / kGroup * kPartial + threadIdx.x] = sum;
+      if (threadIdx.x == 0) g_tickets[blockIdx.x / kGroup] = 0u;
+    }
+  }
   if (threadIdx.x == 0) out[blockIdx.x] = acc;
 }
 
@@ -224,7 +253,8 @@ int main(int argc, char** argv) {
   // 8 (264 blocks) or 10 (250) under each scheduling policy; bulk copies lost to cp.async at every size there, reading
   // a length first cost nothing, and 33 clusters of 8 turned out to be more than the GPU holds at once. The default
   // (call 3): ldg and cp.async over block counts 200-264 and clusters of 2-8, printing how many clusters the GPU holds
-  // at once (more than that run in a second wave).
+  // at once (more than that run in a second wave). Since 2026-12-04 (fourth session) also the ticket merge in groups of
+  // 8 and 10 blocks.
   const bool paths_run = argc > 1 && std::strcmp(argv[1], "paths") == 0;
   std::vector<Variant> variants;
   std::vector<int> block_counts;
@@ -257,6 +287,8 @@ int main(int argc, char** argv) {
         variant<kLdg, true, 5>("ldg+c5"),      variant<kCpAsync, true, 5>("cpasync+c5"),
         variant<kLdg, true, 8>("ldg+c8"),      variant<kCpAsync, true, 8>("cpasync+c8"),
         variant<kBulk, true, 1>("bulk"),
+        variant<kLdg, true, -8>("ldg+t8"),     variant<kCpAsync, true, -8>("cpasync+t8"),
+        variant<kLdg, true, -10>("ldg+t10"),
     };
     block_counts = {200, 224, 240, 250, 256, 264};
   }
