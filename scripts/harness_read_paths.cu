@@ -349,7 +349,7 @@ int main(int argc, char** argv) {
     if (!total_of(variants[0], 264, 0, &ref)) return 1;
     for (const Variant& v : variants) {
       for (int blocks : block_counts) {
-        if (blocks % v.cluster != 0) continue;
+        if (blocks % v.cluster != 0) continue;  // ticket groups (cluster < 0) too: the sign of % follows blocks
         for (int policy = 0; policy < (v.cluster > 1 ? policies : 1); ++policy) {
           double sum = 0.0;
           if (!total_of(v, blocks, policy, &sum)) return 1;
