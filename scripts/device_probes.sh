@@ -35,8 +35,12 @@
 #                     EET_HF_PDL=0 and EET_HF_DECODE_MMA=0: what each part of the launch costs at every context
 #   read-paths        scripts/harness_read_paths.cu: decode-shaped reads with no arithmetic (ldg / cp.async / bulk
 #                     copies, bounds first, clusters of 8 or 10 under each scheduling policy; then block counts,
-#                     cluster sizes that fit in one wave and atomic-ticket merges without clusters)
+#                     cluster sizes that fit in one wave, atomic-ticket merges without clusters and the two-kernel
+#                     combine path)
 #   decode-regs       scripts/harness_decode.cu with the default kernel choice, EET_HF_DECODE_MMA_REGS=0 and =1
+#   decode-floor      scripts/harness_decode.cu (default kernel choice) and scripts/harness_read_paths.cu in one call,
+#                     written as decode-floor-<gpu>.{json,md} by scripts/decode_floor_rows.py: the batch-1 decode next to
+#                     the same bytes read with no arithmetic, without a merge and with each merge across SMs
 #   decode-ab         scripts/harness_decode.cu built from $DECODE_AB_BASE (a copy of another commit's csrc/, e.g.
 #                     `mkdir ab-base && git archive <ref> csrc | tar -x -C ab-base`: untracked, so it travels with the
 #                     device call; delete it afterwards) and from this checkout, run base / new / base / new
@@ -234,6 +238,17 @@ for p in ${PROBES:-decode-sweep}; do
       probe read-paths 240 "$OUT/read-paths" paths
       probe read-paths-clusters 240 "$OUT/read-paths"
       rm -f "$OUT/read-paths" ;;
+    decode-floor)  # the batch-1 decode kernels next to reads of the same bytes with no arithmetic, as a results file
+      probe read-paths-build 200 nvcc -std=c++17 -O3 -arch=sm_90 -Iscripts -o "$OUT/read-paths" \
+        scripts/harness_read_paths.cu &
+      build_decode_harness &
+      wait
+      probe decode-floor-decode 60 "$OUT/decode-harness" auto
+      probe decode-floor-read-paths 240 "$OUT/read-paths"
+      probe decode-floor-rows 120 $PY scripts/decode_floor_rows.py --read-paths "$OUT/decode-floor-read-paths.log" \
+        --decode "$OUT/decode-floor-decode.log" --results-dir "$OUT" \
+        --command "PROBES=decode-floor bash scripts/device_probes.sh (scripts/harness_decode.cu auto, then scripts/harness_read_paths.cu, one device call; rows by scripts/decode_floor_rows.py)"
+      rm -f "$OUT/read-paths" "$OUT/decode-harness" ;;
     decode-regs)  # scripts/harness_decode.cu under the default kernel choice and with the register kernel forced off / on
       build_decode_harness
       probe decode-regs-auto 60 "$OUT/decode-harness" auto

@@ -19,6 +19,11 @@
 //            cluster-free decode would: every block stores a 64-float partial, fences, takes an atomic ticket, and
 //            the group's last block reads the group's partials back from L2 and stores their sum (the cheapest
 //            merge across SMs without clusters, the bound of that design).
+//   combine  (kCluster == 0) no cluster, no merge in the read: every block stores its 64-float partial and a second,
+//            programmatic dependent kernel (one block of 64 threads per group of 8 or 10 blocks) waits for the read
+//            and stores each group's sum, as the decode's combine path (attention_decode_combine.cu) does: the bound
+//            of a two-kernel design.
+// The ticket and combine sums are checked against the block sums on the host.
 // Every launch is a programmatic dependent launch, timed as the decode bench times (harness_common.cuh: a CUDA graph
 // of one launch per buffer, enough buffers to miss L2, median per launch). Each kernel's sum is checked against the
 // plain read's once per size: exit status 1 on a mismatch or a CUDA error.
@@ -183,6 +188,10 @@ __global__ void __launch_bounds__(kThreads) stream_read(const uint4* __restrict_
     cluster.sync();
     if (threadIdx.x == 0) out[gridDim.x + blockIdx.x] = peer;  // kept, so the read is not optimized away
   }
+  if constexpr (kCluster == 0) {
+    __syncthreads();  // thread 0's block sum in partial[0]
+    if (threadIdx.x < kPartial) out[kPartialsAt + blockIdx.x * kPartial + threadIdx.x] = partial[0] + threadIdx.x;
+  }
   if constexpr (kCluster < 0) {
     constexpr int kGroup = -kCluster;
     __shared__ bool last;
@@ -208,15 +217,32 @@ __global__ void __launch_bounds__(kThreads) stream_read(const uint4* __restrict_
   if (threadIdx.x == 0) out[blockIdx.x] = acc;
 }
 
+// The combine path's second kernel: block g sums the partials of read blocks g * group .. + group - 1 (64 threads).
+__global__ void __launch_bounds__(kPartial) combine_groups(float* __restrict__ out, int group) {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the read's partials are complete and visible
+  const int g0 = blockIdx.x * group;
+  float sum = 0.f;
+  for (int g = 0; g < group; ++g) sum += out[kPartialsAt + (g0 + g) * kPartial + threadIdx.x];
+  out[kSumsAt + blockIdx.x * kPartial + threadIdx.x] = sum;
+}
+
 struct Variant {
   const char* name;
   int path, bounds, cluster;
   const void* fn;
+  int group;  // blocks per merged group: ticket (cluster < 0) and combine (cluster == 0) paths; 0 otherwise
 };
 
 template <int kPath, bool kBounds, int kCluster>
 Variant variant(const char* name) {
-  return {name, kPath, kBounds ? 1 : 0, kCluster, reinterpret_cast<const void*>(stream_read<kPath, kBounds, kCluster>)};
+  return {name, kPath, kBounds ? 1 : 0, kCluster, reinterpret_cast<const void*>(stream_read<kPath, kBounds, kCluster>),
+          kCluster < 0 ? -kCluster : 0};
+}
+
+template <int kPath, bool kBounds>
+Variant combine_variant(const char* name, int group) {
+  return {name, kPath, kBounds ? 1 : 0, 0, reinterpret_cast<const void*>(stream_read<kPath, kBounds, 0>), group};
 }
 
 cudaError_t launch(const Variant& v, int blocks, int policy, const uint4* src, long long n16, const int* len16,
@@ -243,7 +269,16 @@ cudaError_t launch(const Variant& v, int blocks, int policy, const uint4* src, l
   cfg.attrs = attrs;
   cfg.numAttrs = n;
   void* args[] = {&src, &n16, &len16, &out};
-  return cudaLaunchKernelExC(&cfg, v.fn, args);
+  cudaError_t err = cudaLaunchKernelExC(&cfg, v.fn, args);
+  if (err != cudaSuccess || v.cluster != 0) return err;
+  // The combine path: its second kernel, a programmatic dependent launch behind the read (as the decode's).
+  cudaLaunchConfig_t cc = {};
+  cc.gridDim = dim3(static_cast<unsigned>(blocks / v.group));
+  cc.blockDim = dim3(kPartial);
+  cc.stream = s;
+  cc.attrs = attrs;
+  cc.numAttrs = 1;  // the programmatic serialization attribute alone
+  return cudaLaunchKernelEx(&cc, combine_groups, out, v.group);
 }
 
 }  // namespace
@@ -254,7 +289,7 @@ int main(int argc, char** argv) {
   // a length first cost nothing, and 33 clusters of 8 turned out to be more than the GPU holds at once. The default
   // (call 3): ldg and cp.async over block counts 200-264 and clusters of 2-8, printing how many clusters the GPU holds
   // at once (more than that run in a second wave). Since 2026-12-04 (fourth session) also the ticket merge in groups of
-  // 8 and 10 blocks.
+  // 8 and 10 blocks, and since 2026-12-04 (fifth session) the combine path's two kernels in groups of 8 and 10.
   const bool paths_run = argc > 1 && std::strcmp(argv[1], "paths") == 0;
   std::vector<Variant> variants;
   std::vector<int> block_counts;
@@ -289,6 +324,8 @@ int main(int argc, char** argv) {
         variant<kBulk, true, 1>("bulk"),
         variant<kLdg, true, -8>("ldg+t8"),     variant<kCpAsync, true, -8>("cpasync+t8"),
         variant<kLdg, true, -10>("ldg+t10"),
+        combine_variant<kLdg, true>("ldg+k8", 8),
+        combine_variant<kLdg, true>("ldg+k10", 10),
     };
     block_counts = {200, 224, 240, 250, 256, 264};
   }
@@ -345,11 +382,32 @@ int main(int argc, char** argv) {
       for (float f : host) *sum += f;
       return true;
     };
+    // The merged groups of the ticket / combine paths (after total_of's launch): element t of group g's sum is the
+    // sum of its blocks' sums plus group * t (each block stored its sum + t).
+    std::vector<float> sums;
+    auto groups_ok = [&](const Variant& v, int blocks) {
+      if (!check(cudaStreamSynchronize(s), v.name)) return false;
+      const int groups = blocks / v.group;
+      sums.resize(static_cast<size_t>(groups) * kPartial);
+      cudaMemcpy(sums.data(), out + kSumsAt, sums.size() * sizeof(float), cudaMemcpyDeviceToHost);
+      for (int g = 0; g < groups; ++g) {
+        double want = 0.0;
+        for (int i = 0; i < v.group; ++i) want += host[g * v.group + i];
+        for (int t = 0; t < kPartial; ++t) {
+          const double w = want + static_cast<double>(v.group) * t, got = sums[g * kPartial + t];
+          if (std::fabs(got - w) > 1e-4 * std::fabs(w) + 1e-3) {
+            printf("MISMATCH %s: group %d element %d: %.6e, blocks' sums %.6e\n", v.name, g, t, got, w);
+            return false;
+          }
+        }
+      }
+      return true;
+    };
     double ref = 0.0;
     if (!total_of(variants[0], 264, 0, &ref)) return 1;
     for (const Variant& v : variants) {
       for (int blocks : block_counts) {
-        if (blocks % v.cluster != 0) continue;  // ticket groups (cluster < 0) too: the sign of % follows blocks
+        if (blocks % (v.group > 0 ? v.group : v.cluster) != 0) continue;  // whole clusters / groups only
         for (int policy = 0; policy < (v.cluster > 1 ? policies : 1); ++policy) {
           double sum = 0.0;
           if (!total_of(v, blocks, policy, &sum)) return 1;
@@ -358,6 +416,7 @@ int main(int argc, char** argv) {
             printf("MISMATCH %s: sum %.6e, plain read %.6e\n", v.name, sum, ref);
             return 1;
           }
+          if (v.group > 0 && !groups_ok(v, blocks)) return 1;
           bool ok = true;
           const double us = harness::graph_median_us(s, sets, [&](cudaStream_t st) {
             for (uint4* buf : bufs)
