@@ -61,7 +61,8 @@ constexpr int kBlocksPerSm = EET_DECODE_BLOCKS_PER_SM;  // the decode kernels' o
 // for 2-4 blocks per SM or with 8 warps (best 7.6 / 11.1 us against 7.9 / 11.7), and an L2 prefetch of each block's
 // whole chunk after its first loads (slower: d128 ctx4096 21.2 -> 26.0 us). Not taken. The same call measured the floor
 // at 13.1 MB (bs1 h25 d64 ctx2048): a decode-shaped read with no arithmetic reaches 61% of the copy ceiling, 55% with
-// the cluster merge, 50% with an atomic-ticket merge: 60% there is below the floor of both merges measured.
+// the cluster merge, 50% with an atomic-ticket merge: 60% there is below the floor of both merges measured. A second
+// (combine) kernel behind a merge-free read, measured on 2026-12-04e: 51% (evaluation/results/decode-floor-h200.md).
 // Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
 // little more than its own loads, so chunks go down to one pipeline round of keys.
 constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)
