@@ -259,6 +259,20 @@ inline bool decode_mma_regs_pays(int head_dim, int64_t kv_len, int splits) {
   return head_dim == 128 && splits > 0 && (kv_len + splits - 1) / splits <= kRegsMaxChunk;
 }
 
+// The whole-chunk kernel (attention_decode_mma_whole.cu) holds a chunk of at most kWholeMaxRounds rounds of
+// kWarps * 16 keys (512 keys): at head_dim 64, K of 8 rounds is 128 registers per lane. decode_mma_whole_fits: a
+// split of kv_len keys in `splits` is within that (chunk_range's length is ceil(kv_len / splits) rounded up to 16,
+// which stays <= 512 exactly when ceil(kv_len / splits) is). EET_HF_DECODE_MMA_WHOLE=1 (read per call) takes it at
+// head_dim 64 wherever it fits; off by default (an experiment, logs/2026-12-04e).
+constexpr int kWholeMaxRounds = 8;
+inline bool decode_mma_whole_fits(int head_dim, int64_t kv_len, int splits) {
+  return head_dim == 64 && splits > 0 && (kv_len + splits - 1) / splits <= int64_t{kWholeMaxRounds} * kWarps * 16;
+}
+inline bool decode_mma_whole_wanted(int head_dim, int64_t kv_len, int splits) {
+  const char* v = std::getenv("EET_HF_DECODE_MMA_WHOLE");
+  return v != nullptr && v[0] == '1' && decode_mma_whole_fits(head_dim, kv_len, splits);
+}
+
 // EET_HF_DECODE_PREFETCH=0 (read once per process) turns off the decode kernel's L2 prefetch: for A/B timing.
 inline bool decode_prefetch_enabled() {
   static const bool enabled = [] {
