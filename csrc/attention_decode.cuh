@@ -63,6 +63,9 @@ constexpr int kBlocksPerSm = EET_DECODE_BLOCKS_PER_SM;  // the decode kernels' o
 // at 13.1 MB (bs1 h25 d64 ctx2048): a decode-shaped read with no arithmetic reaches 61% of the copy ceiling, 55% with
 // the cluster merge, 50% with an atomic-ticket merge: 60% there is below the floor of both merges measured. A second
 // (combine) kernel behind a merge-free read, measured on 2026-12-04e: 51% (evaluation/results/decode-floor-h200.md).
+// Also on 2026-12-04e: a kernel putting a block's whole chunk (<= 512 keys) in flight at once, K in registers and V in
+// shared memory, with one softmax over the chunk: correct, slower at every head_dim-64 shape (ctx2048 / 4096 8.4 /
+// 13.3 us against 7.9 / 11.7). Not taken (source in logs/2026-12-04e).
 // Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
 // little more than its own loads, so chunks go down to one pipeline round of keys.
 constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)
@@ -257,20 +260,6 @@ inline bool decode_mma_regs_pays(int head_dim, int64_t kv_len, int splits) {
   const char* v = std::getenv("EET_HF_DECODE_MMA_REGS");
   if (v != nullptr && (v[0] == '0' || v[0] == '1')) return v[0] == '1';
   return head_dim == 128 && splits > 0 && (kv_len + splits - 1) / splits <= kRegsMaxChunk;
-}
-
-// The whole-chunk kernel (attention_decode_mma_whole.cu) holds a chunk of at most kWholeMaxRounds rounds of
-// kWarps * 16 keys (512 keys): at head_dim 64, K of 8 rounds is 128 registers per lane. decode_mma_whole_fits: a
-// split of kv_len keys in `splits` is within that (chunk_range's length is ceil(kv_len / splits) rounded up to 16,
-// which stays <= 512 exactly when ceil(kv_len / splits) is). EET_HF_DECODE_MMA_WHOLE=1 (read per call) takes it at
-// head_dim 64 wherever it fits; off by default (an experiment, logs/2026-12-04e).
-constexpr int kWholeMaxRounds = 8;
-inline bool decode_mma_whole_fits(int head_dim, int64_t kv_len, int splits) {
-  return head_dim == 64 && splits > 0 && (kv_len + splits - 1) / splits <= int64_t{kWholeMaxRounds} * kWarps * 16;
-}
-inline bool decode_mma_whole_wanted(int head_dim, int64_t kv_len, int splits) {
-  const char* v = std::getenv("EET_HF_DECODE_MMA_WHOLE");
-  return v != nullptr && v[0] == '1' && decode_mma_whole_fits(head_dim, kv_len, splits);
 }
 
 // EET_HF_DECODE_PREFETCH=0 (read once per process) turns off the decode kernel's L2 prefetch: for A/B timing.

@@ -257,43 +257,22 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   // slower (bs8 h25 ctx2048: 34.6 vs 33.3 us).
   DecodeKernel kernel = decode_kernel<T, D>;
   size_t smem = DecodeConfig<T, D>::kSmemBytes;
-  static ClusterFitCache fit_cache, mma_fit_cache, regs_fit_cache, whole_fit_cache;  // one set per (T, D)
+  static ClusterFitCache fit_cache, mma_fit_cache, regs_fit_cache;  // one set per (T, D)
   ClusterFitCache* cache = &fit_cache;
-  bool whole = false;  // the whole-chunk kernel: valid only while a split holds <= 512 keys (checked at each launch)
   if constexpr (sizeof(T) == 2) {
     const bool pays = plan.splits > 1 || (p.heads_q / p.heads_kv) * p.q_len > 1;
-    const bool mma_ok = aligned && pays && decode_mma_enabled();
     size_t mma_smem = 0;
-    whole = mma_ok && decode_mma_whole_wanted(D, p.kv_len, plan.splits);
-    const bool regs = !whole && decode_mma_regs_pays(D, p.kv_len, plan.splits);
-    const DecodeKernel mma = !mma_ok ? nullptr
-                             : whole ? decode_mma_whole_kernel_for<T>(D, &mma_smem)
-                             : regs  ? decode_mma_regs_kernel_for<T>(D, &mma_smem)
-                                     : decode_mma_kernel_for<T>(D, &mma_smem);
-    whole = whole && mma != nullptr;
-    if (mma != nullptr) {
-      kernel = mma, smem = mma_smem;
-      cache = whole ? &whole_fit_cache : regs ? &regs_fit_cache : &mma_fit_cache;
-    }
+    const bool regs = decode_mma_regs_pays(D, p.kv_len, plan.splits);
+    const DecodeKernel mma = aligned && pays && decode_mma_enabled()
+                                 ? (regs ? decode_mma_regs_kernel_for<T>(D, &mma_smem)
+                                         : decode_mma_kernel_for<T>(D, &mma_smem))
+                                 : nullptr;
+    if (mma != nullptr) kernel = mma, smem = mma_smem, cache = regs ? &regs_fit_cache : &mma_fit_cache;
   }
   cudaError_t err =
       cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  // Where the split count ends up too small for the whole-chunk kernel (a cluster trimmed to fit, a refused
-  // non-portable width), the shared-memory tensor-core kernel takes the launch instead.
-  auto keep_whole_valid = [&](int n) -> cudaError_t {
-    if constexpr (sizeof(T) == 2) {
-      if (whole && !decode_mma_whole_fits(D, p.kv_len, n)) {
-        whole = false;
-        kernel = decode_mma_kernel_for<T>(D, &smem);
-        cache = &mma_fit_cache;
-        return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      }
-    }
-    return cudaSuccess;
-  };
   const int64_t rows_total = static_cast<int64_t>(p.batch) * p.q_len * p.heads_q;
   int splits = plan.splits;
   float* ws_acc = nullptr;
@@ -304,13 +283,7 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
     ws_ml = ws_acc + static_cast<int64_t>(splits) * rows_total * D;
   } else if (splits > 1 && !plan.forced) {
     splits = cluster_width_that_fits(reinterpret_cast<const void*>(kernel), kThreads, smem, splits, work, *cache);
-    if (whole && !decode_mma_whole_fits(D, p.kv_len, splits)) {
-      if ((err = keep_whole_valid(splits)) != cudaSuccess) return err;
-      splits = cluster_width_that_fits(reinterpret_cast<const void*>(kernel), kThreads, smem, plan.splits, work,
-                                       *cache);
-    }
   }
-  if ((err = keep_whole_valid(splits)) != cudaSuccess) return err;  // forced or combine splits
   auto launch = [&](int n) {
     return launch_pdl(kernel, dim3(static_cast<unsigned>(work), static_cast<unsigned>(n)), dim3(kThreads), smem,
                       stream, plan.combine ? 1u : static_cast<unsigned>(n), p, aligned ? 1 : 0, n,
@@ -324,7 +297,6 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   if (err != cudaSuccess && !plan.combine && splits > kPortableClusterWidth) {
     (void)cudaGetLastError();  // a refused non-portable cluster: the portable width always launches
     splits = kPortableClusterWidth;
-    if ((err = keep_whole_valid(splits)) != cudaSuccess) return err;
     err = launch(splits);
   }
   if (err != cudaSuccess || !plan.combine) return err;

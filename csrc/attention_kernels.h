@@ -62,10 +62,6 @@ DecodeKernel decode_mma_kernel_for(int head_dim, size_t* smem_bytes);
 // launcher's rule for which of the two runs is decode_mma_regs_pays in attention_decode.cuh).
 template <typename T>
 DecodeKernel decode_mma_regs_kernel_for(int head_dim, size_t* smem_bytes);
-// The same with a block's whole chunk in flight at once: K in registers, V in shared memory, one softmax
-// (attention_decode_mma_whole.cu); head_dim 64 only, chunks of at most kWholeMaxRounds rounds (decode_mma_whole_fits).
-template <typename T>
-DecodeKernel decode_mma_whole_kernel_for(int head_dim, size_t* smem_bytes);
 template <typename T>
 cudaError_t launch_decode_combine(const float* ws_acc,  // [splits, rows_total, head_dim]
                                   const float* ws_ml,   // [2, splits, rows_total]: running max, then sum

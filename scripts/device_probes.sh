@@ -38,9 +38,6 @@
 #                     cluster sizes that fit in one wave, atomic-ticket merges without clusters and the two-kernel
 #                     combine path)
 #   decode-regs       scripts/harness_decode.cu with the default kernel choice, EET_HF_DECODE_MMA_REGS=0 and =1
-#   decode-whole      scripts/harness_decode.cu with the default kernel choice and with EET_HF_DECODE_MMA_WHOLE=1 (the
-#                     whole-chunk tensor-core kernel wherever it fits), alternating, twice
-#   decode-whole-tests  test_attention_decode_cuda and test_attention_cuda with EET_HF_DECODE_MMA_WHOLE=1
 #   decode-floor      scripts/harness_decode.cu (default kernel choice) and scripts/harness_read_paths.cu in one call,
 #                     written as decode-floor-<gpu>.{json,md} by scripts/decode_floor_rows.py: the batch-1 decode next to
 #                     the same bytes read with no arithmetic, without a merge and with each merge across SMs
@@ -102,8 +99,7 @@ build_decode_harness() {
   local out=${1:-$OUT/decode-harness} src=${2:-csrc}
   probe "$(basename "$out")-build" 200 nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I"$src" -o "$out" \
     scripts/harness_decode.cu "$src"/attention_decode.cu "$src"/attention_decode_split.cu \
-    "$src"/attention_decode_mma.cu "$src"/attention_decode_mma_regs.cu "$src"/attention_decode_mma_whole.cu \
-    "$src"/attention_decode_combine.cu \
+    "$src"/attention_decode_mma.cu "$src"/attention_decode_mma_regs.cu "$src"/attention_decode_combine.cu \
     "$src"/cluster_fit.cu "$src"/pdl.cu
 }
 
@@ -214,8 +210,7 @@ for p in ${PROBES:-decode-sweep}; do
           -DEET_DECODE_MMA_STAGES_D64=$s64 -DEET_DECODE_MMA_KEYS_D128=$k128 -DEET_DECODE_MMA_STAGES_D128=$s128 \
           -DEET_DECODE_WARPS=${warps:-4} -DEET_DECODE_BLOCKS_PER_SM=${bps:-2} ${loads:+-DEET_DECODE_MMA_LOAD_ONLY} \
           -o "$OUT/decode-$name" scripts/harness_decode.cu csrc/attention_decode.cu csrc/attention_decode_split.cu \
-          csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_mma_whole.cu \
-          csrc/attention_decode_combine.cu \
+          csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu csrc/attention_decode_combine.cu \
           csrc/cluster_fit.cu csrc/pdl.cu >"$OUT/decode-build-$name.log" 2>&1 &
       done
       wait  # the builds in parallel, the timings one at a time
@@ -243,16 +238,6 @@ for p in ${PROBES:-decode-sweep}; do
       probe read-paths 240 "$OUT/read-paths" paths
       probe read-paths-clusters 240 "$OUT/read-paths"
       rm -f "$OUT/read-paths" ;;
-    decode-whole)  # the whole-chunk kernel (EET_HF_DECODE_MMA_WHOLE=1) against the default choice: one binary, one call
-      build_decode_harness
-      for round in 1 2; do
-        probe "decode-whole-off-$round" 60 "$OUT/decode-harness" "off$round"
-        probe "decode-whole-on-$round" 60 env EET_HF_DECODE_MMA_WHOLE=1 "$OUT/decode-harness" "whole$round"
-      done
-      rm -f "$OUT/decode-harness" ;;
-    decode-whole-tests)  # the decode correctness tests with the whole-chunk kernel taken wherever it fits
-      probe "$p" 300 env EET_HF_DECODE_MMA_WHOLE=1 $PY -m pytest -q tests/gpu/test_attention_decode_cuda.py \
-        tests/gpu/test_attention_cuda.py ;;
     decode-floor)  # the batch-1 decode kernels next to reads of the same bytes with no arithmetic, as a results file
       probe read-paths-build 200 nvcc -std=c++17 -O3 -arch=sm_90 -Iscripts -o "$OUT/read-paths" \
         scripts/harness_read_paths.cu &

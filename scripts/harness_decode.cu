@@ -4,7 +4,6 @@
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -DEET_DECODE_MMA_KEYS_D64=32 \
 //     -DEET_DECODE_MMA_STAGES_D64=3 -o /tmp/decode_k32s3 scripts/harness_decode.cu csrc/attention_decode.cu \
 //     csrc/attention_decode_split.cu csrc/attention_decode_mma.cu csrc/attention_decode_mma_regs.cu \
-//     csrc/attention_decode_mma_whole.cu \
 //     csrc/attention_decode_combine.cu csrc/cluster_fit.cu csrc/pdl.cu && /tmp/decode_k32s3 k32s3
 //
 // Per shape (batch 1 and 8, the decode rows of kernels-h200, and two short contexts): fp16 K / V caches with fresh values, enough copies
