@@ -23,7 +23,8 @@
 //            programmatic dependent kernel (one block of 64 threads per group of 8 or 10 blocks) waits for the read
 //            and stores each group's sum, as the decode's combine path (attention_decode_combine.cu) does: the bound
 //            of a two-kernel design.
-// The ticket and combine sums are checked against the block sums on the host.
+// The merges are in harness_read_merges.cuh; the ticket and combine sums are checked against the block sums on the
+// host.
 // Every launch is a programmatic dependent launch, timed as the decode bench times (harness_common.cuh: a CUDA graph
 // of one launch per buffer, enough buffers to miss L2, median per launch). Each kernel's sum is checked against the
 // plain read's once per size: exit status 1 on a mismatch or a CUDA error.
@@ -31,7 +32,6 @@
 //   nvcc -std=c++17 -O3 -arch=sm_90 -o /tmp/read_paths scripts/harness_read_paths.cu
 //   /tmp/read_paths paths    # every path, bounds on / off, clusters of 8 / 10 under each policy
 //   /tmp/read_paths          # ldg and cp.async over block counts and cluster sizes that fit in one wave
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "harness_common.cuh"
+#include "harness_read_merges.cuh"
 
 namespace {
 
@@ -50,9 +51,7 @@ using harness::kCeilingGbps;
 constexpr int kWarps = 4, kThreads = kWarps * 32, kStages = 5;
 constexpr int kStepBytes = 4096, kStep16 = kStepBytes / 16, kPerLane = kStep16 / 32;  // 8 x 16 bytes per lane
 constexpr int kSmemBytes = kWarps * kStages * kStepBytes;                              // 80 KB: two blocks per SM
-constexpr int kPartial = 64;  // floats per block partial on the ticket path (one head_dim-64 query vector)
-constexpr int kPartialsAt = 4096, kSumsAt = kPartialsAt + 264 * kPartial;  // float offsets in `out`
-__device__ unsigned g_tickets[264];  // per group; its last block resets it for the next launch
+using read_merges::kPartial;
 enum Path { kLdg, kCpAsync, kBulk, kBulkRows };
 
 __device__ __forceinline__ uint32_t saddr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
@@ -179,52 +178,8 @@ __global__ void __launch_bounds__(kThreads) stream_read(const uint4* __restrict_
     for (int w = 1; w < kWarps; ++w) acc += partial[w];
     partial[0] = acc;
   }
-  if constexpr (kCluster > 1) {
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();
-    float peer = 0.f;
-    if (threadIdx.x == 0) peer = *cluster.map_shared_rank(partial, (cluster.block_rank() + 1) % kCluster);
-    cluster.sync();
-    if (threadIdx.x == 0) out[gridDim.x + blockIdx.x] = peer;  // kept, so the read is not optimized away
-  }
-  if constexpr (kCluster == 0) {
-    __syncthreads();  // thread 0's block sum in partial[0]
-    if (threadIdx.x < kPartial) out[kPartialsAt + blockIdx.x * kPartial + threadIdx.x] = partial[0] + threadIdx.x;
-  }
-  if constexpr (kCluster < 0) {
-    constexpr int kGroup = -kCluster;
-    __shared__ bool last;
-    __syncthreads();  // thread 0's block sum in partial[0]
-    const float block_sum = partial[0];
-    if (threadIdx.x < kPartial) {
-      out[kPartialsAt + blockIdx.x * kPartial + threadIdx.x] = block_sum + threadIdx.x;
-      __threadfence();  // the partial is visible GPU-wide before the ticket is taken
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&g_tickets[blockIdx.x / kGroup], 1u) == kGroup - 1;
-    __syncthreads();
-    if (last && threadIdx.x < kPartial) {
-      __threadfence();
-      const int g0 = blockIdx.x / kGroup * kGroup;
-      float sum = 0.f;
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) sum += __ldcg(out + kPartialsAt + (g0 + g) * kPartial + threadIdx.x);
-      out[kSumsAt + g0 / kGroup * kPartial + threadIdx.x] = sum;
-      if (threadIdx.x == 0) g_tickets[blockIdx.x / kGroup] = 0u;
-    }
-  }
+  read_merges::block_merge<kCluster>(partial, out);
   if (threadIdx.x == 0) out[blockIdx.x] = acc;
-}
-
-// The combine path's second kernel: block g sums the partials of read blocks g * group .. + group - 1 (64 threads).
-__global__ void __launch_bounds__(kPartial) combine_groups(float* __restrict__ out, int group) {
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the read's partials are complete and visible
-  const int g0 = blockIdx.x * group;
-  float sum = 0.f;
-  for (int g = 0; g < group; ++g) sum += out[kPartialsAt + (g0 + g) * kPartial + threadIdx.x];
-  out[kSumsAt + blockIdx.x * kPartial + threadIdx.x] = sum;
 }
 
 struct Variant {
@@ -278,7 +233,7 @@ cudaError_t launch(const Variant& v, int blocks, int policy, const uint4* src, l
   cc.stream = s;
   cc.attrs = attrs;
   cc.numAttrs = 1;  // the programmatic serialization attribute alone
-  return cudaLaunchKernelEx(&cc, combine_groups, out, v.group);
+  return cudaLaunchKernelEx(&cc, read_merges::combine_groups, out, v.group);
 }
 
 }  // namespace
@@ -382,27 +337,6 @@ int main(int argc, char** argv) {
       for (float f : host) *sum += f;
       return true;
     };
-    // The merged groups of the ticket / combine paths (after total_of's launch): element t of group g's sum is the
-    // sum of its blocks' sums plus group * t (each block stored its sum + t).
-    std::vector<float> sums;
-    auto groups_ok = [&](const Variant& v, int blocks) {
-      if (!check(cudaStreamSynchronize(s), v.name)) return false;
-      const int groups = blocks / v.group;
-      sums.resize(static_cast<size_t>(groups) * kPartial);
-      cudaMemcpy(sums.data(), out + kSumsAt, sums.size() * sizeof(float), cudaMemcpyDeviceToHost);
-      for (int g = 0; g < groups; ++g) {
-        double want = 0.0;
-        for (int i = 0; i < v.group; ++i) want += host[g * v.group + i];
-        for (int t = 0; t < kPartial; ++t) {
-          const double w = want + static_cast<double>(v.group) * t, got = sums[g * kPartial + t];
-          if (std::fabs(got - w) > 1e-4 * std::fabs(w) + 1e-3) {
-            printf("MISMATCH %s: group %d element %d: %.6e, blocks' sums %.6e\n", v.name, g, t, got, w);
-            return false;
-          }
-        }
-      }
-      return true;
-    };
     double ref = 0.0;
     if (!total_of(variants[0], 264, 0, &ref)) return 1;
     for (const Variant& v : variants) {
@@ -416,7 +350,9 @@ int main(int argc, char** argv) {
             printf("MISMATCH %s: sum %.6e, plain read %.6e\n", v.name, sum, ref);
             return 1;
           }
-          if (v.group > 0 && !groups_ok(v, blocks)) return 1;
+          if (v.group > 0 && (!check(cudaStreamSynchronize(s), v.name) ||
+                              !read_merges::group_sums_ok(v.name, out, host, v.group)))
+            return 1;
           bool ok = true;
           const double us = harness::graph_median_us(s, sets, [&](cudaStream_t st) {
             for (uint4* buf : bufs)
