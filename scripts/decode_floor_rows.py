@@ -107,7 +107,7 @@ def build_rows(floors: dict[tuple[str, str], tuple[float, str]], decode: dict[st
         if case in decode:
             us, splits = decode[case]
             entries.append(("eet", us, f"decode kernels, planned split ({splits})"))
-        for engine in ("read-no-merge", "read-cluster-merge", "read-ticket-merge", "read-combine-kernel"):
+        for engine in dict.fromkeys(FLOOR_ENGINES.values()):  # each floor engine once, in FLOOR_ENGINES order
             if (case, engine) in floors:
                 us, how = floors[(case, engine)]
                 entries.append((engine, us, how))
