@@ -30,4 +30,8 @@ TORCH_LIBRARY_IMPL(eet, CUDA, m) {
   m.impl("rotary", &eet::bindings::rotary);
   // Small-batch (decode-step) linear layer, optional fused gelu_new: opt-in for GPT-2's Conv1Ds (EET_HF_SMALL_LINEAR).
   m.impl("small_linear", &eet::bindings::small_linear);
+  // Decode-step linear layers over nn.Linear weights (RMSNorm prologue; residual / gated / rotary + KV epilogues):
+  // the fused Llama-family decoder step (eet_hf/engine/fused_decoder.py).
+  m.impl("decode_linear", &eet::bindings::decode_linear);
+  m.impl("decode_qkv_rope", &eet::bindings::decode_qkv_rope);
 }

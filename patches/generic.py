@@ -21,7 +21,7 @@ from torch import nn
 
 from eet_hf import attention, distributed
 from eet_hf._log import logger, warn_once
-from eet_hf.engine import decoder_families
+from eet_hf.engine import decoder_families, fused_decoder
 from eet_hf.engine import generate as generate_engine
 
 from . import generic_modules as M
@@ -148,5 +148,11 @@ def _generate(model: nn.Module, ctx: PatchContext) -> None:
     if reason is not None:
         ctx.fallback("generate", f"HF's generate loop runs (on eet's forwards): {reason}")
         return
-    generate_engine.install(model, ctx, decoder_families.decoder_stack, decoder_families.call_refusal)
+    fused = fused_decoder.refusal(model)
+    if fused is None:
+        generate_engine.install(model, ctx, fused_decoder.build, decoder_families.call_refusal)
+        ctx.report.accelerated.append("decoder step (eet fused: norm + packed QKV + rotary + KV write, gated MLP)")
+    else:
+        ctx.fallback("decoder step", f"HF's decoder layers run inside eet's decode loop: {fused}")
+        generate_engine.install(model, ctx, decoder_families.decoder_stack, decoder_families.call_refusal)
     hf_generate_while_offloaded(model, ctx)

@@ -13,6 +13,7 @@ import torch
 
 from . import _library, prefill_backend, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
 from ._build import build_info, ensure_loaded
+from .decode import decode_linear, decode_qkv_rope
 
 __all__ = [
     "add_layer_norm",
@@ -20,6 +21,8 @@ __all__ = [
     "attention_varlen",
     "bias_gelu",
     "build_info",
+    "decode_linear",
+    "decode_qkv_rope",
     "embedding",
     "ensure_loaded",
     "kv_append",

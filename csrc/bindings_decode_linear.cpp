@@ -1,0 +1,161 @@
+// CUDA entry points of eet::decode_linear and eet::decode_qkv_rope (decode_linear.cu): the decode step's linear
+// layers over nn.Linear weights [out, in], with the RMSNorm prologue and the residual / gated-activation / rotary + KV
+// write epilogues. Argument checks and the device guard (bindings.h). The Python wrappers (eet_hf/ops/decode.py) send
+// only what the kernel takes (fp16/bf16, 1-16 rows, aligned rows); anything else reaching here is a clear error.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "bindings.h"
+#include "decode_linear.h"
+
+namespace eet {
+namespace bindings {
+namespace {
+
+// The checks both ops share; fills x / weight / bias / norm fields of p.
+void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                 const std::optional<at::Tensor>& norm_weight, double eps, DecodeLinearParams& p) {
+  check_same_device(weight, x, op, "weight", "x");
+  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+              msg("eet::", op, ": x must be float16 or bfloat16 (tensor-core kernel), got ", x.scalar_type()));
+  TORCH_CHECK(x.dim() == 2, msg("eet::", op, ": x must be 2-D [rows, in_features], got shape ", x.sizes()));
+  TORCH_CHECK(weight.dim() == 2, msg("eet::", op, ": weight must be 2-D [out_features, in_features], got shape ", weight.sizes()));
+  const int64_t m = x.size(0), k = x.size(1);
+  TORCH_CHECK(m >= 1 && m <= kDecodeLinearMaxRows, msg("eet::", op, ": x has ", m, " rows; 1 to ", kDecodeLinearMaxRows, " are supported (decode steps)"));
+  TORCH_CHECK(weight.size(1) == k, msg("eet::", op, ": weight shape ", weight.sizes(), " does not match x's ", k, " input features"));
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), msg("eet::", op, ": weight dtype ", weight.scalar_type(), " differs from x dtype ", x.scalar_type()));
+  TORCH_CHECK(k % 8 == 0 && weight.size(0) % 16 == 0, msg("eet::", op, ": in_features must be a multiple of 8 and out_features of 16, got ", weight.sizes()));
+  TORCH_CHECK(x.stride(1) == 1 && x.stride(0) % 8 == 0 && is_aligned(x.data_ptr(), 16),
+              msg("eet::", op, ": x rows must be contiguous and 16-byte aligned, got strides ", x.strides()));
+  TORCH_CHECK(weight.stride(1) == 1 && weight.stride(0) % 8 == 0 && is_aligned(weight.data_ptr(), 16),
+              msg("eet::", op, ": weight rows must be contiguous and 16-byte aligned, got strides ", weight.strides()));
+  if (bias) {
+    check_same_device(*bias, x, op, "bias", "x");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->stride(0) == 1,
+                msg("eet::", op, ": bias must be a contiguous [", weight.size(0), "], got ", bias->sizes()));
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), msg("eet::", op, ": bias dtype ", bias->scalar_type(), " differs from x dtype ", x.scalar_type()));
+  }
+  if (norm_weight) {
+    check_same_device(*norm_weight, x, op, "norm_weight", "x");
+    TORCH_CHECK(norm_weight->dim() == 1 && norm_weight->size(0) == k && norm_weight->stride(0) == 1 &&
+                    is_aligned(norm_weight->data_ptr(), 16),
+                msg("eet::", op, ": norm_weight must be a contiguous, 16-byte aligned [", k, "], got ", norm_weight->sizes()));
+    TORCH_CHECK(norm_weight->scalar_type() == x.scalar_type(), msg("eet::", op, ": norm_weight dtype ", norm_weight->scalar_type(), " differs from x dtype ", x.scalar_type()));
+  }
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.bias = bias ? bias->data_ptr() : nullptr;
+  p.norm_weight = norm_weight ? norm_weight->data_ptr() : nullptr;
+  p.m = m;
+  p.rows = weight.size(0);
+  p.k = k;
+  p.ldx = x.stride(0);
+  p.ldw = weight.stride(0);
+  p.eps = static_cast<float>(eps);
+}
+
+}  // namespace
+
+// epilogue(rms_norm(x) @ weight^T + bias): 'none', 'residual' (+ residual [rows, out]), 'silu_mul' / 'gelu_tanh_mul'
+// (weight packed [gate; up], out [rows, out / 2]).
+at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& norm_weight, double eps,
+                         const std::optional<at::Tensor>& residual, c10::string_view epilogue) {
+  const char* op = "decode_linear";
+  check_cuda(x, op, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  DecodeLinearParams p{};
+  fill_common(op, x, weight, bias, norm_weight, eps, p);
+  const std::string epi(epilogue);
+  if (epi == "none") {
+    p.epilogue = DecodeEpilogue::kStore;
+  } else if (epi == "residual") {
+    p.epilogue = DecodeEpilogue::kResidual;
+  } else if (epi == "silu_mul") {
+    p.epilogue = DecodeEpilogue::kSiluMul;
+  } else if (epi == "gelu_tanh_mul") {
+    p.epilogue = DecodeEpilogue::kGeluTanhMul;
+  } else {
+    TORCH_CHECK(false, msg("eet::decode_linear: epilogue must be 'none', 'residual', 'silu_mul' or 'gelu_tanh_mul', got '", epi, "'"));
+  }
+  const bool gated = p.epilogue == DecodeEpilogue::kSiluMul || p.epilogue == DecodeEpilogue::kGeluTanhMul;
+  TORCH_CHECK(!gated || (p.rows / 2) % 8 == 0, msg("eet::decode_linear: a gated epilogue needs [gate; up] with a multiple of 8 rows each, got ", weight.sizes()));
+  TORCH_CHECK((p.epilogue == DecodeEpilogue::kResidual) == residual.has_value(), msg("eet::decode_linear: residual is required by epilogue 'residual' and only by it"));
+  const int64_t cols = decode_linear_out_cols(p);
+  if (residual) {
+    check_same_device(*residual, x, op, "residual", "x");
+    TORCH_CHECK(residual->dim() == 2 && residual->size(0) == p.m && residual->size(1) == cols && residual->stride(1) == 1,
+                msg("eet::decode_linear: residual must be [", p.m, ", ", cols, "] with a contiguous last dim, got ", residual->sizes()));
+    TORCH_CHECK(residual->scalar_type() == x.scalar_type(), msg("eet::decode_linear: residual dtype ", residual->scalar_type(), " differs from x dtype ", x.scalar_type()));
+    p.residual = residual->data_ptr();
+    p.ld_res = residual->stride(0);
+  }
+  at::Tensor out = at::empty({p.m, cols}, x.options());
+  p.out = out.data_ptr();
+  check_launch(eet::decode_linear(to_dtype(x, op), p, at::cuda::getCurrentCUDAStream()), op);
+  return out;
+}
+
+// Packed QKV projection of one decode token per sequence (x [batch, 1, hidden]): q returned [batch, heads_q, 1,
+// head_dim] (rotated), k (rotated) and v written into the caches at write_pos.
+at::Tensor decode_qkv_rope(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& norm_weight, double eps, const at::Tensor& cos_in,
+                           const at::Tensor& sin_in, at::Tensor& k_cache, at::Tensor& v_cache,
+                           const at::Tensor& write_pos, int64_t heads_q, int64_t heads_kv) {
+  const char* op = "decode_qkv_rope";
+  check_cuda(x_in, op, "x");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  TORCH_CHECK(x_in.dim() == 3 && x_in.size(1) == 1, msg("eet::decode_qkv_rope: the CUDA kernel takes one token per sequence, x [batch, 1, hidden]; got shape ", x_in.sizes()));
+  TORCH_CHECK(cos_in.dim() == 3 && sin_in.dim() == 3 && cos_in.size(1) == 1 && sin_in.size(1) == 1, msg("eet::decode_qkv_rope: cos and sin must be [batch, 1, head_dim], got ", cos_in.sizes()));
+  const at::Tensor x = x_in.select(1, 0), cos = cos_in.select(1, 0), sin = sin_in.select(1, 0);
+  DecodeLinearParams p{};
+  fill_common(op, x, weight, bias, norm_weight, eps, p);
+  p.epilogue = DecodeEpilogue::kRotaryKv;
+  TORCH_CHECK(heads_q > 0 && heads_kv > 0 && heads_q % heads_kv == 0, msg("eet::decode_qkv_rope: heads_q (", heads_q, ") must be a positive multiple of heads_kv (", heads_kv, ")"));
+  TORCH_CHECK(p.rows % (heads_q + 2 * heads_kv) == 0, msg("eet::decode_qkv_rope: weight rows ", p.rows, " are not (heads_q + 2 * heads_kv) heads"));
+  const int64_t head_dim = p.rows / (heads_q + 2 * heads_kv);
+  TORCH_CHECK(head_dim % 16 == 0, msg("eet::decode_qkv_rope: head_dim must be a multiple of 16, got ", head_dim));
+  for (const auto* t : {&cos, &sin}) {
+    check_same_device(*t, x, op, "cos/sin", "x");
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == p.m && t->size(1) == head_dim && t->stride(1) == 1 && t->stride(0) == cos.stride(0),
+                msg("eet::decode_qkv_rope: cos and sin must be [", p.m, ", ", head_dim, "] with the same strides, got ", t->sizes()));
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), msg("eet::decode_qkv_rope: cos/sin dtype ", t->scalar_type(), " differs from x dtype ", x.scalar_type()));
+  }
+  for (const auto* t : {&k_cache, &v_cache}) {
+    check_same_device(*t, x, op, "cache", "x");
+    TORCH_CHECK(t->dim() == 4 && t->size(0) == p.m && t->size(1) == heads_kv && t->size(3) == head_dim && t->stride(3) == 1,
+                msg("eet::decode_qkv_rope: caches must be [", p.m, ", ", heads_kv, ", capacity, ", head_dim, "] with a contiguous last dim, got ", t->sizes()));
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), msg("eet::decode_qkv_rope: cache dtype ", t->scalar_type(), " differs from x dtype ", x.scalar_type()));
+  }
+  TORCH_CHECK(k_cache.size(2) == v_cache.size(2), msg("eet::decode_qkv_rope: k and v caches differ in capacity"));
+  check_same_device(write_pos, x, op, "write_pos", "x");
+  TORCH_CHECK(write_pos.scalar_type() == at::kInt && write_pos.dim() == 1 && write_pos.size(0) == p.m && write_pos.stride(0) == 1,
+              msg("eet::decode_qkv_rope: write_pos must be a contiguous int32 [", p.m, "], got ", write_pos.scalar_type(), " ", write_pos.sizes()));
+  p.cos = cos.data_ptr();
+  p.sin = sin.data_ptr();
+  p.ld_cs = cos.stride(0);
+  p.k_cache = k_cache.data_ptr();
+  p.v_cache = v_cache.data_ptr();
+  for (int d = 0; d < 3; ++d) {
+    p.k_stride[d] = k_cache.stride(d);
+    p.v_stride[d] = v_cache.stride(d);
+  }
+  p.cache_len = k_cache.size(2);
+  p.write_pos = write_pos.data_ptr<int32_t>();
+  p.heads_q = static_cast<int>(heads_q);
+  p.heads_kv = static_cast<int>(heads_kv);
+  p.head_dim = static_cast<int>(head_dim);
+  // [batch, heads_q, 1, head_dim] contiguous is the kernel's [batch, heads_q * head_dim] rows.
+  at::Tensor q = at::empty({p.m, heads_q, 1, head_dim}, x.options());
+  p.out = q.data_ptr();
+  check_launch(eet::decode_linear(to_dtype(x, op), p, at::cuda::getCurrentCUDAStream()), op);
+  return q;
+}
+
+}  // namespace bindings
+}  // namespace eet

@@ -1,0 +1,341 @@
+// Decode-step linear layers over nn.Linear weights on tensor cores (decode_linear.h).
+//
+// At 1-16 rows a linear layer is bound by streaming W from HBM once; the arithmetic is 1-16 multiply-adds per weight.
+// So W goes straight from global memory into the A operand registers of mma.sync m16n8k16 and x into its B operand,
+// with no shared-memory staging: a warp's 16 output rows are the mma's M, the (up to 8) rows of x its N.
+// The trick that makes 16-byte loads fit the fragment layout: the order in which a dot product visits K does not
+// matter, as long as W and x visit it the same way. Lane (g, t) loads 8 consecutive columns 8t..8t+7 of a 32-column
+// step for W rows g and g + 8 and for x row g; the two k16 mma of the step take them as logical columns
+// {2t, 2t+1, 2t+8, 2t+9} <- physical {8t, 8t+1, 8t+2, 8t+3}, then {8t+4 .. 8t+7}. No shuffle, no ldmatrix.
+//
+// Work split: one block of 8 warps per 16-row tile, the 8 warps splitting K; their partial tiles are summed in shared
+// memory in warp order (deterministic) and the block applies the epilogue. Row tiles can pair rows instead of taking
+// 16 consecutive ones: mma rows g come from the first half of a pair and rows g + 8 from the second, `pair` rows
+// later. That puts each rotary partner (d, d + head_dim/2) and each gate/up pair (j, j + n_out) in one lane after the
+// reduction, so rotary + KV write and silu * up are lane-local epilogues of the projection itself.
+//
+// Every warp keeps kAhead steps of W loads in flight (32 bytes per lane per step); the first ones are issued before
+// pdl_wait(), because no kernel of a step writes W, so their HBM latency overlaps the previous kernel's tail.
+// The RMSNorm prologue (norm_weight != nullptr) computes each row's 1/rms from x in the block after the wait, and
+// the x fragments are normalized as they are loaded, with HF's roundings: round(round(x * rstd) * w).
+#include <algorithm>
+
+#include "attention_ptx.cuh"
+#include "common.cuh"
+#include "decode_linear.h"
+
+namespace eet {
+namespace {
+
+using attn::mma_16816;
+using attn::pack2;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kStepCols = 32;  // K columns a warp consumes per step (4 lanes x 8 elements per row)
+// W steps in flight per warp: 4 x 32 bytes per lane, 4 KB per warp, 64 KB per SM at two blocks, which covers HBM
+// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of two blocks.
+constexpr int kAhead = 4;
+
+constexpr int kEpiStore = static_cast<int>(DecodeEpilogue::kStore);
+constexpr int kEpiResidual = static_cast<int>(DecodeEpilogue::kResidual);
+constexpr int kEpiSiluMul = static_cast<int>(DecodeEpilogue::kSiluMul);
+constexpr int kEpiGeluTanhMul = static_cast<int>(DecodeEpilogue::kGeluTanhMul);
+constexpr int kEpiRotaryKv = static_cast<int>(DecodeEpilogue::kRotaryKv);
+
+constexpr bool paired(int epi) { return epi == kEpiSiluMul || epi == kEpiGeluTanhMul || epi == kEpiRotaryKv; }
+
+// W rows are read once per step: keep them out of L1, which x and the norm weight use.
+__device__ __forceinline__ uint4 ldg_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ uint4 ldg_keep(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+// Physical W row of tile row r (0..15). pair == 0: 16 consecutive rows. Otherwise rows 0..7 are 8 consecutive rows of
+// a first half and rows 8..15 the rows `pair` later; halves alternate every `pair` rows (rotary: pair = head_dim / 2
+// inside each head; gate/up: pair = n_out, the whole gate half then the whole up half).
+__device__ __forceinline__ int64_t tile_row(int64_t tile, int r, int64_t pair) {
+  if (pair == 0) return tile * 16 + r;
+  const int64_t groups = pair / 8;
+  const int64_t base = (tile / groups) * 2 * pair + (tile % groups) * 8;
+  return base + (r < 8 ? r : pair + (r - 8));
+}
+
+// HF's SiLU (torch silu in fp32 on the rounded gate) and gelu_pytorch_tanh.
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+__device__ __forceinline__ float gelu_tanh(float v) {
+  const float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+  return 0.5f * v * (1.0f + tanhf(inner));
+}
+
+// Eight x values (one 16-byte chunk) as the two B-operand registers of each of a step's two mma, normalized first
+// when a norm weight is given: round(round(x * rstd) * w), HF Llama's RMSNorm order.
+template <typename T, bool kNorm>
+__device__ __forceinline__ void x_fragments(const uint4& raw, const uint4& nw, float rstd, uint32_t (&b)[4]) {
+  if constexpr (!kNorm) {
+    b[0] = raw.x;
+    b[1] = raw.y;
+    b[2] = raw.z;
+    b[3] = raw.w;
+  } else {
+    const T* xv = reinterpret_cast<const T*>(&raw);
+    const T* wv = reinterpret_cast<const T*>(&nw);
+    float y[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) y[j] = round_to<T>(__fmul_rn(round_to<T>(__fmul_rn(to_float(xv[j]), rstd)), to_float(wv[j])));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) b[j] = pack2<T>(y[2 * j], y[2 * j + 1]);
+  }
+}
+
+template <typename T, int kNT, bool kNorm, int kEpi>
+__global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const DecodeLinearParams p) {
+  constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
+  __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
+  __shared__ float rstd_s[kCols];
+  __shared__ float red[kWarps][kCols];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t tile = blockIdx.x;
+  int64_t pair = 0;
+  if constexpr (kEpi == kEpiRotaryKv) pair = p.head_dim / 2;
+  if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = p.rows / 2;
+  const int64_t row_a = tile_row(tile, g, pair), row_b = tile_row(tile, g + 8, pair);
+  const bool ok_a = row_a < p.rows, ok_b = row_b < p.rows;
+  const T* __restrict__ w = static_cast<const T*>(p.weight);
+  const T* wa = w + row_a * p.ldw + 8 * t;
+  const T* wb = w + row_b * p.ldw + 8 * t;
+  const int64_t steps = (p.k + kStepCols - 1) / kStepCols;
+  const int64_t s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  auto col_ok = [&](int64_t s) { return s * kStepCols + 8 * t + 8 <= p.k; };
+
+  pdl_trigger();
+  uint4 w_a[kAhead], w_b[kAhead];
+#pragma unroll
+  for (int i = 0; i < kAhead; ++i) {
+    const int64_t s = s_begin + i;
+    const bool ok = s < s_end && col_ok(s);
+    w_a[i] = ok && ok_a ? ldg_stream(wa + s * kStepCols) : zero;
+    w_b[i] = ok && ok_b ? ldg_stream(wb + s * kStepCols) : zero;
+  }
+  pdl_wait();  // x and the residual come from the previous kernels of the step
+
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ nw = static_cast<const T*>(p.norm_weight);
+  if constexpr (kNorm) {
+    for (int r = 0; r < p.m; ++r) {
+      float sq = 0.0f;
+      for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
+        float v[8];
+        load_float<8>(x + r * p.ldx + c, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) sq += v[j] * v[j];
+      }
+      sq = warp_sum(sq);
+      if (lane == 0) red[warp][r] = sq;
+    }
+    __syncthreads();
+    if (tid < p.m) {
+      float total = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kWarps; ++i) total += red[i][tid];
+      rstd_s[tid] = rsqrtf(total / static_cast<float>(p.k) + p.eps);
+    }
+    __syncthreads();
+  }
+
+  // x rows of this lane's B fragments: g (n8 tile 0) and g + 8 (tile 1); rows >= m read as zero.
+  const T* xr[kNT];
+  bool x_ok[kNT];
+  float rstd[kNT];
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int r = g + 8 * nt;
+    x_ok[nt] = r < p.m;
+    xr[nt] = x + (x_ok[nt] ? r : 0) * p.ldx + 8 * t;
+    rstd[nt] = kNorm && x_ok[nt] ? rstd_s[r] : 1.0f;
+  }
+  uint4 x_v[kAhead][kNT], n_v[kAhead];
+  auto load_x = [&](int i, int64_t s) {
+    const bool ok = s < s_end && col_ok(s);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
+    if constexpr (kNorm) n_v[i] = ok ? ldg_keep(nw + s * kStepCols + 8 * t) : zero;
+  };
+#pragma unroll
+  for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);
+
+  float acc[kNT][4];
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+
+  for (int64_t s0 = s_begin; s0 < s_end; s0 += kAhead) {
+#pragma unroll
+    for (int i = 0; i < kAhead; ++i) {
+      const int64_t s = s0 + i;
+      if (s < s_end) {
+        const uint32_t a0[4] = {w_a[i].x, w_b[i].x, w_a[i].y, w_b[i].y};
+        const uint32_t a1[4] = {w_a[i].z, w_b[i].z, w_a[i].w, w_b[i].w};
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          uint32_t b[4];
+          x_fragments<T, kNorm>(x_v[i][nt], n_v[i], rstd[nt], b);
+          mma_16816<T>(acc[nt], a0, b[0], b[1]);
+          mma_16816<T>(acc[nt], a1, b[2], b[3]);
+        }
+        const int64_t next = s + kAhead;
+        const bool ok = next < s_end && col_ok(next);
+        w_a[i] = ok && ok_a ? ldg_stream(wa + next * kStepCols) : zero;
+        w_b[i] = ok && ok_b ? ldg_stream(wb + next * kStepCols) : zero;
+        load_x(i, next);
+      }
+    }
+  }
+
+  // C fragment of lane (g, t): rows g / g + 8, x rows 2t, 2t + 1 of each n8 tile.
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    part[warp][g][nt * 8 + 2 * t] = acc[nt][0];
+    part[warp][g][nt * 8 + 2 * t + 1] = acc[nt][1];
+    part[warp][g + 8][nt * 8 + 2 * t] = acc[nt][2];
+    part[warp][g + 8][nt * 8 + 2 * t + 1] = acc[nt][3];
+  }
+  __syncthreads();
+
+  const T* __restrict__ bias = static_cast<const T*>(p.bias);
+  T* __restrict__ out = static_cast<T*>(p.out);
+  auto tile_sum = [&](int r, int c) {
+    float v = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kWarps; ++i) v += part[i][r][c];
+    return v;
+  };
+  // y = round(acc + bias), HF's linear output in the storage type.
+  auto linear_out = [&](int64_t row, float v) {
+    return round_to<T>(bias != nullptr ? __fadd_rn(v, to_float(bias[row])) : v);
+  };
+
+  if constexpr (!paired(kEpi)) {
+    const int r = tid % 16, c = tid / 16;  // 16 rows x 16 columns: every output of the tile
+    const int64_t row = tile_row(tile, r, 0);
+    if (c < p.m && row < p.rows) {
+      const float y = linear_out(row, tile_sum(r, c));
+      float o = y;
+      if constexpr (kEpi == kEpiResidual) {
+        o = __fadd_rn(to_float(static_cast<const T*>(p.residual)[c * p.ld_res + row]), y);
+      }
+      out[c * p.rows + row] = from_float<T>(o);
+    }
+  } else {
+    const int r = tid % 8, c = tid / 8;  // 8 pairs x 32 columns (x rows past m idle)
+    const int64_t row1 = tile_row(tile, r, pair), row2 = tile_row(tile, r + 8, pair);
+    if (c < p.m && row2 < p.rows) {
+      const float y1 = linear_out(row1, tile_sum(r, c)), y2 = linear_out(row2, tile_sum(r + 8, c));
+      if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) {
+        const float act = round_to<T>(kEpi == kEpiSiluMul ? silu(y1) : gelu_tanh(y1));
+        out[c * pair + row1] = from_float<T>(__fmul_rn(act, y2));
+      } else {
+        const int64_t hd = p.head_dim, half = hd / 2;
+        const int64_t q_rows = static_cast<int64_t>(p.heads_q) * hd, k_rows = static_cast<int64_t>(p.heads_kv) * hd;
+        const int64_t j = row1 % hd;  // < half: row2 is its rotary partner j + half
+        float o1 = y1, o2 = y2;
+        if (row1 < q_rows + k_rows) {
+          const T* cs = static_cast<const T*>(p.cos) + c * p.ld_cs;
+          const T* sn = static_cast<const T*>(p.sin) + c * p.ld_cs;
+          // HF: q * cos + rotate_half(q) * sin, each product rounded, then the sum (rotary.cu).
+          o1 = __fadd_rn(round_to<T>(__fmul_rn(y1, to_float(cs[j]))), round_to<T>(__fmul_rn(-y2, to_float(sn[j]))));
+          o2 = __fadd_rn(round_to<T>(__fmul_rn(y2, to_float(cs[j + half]))),
+                         round_to<T>(__fmul_rn(y1, to_float(sn[j + half]))));
+        }
+        if (row1 < q_rows) {
+          out[c * q_rows + row1] = from_float<T>(o1);
+          out[c * q_rows + row2] = from_float<T>(o2);
+        } else {
+          const bool is_k = row1 < q_rows + k_rows;
+          const int64_t local = row1 - (is_k ? q_rows : q_rows + k_rows);
+          const int64_t head = local / hd;
+          const int64_t slot = p.write_pos[c];
+          if (slot >= 0 && slot < p.cache_len) {
+            const int64_t* st = is_k ? p.k_stride : p.v_stride;
+            T* cache = static_cast<T*>(is_k ? p.k_cache : p.v_cache) + c * st[0] + head * st[1] + slot * st[2];
+            cache[j] = from_float<T>(o1);
+            cache[j + half] = from_float<T>(o2);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int kNT, bool kNorm>
+cudaError_t launch_epilogue(const DecodeLinearParams& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(p.rows / 16)), block(kThreads);
+  switch (p.epilogue) {
+    case DecodeEpilogue::kStore:
+      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiStore>, grid, block, 0, stream, 1, p);
+    case DecodeEpilogue::kResidual:
+      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiResidual>, grid, block, 0, stream, 1, p);
+    case DecodeEpilogue::kSiluMul:
+      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiSiluMul>, grid, block, 0, stream, 1, p);
+    case DecodeEpilogue::kGeluTanhMul:
+      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiGeluTanhMul>, grid, block, 0, stream, 1, p);
+    case DecodeEpilogue::kRotaryKv:
+      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiRotaryKv>, grid, block, 0, stream, 1, p);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T>
+cudaError_t launch_typed(const DecodeLinearParams& p, cudaStream_t stream) {
+  const bool norm = p.norm_weight != nullptr;
+  if (p.m <= 8) return norm ? launch_epilogue<T, 1, true>(p, stream) : launch_epilogue<T, 1, false>(p, stream);
+  return norm ? launch_epilogue<T, 2, true>(p, stream) : launch_epilogue<T, 2, false>(p, stream);
+}
+
+}  // namespace
+
+int64_t decode_linear_out_cols(const DecodeLinearParams& p) {
+  switch (p.epilogue) {
+    case DecodeEpilogue::kSiluMul:
+    case DecodeEpilogue::kGeluTanhMul:
+      return p.rows / 2;
+    case DecodeEpilogue::kRotaryKv:
+      return static_cast<int64_t>(p.heads_q) * p.head_dim;
+    default:
+      return p.rows;
+  }
+}
+
+cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream) {
+  if (p.m < 1 || p.m > kDecodeLinearMaxRows || p.k <= 0 || p.k % 8 != 0 || p.rows <= 0 || p.rows % 16 != 0 ||
+      p.ldx % 8 != 0 || p.ldw % 8 != 0 || !is_aligned(p.x, 16) || !is_aligned(p.weight, 16) ||
+      !is_aligned(p.norm_weight, 16) || p.rows / 16 > INT32_MAX) {
+    return cudaErrorInvalidValue;
+  }
+  const bool gated = p.epilogue == DecodeEpilogue::kSiluMul || p.epilogue == DecodeEpilogue::kGeluTanhMul;
+  if (gated && (p.rows / 2) % 8 != 0) return cudaErrorInvalidValue;
+  if (p.epilogue == DecodeEpilogue::kRotaryKv &&
+      (p.head_dim % 16 != 0 || p.heads_q <= 0 || p.heads_kv <= 0 ||
+       p.rows != static_cast<int64_t>(p.heads_q + 2 * p.heads_kv) * p.head_dim)) {
+    return cudaErrorInvalidValue;
+  }
+  switch (dtype) {
+    case DType::kFloat16: return launch_typed<__half>(p, stream);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
+    default: return cudaErrorInvalidValue;  // fp32 has no m16n8k16 path: the caller uses torch's GEMM
+  }
+}
+
+}  // namespace eet

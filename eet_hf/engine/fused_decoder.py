@@ -1,0 +1,240 @@
+"""The fused decoder step of the decode engine for Llama-style families (records in patches/decoder_records.py).
+
+Per layer, five kernels at decode batch sizes (eet_hf/ops/decode.py, csrc/decode_linear.cu):
+  1. RMSNorm + packed QKV projection (+ bias) + rotary on q and k + the KV-cache write
+  2. attention over the cache (eet's decode kernel)
+  3. o_proj + the residual add
+  4. RMSNorm + packed gate/up projection + act(gate) * up
+  5. down_proj + the residual add
+and the final norm fused into the LM head. q/k/v and gate/up are packed once into one matrix each, HF's parameters
+becoming views of it (engine/packing.py). Prompts run the same ops, which take torch's GEMMs beyond 16 rows.
+
+A model is taken only after its modules matched the record and its norm, MLP and rotary reproduced HF's modules on
+a probe input (`refusal`); the engine's tokens are tested against HF's for every family (tests/test_fused_decoder.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from eet_hf import ops
+from eet_hf.ops import reference
+from eet_hf.patches.decoder_records import RECORDS, DecoderRecord
+
+from . import decoder_families, rotary_swap
+from .decode_model import StepBounds, tensor_signature
+from .packing import pack_rows
+
+_ACTIVATIONS = {"silu": ("silu_mul", F.silu), "gelu_tanh": ("gelu_tanh_mul", lambda t: F.gelu(t, approximate="tanh"))}
+
+
+@dataclass(frozen=True)
+class FusedLayer:
+    qkv_weight: torch.Tensor  # [(heads + 2 * kv_heads) * head_dim, hidden], q_proj/k_proj/v_proj weights are views
+    qkv_bias: torch.Tensor | None
+    input_norm: torch.Tensor  # [hidden]
+    input_eps: float
+    o_weight: torch.Tensor  # [hidden, heads * head_dim]
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor
+    post_eps: float
+    gate_up_weight: torch.Tensor  # [2 * inner, hidden], gate_proj/up_proj weights are views
+    gate_up_bias: torch.Tensor | None
+    down_weight: torch.Tensor  # [hidden, inner]
+    down_bias: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class FusedDecoder:
+    """A Llama-style LM as the decode engine drives it through fused ops (DecodeModel, decode_model.py)."""
+
+    model: nn.Module
+    embed: nn.Embedding
+    rotary: nn.Module
+    layers: tuple[FusedLayer, ...]
+    final_norm: torch.Tensor
+    final_eps: float
+    lm_head: nn.Linear
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scale: float
+    epilogue: str  # decode_linear's gated epilogue for the MLP activation
+
+    max_positions = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def vocab(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.embed.weight.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def storage_signature(self) -> tuple:
+        return tensor_signature([*self.model.parameters(), *self.model.buffers()])
+
+    def forward_last_logits(self, tokens: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor,
+                            bounds: StepBounds, padded: bool = True) -> torch.Tensor:
+        """tokens, positions: [batch, seq]; kv: [layers, 2, batch, kv_heads, capacity, head_dim]. Logits of each
+        sequence's last position, [batch, vocab]; seq > 1 is a prompt written to slots [0, seq)."""
+        batch, seq = tokens.shape
+        hidden = self.embed(tokens)
+        cos, sin = self.rotary(hidden, positions)
+        x = hidden.view(batch * seq, -1)
+        for index, layer in enumerate(self.layers):
+            k_cache, v_cache = kv[index, 0], kv[index, 1]
+            q = ops.decode_qkv_rope(x.view(batch, seq, -1), layer.qkv_weight, layer.qkv_bias, layer.input_norm,
+                                    layer.input_eps, cos, sin, k_cache, v_cache, bounds.write_pos, self.heads,
+                                    self.kv_heads)
+            if seq > 1:
+                k_cache, v_cache = k_cache[:, :, :seq], v_cache[:, :, :seq]
+            attn = ops.attention(q, k_cache, v_cache, bounds.kv_start, bounds.kv_end, bounds.q_offset, seq > 1,
+                                 self.scale, padded=padded or seq == 1)
+            x = ops.decode_linear(attn.reshape(batch * seq, -1), layer.o_weight, layer.o_bias, residual=x,
+                                  epilogue="residual")
+            inner = ops.decode_linear(x, layer.gate_up_weight, layer.gate_up_bias, layer.post_norm, layer.post_eps,
+                                      epilogue=self.epilogue)
+            x = ops.decode_linear(inner, layer.down_weight, layer.down_bias, residual=x, epilogue="residual")
+        # Only the last position feeds the LM head (HF's logits_to_keep=1 in generate); the norm is per position.
+        last = x.view(batch, seq, -1)[:, -1]
+        return ops.decode_linear(last, self.lm_head.weight, self.lm_head.bias, self.final_norm, self.final_eps)
+
+
+def _eps(norm: nn.Module) -> float | None:
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    return float(eps) if isinstance(eps, (int, float)) else None
+
+
+def _parts(model: nn.Module, record: DecoderRecord) -> dict:
+    base = getattr(model, record.base)
+    layers = list(getattr(base, record.layers))[: model.config.num_hidden_layers]
+    return dict(base=base, layers=layers, embed=getattr(base, record.embed), rotary=getattr(base, record.rotary),
+                final_norm=getattr(base, record.final_norm), lm_head=model.get_output_embeddings())
+
+
+def _layer_modules(layer: nn.Module, record: DecoderRecord) -> dict[str, nn.Module]:
+    attn, mlp = getattr(layer, record.attention), getattr(layer, record.mlp)
+    return {
+        "q": getattr(attn, record.q), "k": getattr(attn, record.k), "v": getattr(attn, record.v),
+        "o": getattr(attn, record.o), "gate": getattr(mlp, record.gate), "up": getattr(mlp, record.up),
+        "down": getattr(mlp, record.down), "input_norm": getattr(layer, record.input_norm),
+        "post_norm": getattr(layer, record.post_attention_norm), "attn": attn, "mlp": mlp,
+    }
+
+
+def _structure_refusal(model: nn.Module, record: DecoderRecord) -> str | None:
+    try:
+        parts = _parts(model, record)
+        modules = [_layer_modules(layer, record) for layer in parts["layers"]]
+    except AttributeError as missing:
+        return f"module layout differs from the {model.config.model_type} record ({missing})"
+    if not isinstance(parts["embed"], nn.Embedding) or not isinstance(parts["lm_head"], nn.Linear):
+        return "embedding or LM head is not nn.Embedding / nn.Linear"
+    if record.norm != "rms" or record.rotary_form != "rotate_half" or record.activation not in _ACTIVATIONS:
+        return f"record arithmetic ({record.norm}, {record.rotary_form}, {record.activation}) has no fused kernel"
+    for layer in modules:
+        if any(type(layer[name]) is not nn.Linear for name in ("q", "k", "v", "o", "gate", "up", "down")):
+            return "a projection is not torch.nn.Linear"
+        norms = (layer["input_norm"], layer["post_norm"], parts["final_norm"])
+        if any(_eps(n) is None or getattr(n, "weight", None) is None for n in norms):
+            return "a norm without weight or epsilon"
+    return None
+
+
+def _probe_refusal(model: nn.Module, record: DecoderRecord) -> str | None:
+    """Run the first layer's norm, MLP and rotary as HF does and as the fused ops do, on a random probe."""
+    parts = _parts(model, record)
+    layer = _layer_modules(parts["layers"][0], record)
+    weight = layer["q"].weight
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    probe = torch.randn(2, 3, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
+    # The classes' own forwards: the generic adapter may have rewired these instances to eet's ops.
+    norm = layer["input_norm"]
+    if not torch.equal(type(norm).forward(norm, probe), reference.rms_norm(probe, norm.weight, _eps(norm))):
+        return f"{type(norm).__name__} does not compute HF Llama's RMSNorm"
+    mlp = layer["mlp"]
+    _, act = _ACTIVATIONS[record.activation]
+    expected = layer["down"](act(layer["gate"](probe)) * layer["up"](probe))
+    if not torch.equal(type(mlp).forward(mlp, probe), expected):
+        return f"{type(mlp).__name__} is not down({record.activation}(gate(x)) * up(x))"
+    modules = rotary_swap.modules_using_rotary([layer["attn"]])
+    if not modules:
+        return "attention does not use HF's apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim)"
+    apply = getattr(modules[0], rotary_swap.NAME)
+    heads = model.config.num_attention_heads
+    head_dim = _head_dim(model, layer["attn"])
+    positions = torch.arange(3, device=weight.device).view(1, 3)
+    cos, sin = parts["rotary"](probe[:1], positions)
+    if cos.shape[-1] != head_dim:
+        return f"partial rotary ({cos.shape[-1]} of {head_dim} dims)"
+    q = torch.randn(1, heads, 3, head_dim, generator=generator).to(weight.device, weight.dtype)
+    if not all(torch.equal(a, b) for a, b in zip(apply(q, q, cos, sin), reference.rotary(q, q, cos, sin))):
+        return f"{modules[0].__name__}.apply_rotary_pos_emb is not the rotate_half form"
+    if not inspect.isfunction(getattr(sys.modules[type(layer["attn"]).__module__], "eager_attention_forward", None)):
+        return "attention module without HF's attention interface"
+    return None
+
+
+def _head_dim(model: nn.Module, attn: nn.Module) -> int:
+    config = model.config
+    return getattr(attn, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def refusal(model: nn.Module) -> str | None:
+    """Why the fused step cannot serve this model (HF's layers run in the engine instead), or None."""
+    record = RECORDS.get(model.config.model_type)
+    if record is None:
+        return f"no fused-decoder record for model_type {model.config.model_type!r} (patches/decoder_records.py)"
+    reason = decoder_families.model_refusal(model) or _structure_refusal(model, record)
+    if reason is not None:
+        return reason
+    if any(p.device.type == "meta" for p in model.parameters()):
+        return "weights on the meta device (offloaded)"
+    with torch.no_grad():
+        return _probe_refusal(model, record)
+
+
+def build(model: nn.Module) -> FusedDecoder:
+    """The engine's view of `model`; packs q/k/v and gate/up (views, no extra memory) when not packed yet."""
+    record = RECORDS[model.config.model_type]
+    parts = _parts(model, record)
+    layers = []
+    for layer in parts["layers"]:
+        m = _layer_modules(layer, record)
+        qkv_weight, qkv_bias = pack_rows([m["q"], m["k"], m["v"]])
+        gate_up_weight, gate_up_bias = pack_rows([m["gate"], m["up"]])
+        layers.append(FusedLayer(
+            qkv_weight=qkv_weight, qkv_bias=qkv_bias, input_norm=m["input_norm"].weight,
+            input_eps=_eps(m["input_norm"]), o_weight=m["o"].weight, o_bias=m["o"].bias,
+            post_norm=m["post_norm"].weight, post_eps=_eps(m["post_norm"]), gate_up_weight=gate_up_weight,
+            gate_up_bias=gate_up_bias, down_weight=m["down"].weight, down_bias=m["down"].bias,
+        ))
+    attn = _layer_modules(parts["layers"][0], record)["attn"]
+    config = model.config
+    heads = config.num_attention_heads
+    return FusedDecoder(
+        model=model, embed=parts["embed"], rotary=parts["rotary"], layers=tuple(layers),
+        final_norm=parts["final_norm"].weight, final_eps=_eps(parts["final_norm"]), lm_head=parts["lm_head"],
+        heads=heads, kv_heads=getattr(config, "num_key_value_heads", None) or heads, head_dim=_head_dim(model, attn),
+        scale=float(getattr(attn, "scaling", _head_dim(model, attn) ** -0.5)),
+        epilogue=_ACTIVATIONS[record.activation][0],
+    )

@@ -1,0 +1,136 @@
+"""The decode step's linear layers over nn.Linear weights, with their neighbours fused (csrc/decode_linear.cu).
+
+`decode_linear`: epilogue(rms_norm(x) @ W^T + bias) — the o / down projections with the residual add, the packed
+gate/up projection with the RMSNorm before it and SiLU(gate) * up after it, the LM head with the final norm.
+`decode_qkv_rope`: the packed QKV projection with the RMSNorm before it, rotary on q and k and the KV-cache write
+after it.
+
+On CUDA, fp16/bf16, 1-16 rows (decode steps), a tensor-core kernel streams W once and does the rest in its
+prologue and epilogue. Everything else (CPU, fp32, prompts) runs the reference below: HF's own arithmetic in the
+storage dtype, in the order HF's modeling code computes it (the norm and rotary through eet's rms_norm and rotary
+ops, which reproduce HF's roundings), so on CUDA prompts run on cuBLAS and on CPU it is what HF computes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ._build import ensure_loaded
+
+_LIB = torch.library.Library("eet", "FRAGMENT")
+_LIB.define(
+    "decode_linear(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float eps, Tensor? residual, "
+    "str epilogue) -> Tensor"
+)
+_LIB.define(
+    "decode_qkv_rope(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float eps, Tensor cos, Tensor sin, "
+    "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv) -> Tensor"
+)
+
+EPILOGUES = ("none", "residual", "silu_mul", "gelu_tanh_mul")
+MAX_KERNEL_ROWS = 16  # csrc/decode_linear.h kDecodeLinearMaxRows
+
+
+def decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue):
+    """HF's arithmetic: [RMSNorm ->] linear [-> residual + y | act(gate) * up]. x: [rows, in]; weight: [out, in]
+    ([gate; up] for the gated epilogues); residual: [rows, out]. Returns [rows, out] ([rows, out / 2] gated)."""
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"eet::decode_linear: epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+    if (epilogue == "residual") != (residual is not None):
+        raise ValueError("eet::decode_linear: residual is required by epilogue 'residual' and only by it")
+    h = x if norm_weight is None else torch.ops.eet.rms_norm(x, norm_weight, eps)
+    y = F.linear(h, weight, bias)
+    if epilogue == "none":
+        return y
+    if epilogue == "residual":
+        return residual + y
+    gate, up = y.chunk(2, dim=-1)
+    act = F.silu(gate) if epilogue == "silu_mul" else F.gelu(gate, approximate="tanh")
+    return act * up
+
+
+def decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos, heads_q,
+                              heads_kv):
+    """HF's attention prologue on a packed QKV weight [(heads_q + 2 heads_kv) * head_dim, hidden]: [RMSNorm ->]
+    q, k, v projections, apply_rotary_pos_emb on q and k, k and v stored at cache slots write_pos[b] + s (slots
+    outside the cache skipped). x: [batch, seq, hidden]; cos, sin: [batch, seq, head_dim]; caches [batch, heads_kv,
+    capacity, head_dim], mutated. Returns q [batch, heads_q, seq, head_dim]."""
+    batch, seq, _ = x.shape
+    head_dim = weight.shape[0] // (heads_q + 2 * heads_kv)
+    h = x if norm_weight is None else torch.ops.eet.rms_norm(x, norm_weight, eps)
+    qkv = F.linear(h, weight, bias).view(batch, seq, heads_q + 2 * heads_kv, head_dim).transpose(1, 2)
+    q, k, v = qkv.split([heads_q, heads_kv, heads_kv], dim=1)
+    q, k = torch.ops.eet.rotary(q, k, cos, sin)
+    capacity = k_cache.shape[2]
+    # Token s of row b goes to slot write_pos[b] + s; the slots inside the cache are a run of tokens [lo, hi]. Tokens
+    # outside it write the value of the run's nearest token to that token's slot (duplicate index, same value: any
+    # order gives the same cache), rows without any such token write back what their clamped slot holds. No host
+    # sync, so this runs inside a CUDA graph (fp32 decode steps take this path).
+    pos = write_pos.long().view(batch, 1)
+    steps = torch.arange(seq, device=x.device).view(1, seq)
+    lo, hi = (-pos).clamp(min=0), (capacity - 1 - pos).clamp(max=seq - 1)
+    src = torch.maximum(torch.minimum(steps, hi), lo).clamp(0, seq - 1)  # [batch, seq]
+    slots = (pos + src).clamp(0, capacity - 1)
+    rows = torch.arange(batch, device=x.device).view(batch, 1).expand(batch, seq)
+    for cache, new in ((k_cache, k), (v_cache, v)):
+        values = new.transpose(1, 2).to(cache.dtype)  # [batch, seq, heads_kv, head_dim]
+        picked = values.gather(1, src[..., None, None].expand(-1, -1, *values.shape[2:]))
+        # Advanced indices on dims 0 and 2 put [batch, seq] first: [batch, seq, heads_kv, head_dim].
+        cache[rows, :, slots] = torch.where((lo <= hi)[..., None, None], picked, cache[rows, :, slots])
+    return q.contiguous()
+
+
+_LIB.impl("decode_linear", decode_linear_reference, "CompositeExplicitAutograd")
+_LIB.impl("decode_qkv_rope", decode_qkv_rope_reference, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("eet::decode_linear")
+def _decode_linear_fake(x, weight, bias, norm_weight, eps, residual, epilogue):
+    cols = weight.shape[0] // 2 if epilogue in ("silu_mul", "gelu_tanh_mul") else weight.shape[0]
+    return x.new_empty((x.shape[0], cols))
+
+
+@torch.library.register_fake("eet::decode_qkv_rope")
+def _decode_qkv_rope_fake(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos, heads_q,
+                          heads_kv):
+    batch, seq, _ = x.shape
+    return x.new_empty((batch, heads_q, seq, weight.shape[0] // (heads_q + 2 * heads_kv)))
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.dim() == 1 or t.stride(-2) % 8 == 0)
+
+
+def _kernel_takes(x2d: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None) -> bool:
+    """Does the tensor-core kernel take this call? Checked on shapes and addresses only (no device sync)."""
+    if not (x2d.is_cuda and x2d.dtype in (torch.float16, torch.bfloat16) and 1 <= x2d.shape[0] <= MAX_KERNEL_ROWS):
+        return False
+    if x2d.shape[-1] % 8 or weight.shape[0] % 16 or weight.dtype != x2d.dtype:
+        return False
+    if not (_aligned(x2d) and _aligned(weight) and (norm_weight is None or _aligned(norm_weight))):
+        return False
+    return ensure_loaded()
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  norm_weight: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+                  epilogue: str = "none") -> torch.Tensor:
+    """epilogue(rms_norm(x) @ weight^T + bias); see decode_linear_reference. x: [rows, in]; weight: [out, in]."""
+    if _kernel_takes(x, weight, norm_weight):
+        return torch.ops.eet.decode_linear(x, weight, bias, norm_weight, eps, residual, epilogue)
+    return decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue)
+
+
+def decode_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
+                    eps: float, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    write_pos: torch.Tensor, heads_q: int, heads_kv: int) -> torch.Tensor:
+    """q of HF's attention prologue, k/v into the caches; see decode_qkv_rope_reference. x: [batch, seq, hidden]."""
+    head_dim = weight.shape[0] // (heads_q + 2 * heads_kv)
+    kernel = (x.shape[1] == 1 and head_dim % 16 == 0 and cos.shape[-1] == head_dim and cos.stride(-1) == 1
+              and sin.stride() == cos.stride() and _kernel_takes(x[:, 0], weight, norm_weight))
+    if kernel:
+        return torch.ops.eet.decode_qkv_rope(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache,
+                                             write_pos, heads_q, heads_kv)
+    return decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos,
+                                     heads_q, heads_kv)

@@ -1,0 +1,176 @@
+"""The fused decoder step (eet_hf/engine/fused_decoder.py) on CPU: routing by record, packed weights as views,
+HF's greedy tokens, and the decode ops' references (eet_hf/ops/decode.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import eet_hf
+from eet_hf.engine import fused_decoder
+from eet_hf.engine.generate import ENGINE_ATTR
+from eet_hf.engine.packing import pack_rows
+from eet_hf.ops import decode as D
+
+from .helpers import padded_batch
+
+VOCAB = 97
+FAMILIES = {
+    "llama": (LlamaForCausalLM, LlamaConfig, {}),
+    "mistral": (MistralForCausalLM, MistralConfig, {}),
+    "qwen2": (Qwen2ForCausalLM, Qwen2Config, {}),
+}
+
+
+def _model(name: str, **overrides) -> torch.nn.Module:
+    cls, config_cls, extra = FAMILIES[name]
+    sizes = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256)
+    config = config_cls(**{**sizes, **extra, **overrides})
+    return cls(config).eval()
+
+
+def _decoder_step(model) -> str:
+    report = eet_hf.explain(model)
+    if any(line.startswith("decoder step") for line in report.accelerated):
+        return "fused"
+    return "hf-layers" if "decoder step" in report.fallbacks else "none"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_fused_step_gives_hf_tokens_on_left_padded_batches(name):
+    hf = _model(name)
+    model = eet_hf.accelerate(copy.deepcopy(hf))
+    assert _decoder_step(model) == "fused", eet_hf.explain(model)
+    ids, mask = padded_batch(3, 9, [9, 4, 1], "left", vocab=VOCAB)
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, **kwargs), hf.generate(ids, **kwargs))
+    handle = model.__dict__[ENGINE_ATTR]
+    assert handle.build is fused_decoder.build and handle.engine.stats["eager_steps"] == 11
+
+
+def test_qwen2_biases_are_packed_with_the_weights():
+    model = _model("qwen2")
+    eet_hf.accelerate(model)
+    attn = model.model.layers[0].self_attn
+    weight, bias = pack_rows([attn.q_proj, attn.k_proj, attn.v_proj])
+    assert bias is not None and bias.shape == (weight.shape[0],)
+    assert attn.k_proj.bias.data_ptr() == bias.data_ptr() + attn.q_proj.bias.numel() * bias.element_size()
+
+
+def test_packing_makes_views_keeps_state_dict_and_memory(tmp_path):
+    model = _model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params_before = sum(p.numel() for p in model.parameters())
+    fused_decoder.build(model)
+    attn, mlp = model.model.layers[1].self_attn, model.model.layers[1].mlp
+    storage = attn.q_proj.weight.untyped_storage().data_ptr()
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == storage == attn.v_proj.weight.untyped_storage().data_ptr()
+    assert mlp.gate_proj.weight.untyped_storage().data_ptr() == mlp.up_proj.weight.untyped_storage().data_ptr()
+    assert isinstance(attn.q_proj.weight, torch.nn.Parameter)
+    # No element is held twice: the packed storages are exactly the parameters they back.
+    assert attn.q_proj.weight.untyped_storage().nbytes() == sum(
+        p.numel() * p.element_size() for p in (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
+    assert sum(p.numel() for p in model.parameters()) == params_before
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
+    # Packing again (the engine builds its view per call) copies nothing.
+    weight, _ = pack_rows([attn.q_proj, attn.k_proj, attn.v_proj])
+    assert weight.data_ptr() == attn.q_proj.weight.data_ptr()
+    model.save_pretrained(tmp_path)
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_restore_keeps_values_and_hf_outputs():
+    hf = _model("llama")
+    model = eet_hf.accelerate(copy.deepcopy(hf))
+    ids = torch.randint(1, VOCAB, (2, 6))
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+        eet_hf.restore(model)
+        assert torch.equal(model(ids).logits, hf(ids).logits)
+
+
+def test_moved_model_is_packed_again():
+    model = eet_hf.accelerate(_model("llama"))
+    ids = torch.randint(1, VOCAB, (1, 5))
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    first = model.generate(ids, **kwargs)
+    model.to(torch.float64)  # new storages: the views are gone
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.weight.data_ptr() + attn.q_proj.weight.nbytes != attn.k_proj.weight.data_ptr()
+    again = model.to(torch.float32).generate(ids, **kwargs)
+    assert torch.equal(first, again)
+    assert attn.q_proj.weight.data_ptr() + attn.q_proj.weight.nbytes == attn.k_proj.weight.data_ptr()
+
+
+def test_unfused_activation_keeps_hf_layers_in_the_engine():
+    hf = _model("llama", hidden_act="relu")
+    model = eet_hf.accelerate(copy.deepcopy(hf))
+    assert _decoder_step(model) == "hf-layers"
+    assert "down(silu(gate(x)) * up(x))" in eet_hf.explain(model).fallbacks["decoder step"]
+    ids = torch.randint(1, VOCAB, (2, 5))
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, **kwargs), hf.generate(ids, **kwargs))
+
+
+@pytest.mark.parametrize("epilogue", D.EPILOGUES)
+def test_decode_linear_reference_is_hf_arithmetic(epilogue):
+    x = torch.randn(5, 32)
+    weight, norm_weight = torch.randn(48, 32), torch.randn(32)
+    bias = torch.randn(48)
+    out_cols = 24 if epilogue in ("silu_mul", "gelu_tanh_mul") else 48
+    residual = torch.randn(5, out_cols) if epilogue == "residual" else None
+    got = D.decode_linear(x, weight, bias, norm_weight, 1e-5, residual, epilogue)
+    xf = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm_weight
+    y = torch.nn.functional.linear(xf, weight, bias)
+    if epilogue == "residual":
+        y = residual + y
+    elif epilogue != "none":
+        gate, up = y[:, :24], y[:, 24:]
+        y = (torch.nn.functional.silu(gate) if epilogue == "silu_mul"
+             else torch.nn.functional.gelu(gate, approximate="tanh")) * up
+    torch.testing.assert_close(got, y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="epilogue must be"):
+        D.decode_linear(x, weight, epilogue="relu")
+
+
+def test_decode_qkv_rope_reference_writes_only_its_slots():
+    batch, seq, heads, kv_heads, head_dim, capacity = 3, 2, 4, 2, 8, 6
+    x = torch.randn(batch, seq, 16)
+    weight = torch.randn((heads + 2 * kv_heads) * head_dim, 16)
+    angle = torch.rand(batch, seq, head_dim // 2)
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    k_cache = torch.full((batch, kv_heads, capacity, head_dim), float("nan"))
+    v_cache = k_cache.clone()
+    write_pos = torch.tensor([0, 4, 5], dtype=torch.int32)  # the last row's second token is outside the cache
+    q = D.decode_qkv_rope(x, weight, None, None, 0.0, cos, sin, k_cache, v_cache, write_pos, heads, kv_heads)
+    assert q.shape == (batch, heads, seq, head_dim)
+    written = ~torch.isnan(k_cache[..., 0])
+    expected = torch.zeros(batch, kv_heads, capacity, dtype=torch.bool)
+    expected[0, :, 0:2] = expected[1, :, 4:6] = expected[2, :, 5] = True
+    assert torch.equal(written, expected) and torch.equal(~torch.isnan(v_cache[..., 0]), expected)
+    qkv = torch.nn.functional.linear(x, weight).view(batch, seq, heads + 2 * kv_heads, head_dim).transpose(1, 2)
+    torch.testing.assert_close(v_cache[1, :, 4:6], qkv[1, heads + kv_heads:])
+
+
+def test_decode_ops_have_fakes():
+    for name in ("decode_linear", "decode_qkv_rope"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"eet::{name}", "Meta") or \
+            torch.library.get_kernel  # register_fake registers a Meta kernel
+    x = torch.randn(2, 16, device="meta")
+    assert torch.ops.eet.decode_linear(x, torch.randn(32, 16, device="meta"), None, None, 0.0, None,
+                                       "silu_mul").shape == (2, 16)
