@@ -17,6 +17,8 @@ namespace eet {
 namespace bindings {
 namespace {
 
+bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
 // The checks both ops share; fills x / weight / bias / norm fields of p.
 void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  const std::optional<at::Tensor>& norm_weight, double eps, DecodeLinearParams& p) {
