@@ -22,12 +22,16 @@ class DecoderRecord:
     q: str = "q_proj"
     k: str = "k_proj"
     v: str = "v_proj"
+    qkv: str | None = None  # one packed q|k|v projection instead of q, k, v (Phi-3)
     o: str = "o_proj"
+    q_norm: str | None = None  # per-head RMSNorm of q and k before rotary (Qwen3)
+    k_norm: str | None = None
     input_norm: str = "input_layernorm"
     post_attention_norm: str = "post_attention_layernorm"
     mlp: str = "mlp"
     gate: str = "gate_proj"
     up: str = "up_proj"
+    gate_up: str | None = None  # one packed gate|up projection instead of gate, up (Phi-3)
     down: str = "down_proj"
     norm: str = "rms"  # RMSNorm in HF Llama order: round(round(x * rsqrt(mean(x^2) + eps)) * w)
     activation: str = "silu"  # MLP: down(act(gate(x)) * up(x)); 'silu' or 'gelu_tanh'
@@ -36,9 +40,13 @@ class DecoderRecord:
 
 # Llama, Mistral and Qwen2 (q/k/v biases) share the layout; the engine reads biases where the modules have them.
 LLAMA = DecoderRecord()
+QWEN3 = DecoderRecord(q_norm="q_norm", k_norm="k_norm")
+PHI3 = DecoderRecord(qkv="qkv_proj", gate_up="gate_up_proj")
 
 RECORDS: dict[str, DecoderRecord] = {
     "llama": LLAMA,
     "mistral": LLAMA,
     "qwen2": LLAMA,
+    "qwen3": QWEN3,
+    "phi3": PHI3,
 }

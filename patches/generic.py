@@ -142,17 +142,19 @@ def _generate(model: nn.Module, ctx: PatchContext) -> None:
     if ATTENTION_REPORT not in ctx.report.accelerated:
         ctx.fallback("generate", "eet's decode loop needs eet attention: HF's generate loop runs")
         return
-    reason = decoder_families.model_refusal(model)
     if distributed.split_by_transformers(model):
-        reason = "tensor parallel (transformers' tp_plan): eet's decode loop runs on one device"
-    if reason is not None:
-        ctx.fallback("generate", f"HF's generate loop runs (on eet's forwards): {reason}")
+        ctx.fallback("generate", "HF's generate loop runs (on eet's forwards): tensor parallel (transformers' "
+                     "tp_plan): eet's decode loop runs on one device")
         return
     fused = fused_decoder.refusal(model)
     if fused is None:
         generate_engine.install(model, ctx, fused_decoder.build, decoder_families.call_refusal)
         ctx.report.accelerated.append("decoder step (eet fused: norm + packed QKV + rotary + KV write, gated MLP)")
     else:
+        reason = decoder_families.model_refusal(model)
+        if reason is not None:
+            ctx.fallback("generate", f"HF's generate loop runs (on eet's forwards): {reason}")
+            return
         ctx.fallback("decoder step", f"HF's decoder layers run inside eet's decode loop: {fused}")
         generate_engine.install(model, ctx, decoder_families.decoder_stack, decoder_families.call_refusal)
     hf_generate_while_offloaded(model, ctx)

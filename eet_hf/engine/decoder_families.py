@@ -72,10 +72,15 @@ FAMILIES: dict[str, Callable[[nn.Module], dict]] = {
 
 
 def model_refusal(model: nn.Module) -> str | None:
-    """Why the engine cannot drive this model at all, or None."""
+    """Why the engine cannot drive this model through HF's layers, or None."""
+    if model.config.model_type not in FAMILIES:
+        return f"model_type {model.config.model_type!r} has no decode-engine entry (decoder_families.py)"
+    return config_refusal(model)
+
+
+def config_refusal(model: nn.Module) -> str | None:
+    """What in the model's config no engine forward (HF's layers or the fused step) can run, or None."""
     config = model.config
-    if config.model_type not in FAMILIES:
-        return f"model_type {config.model_type!r} has no decode-engine entry (decoder_families.py)"
     if model.get_output_embeddings() is None:
         return f"{type(model).__name__} has no LM head"
     layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])

@@ -1,7 +1,8 @@
 """The fused decoder step of the decode engine for Llama-style families (records in patches/decoder_records.py).
 
 Per layer, five kernels at decode batch sizes (eet_hf/ops/decode.py, csrc/decode_linear.cu):
-  1. RMSNorm + packed QKV projection (+ bias) + rotary on q and k + the KV-cache write
+  1. RMSNorm + packed QKV projection (+ bias) + rotary on q and k + the KV-cache write (Qwen3: the projection, then
+     one kernel for its per-head q/k norms + rotary + KV write, csrc/qk_norm_rope.cu)
   2. attention over the cache (eet's decode kernel)
   3. o_proj + the residual add
   4. RMSNorm + packed gate/up projection + act(gate) * up
@@ -40,6 +41,9 @@ class FusedLayer:
     qkv_bias: torch.Tensor | None
     input_norm: torch.Tensor  # [hidden]
     input_eps: float
+    q_norm: torch.Tensor | None  # [head_dim]: per-head RMSNorm of q and k before rotary (Qwen3), else None
+    k_norm: torch.Tensor | None
+    qk_eps: float
     o_weight: torch.Tensor  # [hidden, heads * head_dim]
     o_bias: torch.Tensor | None
     post_norm: torch.Tensor
@@ -102,9 +106,14 @@ class FusedDecoder:
         x = hidden.view(batch * seq, -1)
         for index, layer in enumerate(self.layers):
             k_cache, v_cache = kv[index, 0], kv[index, 1]
-            q = ops.decode_qkv_rope(x.view(batch, seq, -1), layer.qkv_weight, layer.qkv_bias, layer.input_norm,
-                                    layer.input_eps, cos, sin, k_cache, v_cache, bounds.write_pos, self.heads,
-                                    self.kv_heads)
+            if layer.q_norm is None:
+                q = ops.decode_qkv_rope(x.view(batch, seq, -1), layer.qkv_weight, layer.qkv_bias, layer.input_norm,
+                                        layer.input_eps, cos, sin, k_cache, v_cache, bounds.write_pos, self.heads,
+                                        self.kv_heads)
+            else:
+                qkv = ops.decode_linear(x, layer.qkv_weight, layer.qkv_bias, layer.input_norm, layer.input_eps)
+                q = ops.qk_norm_rope(qkv.view(batch, seq, -1), layer.q_norm, layer.k_norm, layer.qk_eps, cos, sin,
+                                     k_cache, v_cache, bounds.write_pos, self.heads, self.kv_heads)
             if seq > 1:
                 k_cache, v_cache = k_cache[:, :, :seq], v_cache[:, :, :seq]
             attn = ops.attention(q, k_cache, v_cache, bounds.kv_start, bounds.kv_end, bounds.q_offset, seq > 1,
@@ -131,13 +140,16 @@ def _parts(model: nn.Module, record: DecoderRecord) -> dict:
                 final_norm=getattr(base, record.final_norm), lm_head=model.get_output_embeddings())
 
 
-def _layer_modules(layer: nn.Module, record: DecoderRecord) -> dict[str, nn.Module]:
+def _layer_modules(layer: nn.Module, record: DecoderRecord) -> dict:
+    """The layer's modules by role; "qkv" and "gate_up" are lists of the Linear modules packed in that order."""
     attn, mlp = getattr(layer, record.attention), getattr(layer, record.mlp)
+    qkv = [getattr(attn, record.qkv)] if record.qkv else [getattr(attn, n) for n in (record.q, record.k, record.v)]
+    gate_up = [getattr(mlp, record.gate_up)] if record.gate_up else [getattr(mlp, record.gate), getattr(mlp, record.up)]
     return {
-        "q": getattr(attn, record.q), "k": getattr(attn, record.k), "v": getattr(attn, record.v),
-        "o": getattr(attn, record.o), "gate": getattr(mlp, record.gate), "up": getattr(mlp, record.up),
-        "down": getattr(mlp, record.down), "input_norm": getattr(layer, record.input_norm),
-        "post_norm": getattr(layer, record.post_attention_norm), "attn": attn, "mlp": mlp,
+        "qkv": qkv, "o": getattr(attn, record.o), "gate_up": gate_up, "down": getattr(mlp, record.down),
+        "input_norm": getattr(layer, record.input_norm), "post_norm": getattr(layer, record.post_attention_norm),
+        "q_norm": getattr(attn, record.q_norm) if record.q_norm else None,
+        "k_norm": getattr(attn, record.k_norm) if record.k_norm else None, "attn": attn, "mlp": mlp,
     }
 
 
@@ -152,9 +164,10 @@ def _structure_refusal(model: nn.Module, record: DecoderRecord) -> str | None:
     if record.norm != "rms" or record.rotary_form != "rotate_half" or record.activation not in _ACTIVATIONS:
         return f"record arithmetic ({record.norm}, {record.rotary_form}, {record.activation}) has no fused kernel"
     for layer in modules:
-        if any(type(layer[name]) is not nn.Linear for name in ("q", "k", "v", "o", "gate", "up", "down")):
+        if any(type(m) is not nn.Linear for m in (*layer["qkv"], layer["o"], *layer["gate_up"], layer["down"])):
             return "a projection is not torch.nn.Linear"
-        norms = (layer["input_norm"], layer["post_norm"], parts["final_norm"])
+        norms = [layer["input_norm"], layer["post_norm"], parts["final_norm"]]
+        norms += [layer[n] for n in ("q_norm", "k_norm") if layer[n] is not None]
         if any(_eps(n) is None or getattr(n, "weight", None) is None for n in norms):
             return "a norm without weight or epsilon"
     return None
@@ -164,17 +177,19 @@ def _probe_refusal(model: nn.Module, record: DecoderRecord) -> str | None:
     """Run the first layer's norm, MLP and rotary as HF does and as the fused ops do, on a random probe."""
     parts = _parts(model, record)
     layer = _layer_modules(parts["layers"][0], record)
-    weight = layer["q"].weight
+    weight = layer["o"].weight
     generator = torch.Generator(device="cpu").manual_seed(0)
-    probe = torch.randn(2, 3, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
+    probe = torch.randn(2, 3, weight.shape[0], generator=generator).to(weight.device, weight.dtype)
     # The classes' own forwards: the generic adapter may have rewired these instances to eet's ops.
-    norm = layer["input_norm"]
-    if not torch.equal(type(norm).forward(norm, probe), reference.rms_norm(probe, norm.weight, _eps(norm))):
-        return f"{type(norm).__name__} does not compute HF Llama's RMSNorm"
+    norms = [layer["input_norm"]] + [layer[n] for n in ("q_norm", "k_norm") if layer[n] is not None]
+    for norm in norms:
+        x = probe[..., : norm.weight.shape[0]]
+        if not torch.equal(type(norm).forward(norm, x), reference.rms_norm(x, norm.weight, _eps(norm))):
+            return f"{type(norm).__name__} does not compute HF Llama's RMSNorm"
     mlp = layer["mlp"]
     _, act = _ACTIVATIONS[record.activation]
-    expected = layer["down"](act(layer["gate"](probe)) * layer["up"](probe))
-    if not torch.equal(type(mlp).forward(mlp, probe), expected):
+    gate, up = torch.cat([linear(probe) for linear in layer["gate_up"]], dim=-1).chunk(2, dim=-1)
+    if not torch.equal(type(mlp).forward(mlp, probe), layer["down"](act(gate) * up)):
         return f"{type(mlp).__name__} is not down({record.activation}(gate(x)) * up(x))"
     modules = rotary_swap.modules_using_rotary([layer["attn"]])
     if not modules:
@@ -204,7 +219,7 @@ def refusal(model: nn.Module) -> str | None:
     record = RECORDS.get(model.config.model_type)
     if record is None:
         return f"no fused-decoder record for model_type {model.config.model_type!r} (patches/decoder_records.py)"
-    reason = decoder_families.model_refusal(model) or _structure_refusal(model, record)
+    reason = decoder_families.config_refusal(model) or _structure_refusal(model, record)
     if reason is not None:
         return reason
     if any(p.device.type == "meta" for p in model.parameters()):
@@ -220,11 +235,13 @@ def build(model: nn.Module) -> FusedDecoder:
     layers = []
     for layer in parts["layers"]:
         m = _layer_modules(layer, record)
-        qkv_weight, qkv_bias = pack_rows([m["q"], m["k"], m["v"]])
-        gate_up_weight, gate_up_bias = pack_rows([m["gate"], m["up"]])
+        qkv_weight, qkv_bias = pack_rows(m["qkv"])
+        gate_up_weight, gate_up_bias = pack_rows(m["gate_up"])
         layers.append(FusedLayer(
             qkv_weight=qkv_weight, qkv_bias=qkv_bias, input_norm=m["input_norm"].weight,
-            input_eps=_eps(m["input_norm"]), o_weight=m["o"].weight, o_bias=m["o"].bias,
+            input_eps=_eps(m["input_norm"]), q_norm=m["q_norm"].weight if m["q_norm"] is not None else None,
+            k_norm=m["k_norm"].weight if m["k_norm"] is not None else None,
+            qk_eps=_eps(m["q_norm"]) if m["q_norm"] is not None else 0.0, o_weight=m["o"].weight, o_bias=m["o"].bias,
             post_norm=m["post_norm"].weight, post_eps=_eps(m["post_norm"]), gate_up_weight=gate_up_weight,
             gate_up_bias=gate_up_bias, down_weight=m["down"].weight, down_bias=m["down"].bias,
         ))

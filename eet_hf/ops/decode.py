@@ -24,6 +24,10 @@ _LIB.define(
     "str epilogue) -> Tensor"
 )
 _LIB.define(
+    "qk_norm_rope(Tensor qkv, Tensor q_norm, Tensor k_norm, float eps, Tensor cos, Tensor sin, Tensor(a!) k_cache, "
+    "Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv) -> Tensor"
+)
+_LIB.define(
     "decode_qkv_rope(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float eps, Tensor cos, Tensor sin, "
     "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv) -> Tensor"
 )
@@ -50,6 +54,28 @@ def decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogu
     return act * up
 
 
+def _write_cache(k_cache, v_cache, k, v, write_pos) -> None:
+    """k, v [batch, heads_kv, seq, head_dim] into the caches at slots write_pos[b] + s; slots outside are skipped."""
+    batch, _, seq, _ = k.shape
+    device = k.device
+    capacity = k_cache.shape[2]
+    # Token s of row b goes to slot write_pos[b] + s; the slots inside the cache are a run of tokens [lo, hi]. Tokens
+    # outside it write the value of the run's nearest token to that token's slot (duplicate index, same value: any
+    # order gives the same cache), rows without any such token write back what their clamped slot holds. No host
+    # sync, so this runs inside a CUDA graph (fp32 decode steps take this path).
+    pos = write_pos.long().view(batch, 1)
+    steps = torch.arange(seq, device=device).view(1, seq)
+    lo, hi = (-pos).clamp(min=0), (capacity - 1 - pos).clamp(max=seq - 1)
+    src = torch.maximum(torch.minimum(steps, hi), lo).clamp(0, seq - 1)  # [batch, seq]
+    slots = (pos + src).clamp(0, capacity - 1)
+    rows = torch.arange(batch, device=device).view(batch, 1).expand(batch, seq)
+    for cache, new in ((k_cache, k), (v_cache, v)):
+        values = new.transpose(1, 2).to(cache.dtype)  # [batch, seq, heads_kv, head_dim]
+        picked = values.gather(1, src[..., None, None].expand(-1, -1, *values.shape[2:]))
+        # Advanced indices on dims 0 and 2 put [batch, seq] first: [batch, seq, heads_kv, head_dim].
+        cache[rows, :, slots] = torch.where((lo <= hi)[..., None, None], picked, cache[rows, :, slots])
+
+
 def decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos, heads_q,
                               heads_kv):
     """HF's attention prologue on a packed QKV weight [(heads_q + 2 heads_kv) * head_dim, hidden]: [RMSNorm ->]
@@ -62,26 +88,26 @@ def decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cac
     qkv = F.linear(h, weight, bias).view(batch, seq, heads_q + 2 * heads_kv, head_dim).transpose(1, 2)
     q, k, v = qkv.split([heads_q, heads_kv, heads_kv], dim=1)
     q, k = torch.ops.eet.rotary(q, k, cos, sin)
-    capacity = k_cache.shape[2]
-    # Token s of row b goes to slot write_pos[b] + s; the slots inside the cache are a run of tokens [lo, hi]. Tokens
-    # outside it write the value of the run's nearest token to that token's slot (duplicate index, same value: any
-    # order gives the same cache), rows without any such token write back what their clamped slot holds. No host
-    # sync, so this runs inside a CUDA graph (fp32 decode steps take this path).
-    pos = write_pos.long().view(batch, 1)
-    steps = torch.arange(seq, device=x.device).view(1, seq)
-    lo, hi = (-pos).clamp(min=0), (capacity - 1 - pos).clamp(max=seq - 1)
-    src = torch.maximum(torch.minimum(steps, hi), lo).clamp(0, seq - 1)  # [batch, seq]
-    slots = (pos + src).clamp(0, capacity - 1)
-    rows = torch.arange(batch, device=x.device).view(batch, 1).expand(batch, seq)
-    for cache, new in ((k_cache, k), (v_cache, v)):
-        values = new.transpose(1, 2).to(cache.dtype)  # [batch, seq, heads_kv, head_dim]
-        picked = values.gather(1, src[..., None, None].expand(-1, -1, *values.shape[2:]))
-        # Advanced indices on dims 0 and 2 put [batch, seq] first: [batch, seq, heads_kv, head_dim].
-        cache[rows, :, slots] = torch.where((lo <= hi)[..., None, None], picked, cache[rows, :, slots])
+    _write_cache(k_cache, v_cache, k, v, write_pos)
+    return q.contiguous()
+
+
+def qk_norm_rope_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv):
+    """Qwen3's attention prologue after the QKV projection: per-head RMSNorm of q and k (q_norm, k_norm [head_dim]),
+    apply_rotary_pos_emb, k and v stored at slots write_pos[b] + s. qkv: [batch, seq, (heads_q + 2 heads_kv) *
+    head_dim]; cos, sin: [batch, seq, head_dim]. Returns q [batch, heads_q, seq, head_dim]."""
+    batch, seq, width = qkv.shape
+    head_dim = width // (heads_q + 2 * heads_kv)
+    heads = qkv.view(batch, seq, heads_q + 2 * heads_kv, head_dim).transpose(1, 2)
+    q, k, v = heads.split([heads_q, heads_kv, heads_kv], dim=1)
+    q, k = torch.ops.eet.rotary(torch.ops.eet.rms_norm(q, q_norm, eps), torch.ops.eet.rms_norm(k, k_norm, eps),
+                                cos, sin)
+    _write_cache(k_cache, v_cache, k, v, write_pos)
     return q.contiguous()
 
 
 _LIB.impl("decode_linear", decode_linear_reference, "CompositeExplicitAutograd")
+_LIB.impl("qk_norm_rope", qk_norm_rope_reference, "CompositeExplicitAutograd")
 _LIB.impl("decode_qkv_rope", decode_qkv_rope_reference, "CompositeExplicitAutograd")
 
 
@@ -89,6 +115,12 @@ _LIB.impl("decode_qkv_rope", decode_qkv_rope_reference, "CompositeExplicitAutogr
 def _decode_linear_fake(x, weight, bias, norm_weight, eps, residual, epilogue):
     cols = weight.shape[0] // 2 if epilogue in ("silu_mul", "gelu_tanh_mul") else weight.shape[0]
     return x.new_empty((x.shape[0], cols))
+
+
+@torch.library.register_fake("eet::qk_norm_rope")
+def _qk_norm_rope_fake(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv):
+    batch, seq, width = qkv.shape
+    return qkv.new_empty((batch, heads_q, seq, width // (heads_q + 2 * heads_kv)))
 
 
 @torch.library.register_fake("eet::decode_qkv_rope")
@@ -134,3 +166,15 @@ def decode_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
                                              write_pos, heads_q, heads_kv)
     return decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos,
                                      heads_q, heads_kv)
+
+
+def qk_norm_rope(qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor, eps: float, cos: torch.Tensor,
+                 sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, write_pos: torch.Tensor,
+                 heads_q: int, heads_kv: int) -> torch.Tensor:
+    """Per-head q/k RMSNorm + rotary + KV write; see qk_norm_rope_reference. qkv: [batch, seq, width]."""
+    head_dim = qkv.shape[-1] // (heads_q + 2 * heads_kv)
+    kernel = (qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16, torch.float32) and qkv.is_contiguous()
+              and head_dim <= 256 and head_dim % 2 == 0 and cos.shape[-1] == head_dim and cos.is_contiguous()
+              and sin.is_contiguous() and qkv.shape[0] * qkv.shape[1] <= 65535 and ensure_loaded())
+    op = torch.ops.eet.qk_norm_rope if kernel else qk_norm_rope_reference
+    return op(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv)

@@ -115,3 +115,33 @@ def test_decode_linear_wrapper_routes_large_batches_to_torch(cuda_ops):
     w = torch.randn(32, 64, device="cuda", dtype=torch.float16)
     assert torch.equal(D.decode_linear(x, w), torch.nn.functional.linear(x, w))
     assert torch.equal(D.decode_linear(x.float(), w.float()), torch.nn.functional.linear(x.float(), w.float()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 8, 128), (4, 1, 64), (2, 2, 256), (3, 1, 40)])
+@pytest.mark.parametrize("batch,seq", [(1, 1), (5, 1), (2, 7)])
+def test_qk_norm_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, seq):
+    capacity = 12
+    qkv = torch.randn(batch, seq, (heads + 2 * kv_heads) * head_dim, device="cuda", dtype=dtype)
+    q_norm = 1 + 0.1 * torch.randn(head_dim, device="cuda", dtype=dtype)
+    k_norm = 1 + 0.1 * torch.randn(head_dim, device="cuda", dtype=dtype)
+    angles = torch.rand(batch, seq, head_dim // 2, device="cuda") * 100
+    cos = torch.cat([angles.cos()] * 2, -1).to(dtype)
+    sin = torch.cat([angles.sin()] * 2, -1).to(dtype)
+    write_pos = torch.tensor([[0, capacity - seq, capacity - 1, -2, 4][i % 5] for i in range(batch)], device="cuda",
+                             dtype=torch.int32)
+    caches = [torch.full((batch, kv_heads, capacity, head_dim), float("nan"), device="cuda", dtype=dtype)
+              for _ in range(4)]
+    poison_next_alloc(batch * heads * seq * head_dim, dtype)
+    q = torch.ops.eet.qk_norm_rope(qkv, q_norm, k_norm, 1e-6, cos, sin, caches[0], caches[1], write_pos, heads,
+                                   kv_heads)
+    q_ref = D.qk_norm_rope_reference(qkv, q_norm, k_norm, 1e-6, cos, sin, caches[2], caches[3], write_pos, heads,
+                                     kv_heads)
+    torch.cuda.synchronize()
+    # Same roundings as the reference; the only difference is the order of the head_dim-long sum of squares.
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6}[dtype]
+    assert torch.isfinite(q).all() and rel_err(q, q_ref) <= tol
+    for got, ref in ((caches[0], caches[2]), (caches[1], caches[3])):
+        assert torch.equal(torch.isnan(got), torch.isnan(ref))
+        written = ~torch.isnan(ref)
+        assert rel_err(got[written], ref[written]) <= tol

@@ -1,0 +1,31 @@
+// Per-head q/k RMSNorm + rotary + KV-cache write after a packed QKV projection (qk_norm_rope.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace eet {
+
+struct QkNormRopeParams {
+  const void* qkv;           // [batch * seq, (heads_q + 2 * heads_kv) * head_dim], row stride ld_qkv
+  const void* q_norm;        // [head_dim]
+  const void* k_norm;        // [head_dim]
+  const void* cos;           // [batch * seq, head_dim], row stride ld_cs
+  const void* sin;           // [batch * seq, head_dim], row stride ld_cs
+  void* q_out;               // [batch, heads_q, seq, head_dim] contiguous
+  void* k_cache;             // [batch, heads_kv, cache_len, head_dim], strides k_stride (elements)
+  void* v_cache;             // [batch, heads_kv, cache_len, head_dim], strides v_stride
+  const int32_t* write_pos;  // [batch]: slot of each sequence's first token
+  int64_t ld_qkv, ld_cs, batch, seq, cache_len;
+  int64_t k_stride[3], v_stride[3];
+  float eps;
+  int heads_q, heads_kv, head_dim;
+};
+
+// cudaErrorInvalidValue (nothing launched) for head_dim > 256 or odd, or more than 65535 tokens.
+cudaError_t qk_norm_rope(DType dtype, const QkNormRopeParams& p, cudaStream_t stream);
+
+}  // namespace eet
