@@ -34,6 +34,6 @@ TORCH_LIBRARY_IMPL(eet, CUDA, m) {
   // the fused Llama-family decoder step (eet_hf/engine/fused_decoder.py).
   m.impl("decode_linear", &eet::bindings::decode_linear);
   m.impl("decode_qkv_rope", &eet::bindings::decode_qkv_rope);
-  // Per-head q/k RMSNorm + rotary + KV write after the QKV projection: Qwen3's attention prologue.
-  m.impl("qk_norm_rope", &eet::bindings::qk_norm_rope);
+  // [Per-head q/k RMSNorm +] rotary + KV write after the QKV projection: prompts, and Qwen3's decode steps.
+  m.impl("qkv_rope_append", &eet::bindings::qkv_rope_append);
 }

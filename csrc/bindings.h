@@ -118,9 +118,10 @@ at::Tensor decode_qkv_rope(const at::Tensor& x, const at::Tensor& weight, const 
                            const std::optional<at::Tensor>& norm_weight, double eps, const at::Tensor& cos,
                            const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
                            const at::Tensor& write_pos, int64_t heads_q, int64_t heads_kv);
-at::Tensor qk_norm_rope(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm, double eps,
-                        const at::Tensor& cos, const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
-                        const at::Tensor& write_pos, int64_t heads_q, int64_t heads_kv);
+at::Tensor qkv_rope_append(const at::Tensor& qkv, const std::optional<at::Tensor>& q_norm,
+                           const std::optional<at::Tensor>& k_norm, double eps, const at::Tensor& cos,
+                           const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                           const at::Tensor& write_pos, int64_t heads_q, int64_t heads_kv);
 
 }  // namespace bindings
 }  // namespace eet

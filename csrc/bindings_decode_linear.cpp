@@ -1,5 +1,5 @@
-// CUDA entry points of eet::decode_linear and eet::decode_qkv_rope (decode_linear.cu) and eet::qk_norm_rope
-// (qk_norm_rope.cu): the decode step's linear
+// CUDA entry points of eet::decode_linear and eet::decode_qkv_rope (decode_linear.cu) and eet::qkv_rope_append
+// (qkv_rope_append.cu): the decode step's linear
 // layers over nn.Linear weights [out, in], with the RMSNorm prologue and the residual / gated-activation / rotary + KV
 // write epilogues. Argument checks and the device guard (bindings.h). The Python wrappers (eet_hf/ops/decode.py) send
 // only what the kernel takes (fp16/bf16, 1-16 rows, aligned rows); anything else reaching here is a clear error.
@@ -13,7 +13,7 @@
 
 #include "bindings.h"
 #include "decode_linear.h"
-#include "qk_norm_rope.h"
+#include "qkv_rope_append.h"
 
 namespace eet {
 namespace bindings {
@@ -161,44 +161,48 @@ at::Tensor decode_qkv_rope(const at::Tensor& x_in, const at::Tensor& weight, con
   return q;
 }
 
-// Per-head RMSNorm of q and k + rotary + KV write of a projected qkv [batch, seq, (heads_q + 2 heads_kv) * head_dim]:
+// [Per-head RMSNorm of q and k +] rotary + KV write of a projected qkv [batch, seq, (heads_q + 2 heads_kv) * head_dim]:
 // q returned [batch, heads_q, seq, head_dim], k and v written into the caches at write_pos[b] + s.
-at::Tensor qk_norm_rope(const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm, double eps,
-                        const at::Tensor& cos, const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
-                        const at::Tensor& write_pos, int64_t heads_q, int64_t heads_kv) {
-  const char* op = "qk_norm_rope";
+at::Tensor qkv_rope_append(const at::Tensor& qkv, const std::optional<at::Tensor>& q_norm,
+                           const std::optional<at::Tensor>& k_norm, double eps, const at::Tensor& cos,
+                           const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                           const at::Tensor& write_pos, int64_t heads_q, int64_t heads_kv) {
+  const char* op = "qkv_rope_append";
   check_cuda(qkv, op, "qkv");
   const c10::cuda::CUDAGuard guard(qkv.device());
   const auto dtype = to_dtype(qkv, op);
-  TORCH_CHECK(qkv.dim() == 3 && qkv.stride(2) == 1, msg("eet::qk_norm_rope: qkv must be [batch, seq, width] with a contiguous last dim, got ", qkv.sizes()));
+  TORCH_CHECK(qkv.dim() == 3 && qkv.stride(2) == 1, msg("eet::qkv_rope_append: qkv must be [batch, seq, width] with a contiguous last dim, got ", qkv.sizes()));
   const int64_t batch = qkv.size(0), seq = qkv.size(1);
-  TORCH_CHECK(heads_q > 0 && heads_kv > 0 && qkv.size(2) % (heads_q + 2 * heads_kv) == 0, msg("eet::qk_norm_rope: width ", qkv.size(2), " is not (heads_q + 2 * heads_kv) heads"));
+  TORCH_CHECK(heads_q > 0 && heads_kv > 0 && qkv.size(2) % (heads_q + 2 * heads_kv) == 0, msg("eet::qkv_rope_append: width ", qkv.size(2), " is not (heads_q + 2 * heads_kv) heads"));
   const int64_t head_dim = qkv.size(2) / (heads_q + 2 * heads_kv);
-  TORCH_CHECK(head_dim % 2 == 0 && head_dim <= 256, msg("eet::qk_norm_rope: head_dim must be even and at most 256, got ", head_dim));
-  TORCH_CHECK(qkv.stride(1) == qkv.size(2) && batch * seq <= 65535, msg("eet::qk_norm_rope: qkv rows must be contiguous and at most 65535, got ", qkv.sizes()));
-  for (const auto* w : {&q_norm, &k_norm}) {
-    check_same_device(*w, qkv, op, "q_norm/k_norm", "qkv");
-    TORCH_CHECK(w->dim() == 1 && w->size(0) == head_dim && w->stride(0) == 1 && w->scalar_type() == qkv.scalar_type(), msg("eet::qk_norm_rope: q_norm and k_norm must be contiguous [", head_dim, "] of qkv's dtype"));
+  TORCH_CHECK(head_dim % 2 == 0 && head_dim <= 256, msg("eet::qkv_rope_append: head_dim must be even and at most 256, got ", head_dim));
+  TORCH_CHECK(qkv.stride(1) == qkv.size(2) && batch * seq <= 65535, msg("eet::qkv_rope_append: qkv rows must be contiguous and at most 65535, got ", qkv.sizes()));
+  TORCH_CHECK(q_norm.has_value() == k_norm.has_value(), msg("eet::qkv_rope_append: q_norm and k_norm go together"));
+  if (q_norm) {
+    for (const auto* w : {&*q_norm, &*k_norm}) {
+      check_same_device(*w, qkv, op, "q_norm/k_norm", "qkv");
+      TORCH_CHECK(w->dim() == 1 && w->size(0) == head_dim && w->stride(0) == 1 && w->scalar_type() == qkv.scalar_type(), msg("eet::qkv_rope_append: q_norm and k_norm must be contiguous [", head_dim, "] of qkv's dtype"));
+    }
   }
   for (const auto* t : {&cos, &sin}) {
     check_same_device(*t, qkv, op, "cos/sin", "qkv");
     TORCH_CHECK(t->dim() == 3 && t->size(0) == batch && t->size(1) == seq && t->size(2) == head_dim && t->stride(2) == 1 && t->stride(1) == head_dim && t->stride(0) == seq * head_dim && t->scalar_type() == qkv.scalar_type(),
-                msg("eet::qk_norm_rope: cos and sin must be contiguous [", batch, ", ", seq, ", ", head_dim, "] of qkv's dtype, got ", t->sizes()));
+                msg("eet::qkv_rope_append: cos and sin must be contiguous [", batch, ", ", seq, ", ", head_dim, "] of qkv's dtype, got ", t->sizes()));
   }
   for (const auto* t : {&k_cache, &v_cache}) {
     check_same_device(*t, qkv, op, "cache", "qkv");
     TORCH_CHECK(t->dim() == 4 && t->size(0) == batch && t->size(1) == heads_kv && t->size(3) == head_dim && t->stride(3) == 1 && t->scalar_type() == qkv.scalar_type(),
-                msg("eet::qk_norm_rope: caches must be [", batch, ", ", heads_kv, ", capacity, ", head_dim, "] of qkv's dtype, got ", t->sizes()));
+                msg("eet::qkv_rope_append: caches must be [", batch, ", ", heads_kv, ", capacity, ", head_dim, "] of qkv's dtype, got ", t->sizes()));
   }
-  TORCH_CHECK(k_cache.size(2) == v_cache.size(2), msg("eet::qk_norm_rope: k and v caches differ in capacity"));
+  TORCH_CHECK(k_cache.size(2) == v_cache.size(2), msg("eet::qkv_rope_append: k and v caches differ in capacity"));
   check_same_device(write_pos, qkv, op, "write_pos", "qkv");
   TORCH_CHECK(write_pos.scalar_type() == at::kInt && write_pos.dim() == 1 && write_pos.size(0) == batch && write_pos.stride(0) == 1,
-              msg("eet::qk_norm_rope: write_pos must be a contiguous int32 [", batch, "]"));
+              msg("eet::qkv_rope_append: write_pos must be a contiguous int32 [", batch, "]"));
   at::Tensor q = at::empty({batch, heads_q, seq, head_dim}, qkv.options());
-  QkNormRopeParams p{};
+  QkvRopeAppendParams p{};
   p.qkv = qkv.data_ptr();
-  p.q_norm = q_norm.data_ptr();
-  p.k_norm = k_norm.data_ptr();
+  p.q_norm = q_norm ? q_norm->data_ptr() : nullptr;
+  p.k_norm = k_norm ? k_norm->data_ptr() : nullptr;
   p.cos = cos.data_ptr();
   p.sin = sin.data_ptr();
   p.q_out = q.data_ptr();
@@ -219,7 +223,7 @@ at::Tensor qk_norm_rope(const at::Tensor& qkv, const at::Tensor& q_norm, const a
   p.heads_kv = static_cast<int>(heads_kv);
   p.head_dim = static_cast<int>(head_dim);
   if (batch * seq == 0) return q;
-  check_launch(eet::qk_norm_rope(dtype, p, at::cuda::getCurrentCUDAStream()), op);
+  check_launch(eet::qkv_rope_append(dtype, p, at::cuda::getCurrentCUDAStream()), op);
   return q;
 }
 

@@ -2,7 +2,7 @@
 
 Per layer, five kernels at decode batch sizes (eet_hf/ops/decode.py, csrc/decode_linear.cu):
   1. RMSNorm + packed QKV projection (+ bias) + rotary on q and k + the KV-cache write (Qwen3: the projection, then
-     one kernel for its per-head q/k norms + rotary + KV write, csrc/qk_norm_rope.cu)
+     one kernel for its per-head q/k norms + rotary + KV write, csrc/qkv_rope_append.cu)
   2. attention over the cache (eet's decode kernel)
   3. o_proj + the residual add
   4. RMSNorm + packed gate/up projection + act(gate) * up
@@ -112,7 +112,7 @@ class FusedDecoder:
                                         self.kv_heads)
             else:
                 qkv = ops.decode_linear(x, layer.qkv_weight, layer.qkv_bias, layer.input_norm, layer.input_eps)
-                q = ops.qk_norm_rope(qkv.view(batch, seq, -1), layer.q_norm, layer.k_norm, layer.qk_eps, cos, sin,
+                q = ops.qkv_rope_append(qkv.view(batch, seq, -1), layer.q_norm, layer.k_norm, layer.qk_eps, cos, sin,
                                      k_cache, v_cache, bounds.write_pos, self.heads, self.kv_heads)
             if seq > 1:
                 k_cache, v_cache = k_cache[:, :, :seq], v_cache[:, :, :seq]

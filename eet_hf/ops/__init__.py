@@ -13,7 +13,7 @@ import torch
 
 from . import _library, prefill_backend, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
 from ._build import build_info, ensure_loaded
-from .decode import decode_linear, decode_qkv_rope, qk_norm_rope
+from .decode import decode_linear, decode_qkv_rope, qkv_rope_append
 
 __all__ = [
     "add_layer_norm",
@@ -28,7 +28,7 @@ __all__ = [
     "kv_append",
     "layer_norm",
     "linear_gelu",
-    "qk_norm_rope",
+    "qkv_rope_append",
     "reference",
     "rms_norm",
     "rotary",

@@ -3,7 +3,7 @@
 `decode_linear`: epilogue(rms_norm(x) @ W^T + bias) — the o / down projections with the residual add, the packed
 gate/up projection with the RMSNorm before it and SiLU(gate) * up after it, the LM head with the final norm.
 `decode_qkv_rope`: the packed QKV projection with the RMSNorm before it, rotary on q and k and the KV-cache write
-after it.
+after it. `qkv_rope_append`: that rotary + KV write alone, after a projection (prompts; Qwen3's per-head q/k norms).
 
 On CUDA, fp16/bf16, 1-16 rows (decode steps), a tensor-core kernel streams W once and does the rest in its
 prologue and epilogue. Everything else (CPU, fp32, prompts) runs the reference below: HF's own arithmetic in the
@@ -24,7 +24,7 @@ _LIB.define(
     "str epilogue) -> Tensor"
 )
 _LIB.define(
-    "qk_norm_rope(Tensor qkv, Tensor q_norm, Tensor k_norm, float eps, Tensor cos, Tensor sin, Tensor(a!) k_cache, "
+    "qkv_rope_append(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos, Tensor sin, Tensor(a!) k_cache, "
     "Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv) -> Tensor"
 )
 _LIB.define(
@@ -83,31 +83,28 @@ def decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cac
     outside the cache skipped). x: [batch, seq, hidden]; cos, sin: [batch, seq, head_dim]; caches [batch, heads_kv,
     capacity, head_dim], mutated. Returns q [batch, heads_q, seq, head_dim]."""
     batch, seq, _ = x.shape
-    head_dim = weight.shape[0] // (heads_q + 2 * heads_kv)
     h = x if norm_weight is None else torch.ops.eet.rms_norm(x, norm_weight, eps)
-    qkv = F.linear(h, weight, bias).view(batch, seq, heads_q + 2 * heads_kv, head_dim).transpose(1, 2)
-    q, k, v = qkv.split([heads_q, heads_kv, heads_kv], dim=1)
+    return qkv_rope_append(F.linear(h, weight, bias), None, None, 0.0, cos, sin, k_cache, v_cache, write_pos,
+                           heads_q, heads_kv)
+
+
+def qkv_rope_append_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv):
+    """HF's attention prologue after the QKV projection: [per-head RMSNorm of q and k (q_norm, k_norm [head_dim]:
+    Qwen3) ->] apply_rotary_pos_emb, k and v stored at slots write_pos[b] + s. qkv: [batch, seq, (heads_q + 2
+    heads_kv) * head_dim]; cos, sin: [batch, seq, head_dim]. Returns q [batch, heads_q, seq, head_dim]."""
+    batch, seq, width = qkv.shape
+    head_dim = width // (heads_q + 2 * heads_kv)
+    heads = qkv.view(batch, seq, heads_q + 2 * heads_kv, head_dim).transpose(1, 2)
+    q, k, v = heads.split([heads_q, heads_kv, heads_kv], dim=1)
+    if q_norm is not None:
+        q, k = torch.ops.eet.rms_norm(q, q_norm, eps), torch.ops.eet.rms_norm(k, k_norm, eps)
     q, k = torch.ops.eet.rotary(q, k, cos, sin)
     _write_cache(k_cache, v_cache, k, v, write_pos)
     return q.contiguous()
 
 
-def qk_norm_rope_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv):
-    """Qwen3's attention prologue after the QKV projection: per-head RMSNorm of q and k (q_norm, k_norm [head_dim]),
-    apply_rotary_pos_emb, k and v stored at slots write_pos[b] + s. qkv: [batch, seq, (heads_q + 2 heads_kv) *
-    head_dim]; cos, sin: [batch, seq, head_dim]. Returns q [batch, heads_q, seq, head_dim]."""
-    batch, seq, width = qkv.shape
-    head_dim = width // (heads_q + 2 * heads_kv)
-    heads = qkv.view(batch, seq, heads_q + 2 * heads_kv, head_dim).transpose(1, 2)
-    q, k, v = heads.split([heads_q, heads_kv, heads_kv], dim=1)
-    q, k = torch.ops.eet.rotary(torch.ops.eet.rms_norm(q, q_norm, eps), torch.ops.eet.rms_norm(k, k_norm, eps),
-                                cos, sin)
-    _write_cache(k_cache, v_cache, k, v, write_pos)
-    return q.contiguous()
-
-
 _LIB.impl("decode_linear", decode_linear_reference, "CompositeExplicitAutograd")
-_LIB.impl("qk_norm_rope", qk_norm_rope_reference, "CompositeExplicitAutograd")
+_LIB.impl("qkv_rope_append", qkv_rope_append_reference, "CompositeExplicitAutograd")
 _LIB.impl("decode_qkv_rope", decode_qkv_rope_reference, "CompositeExplicitAutograd")
 
 
@@ -117,8 +114,8 @@ def _decode_linear_fake(x, weight, bias, norm_weight, eps, residual, epilogue):
     return x.new_empty((x.shape[0], cols))
 
 
-@torch.library.register_fake("eet::qk_norm_rope")
-def _qk_norm_rope_fake(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv):
+@torch.library.register_fake("eet::qkv_rope_append")
+def _qkv_rope_append_fake(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv):
     batch, seq, width = qkv.shape
     return qkv.new_empty((batch, heads_q, seq, width // (heads_q + 2 * heads_kv)))
 
@@ -168,13 +165,13 @@ def decode_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
                                      heads_q, heads_kv)
 
 
-def qk_norm_rope(qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor, eps: float, cos: torch.Tensor,
-                 sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, write_pos: torch.Tensor,
-                 heads_q: int, heads_kv: int) -> torch.Tensor:
-    """Per-head q/k RMSNorm + rotary + KV write; see qk_norm_rope_reference. qkv: [batch, seq, width]."""
+def qkv_rope_append(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float,
+                    cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    write_pos: torch.Tensor, heads_q: int, heads_kv: int) -> torch.Tensor:
+    """[Per-head q/k RMSNorm +] rotary + KV write; see qkv_rope_append_reference. qkv: [batch, seq, width]."""
     head_dim = qkv.shape[-1] // (heads_q + 2 * heads_kv)
     kernel = (qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16, torch.float32) and qkv.is_contiguous()
               and head_dim <= 256 and head_dim % 2 == 0 and cos.shape[-1] == head_dim and cos.is_contiguous()
               and sin.is_contiguous() and qkv.shape[0] * qkv.shape[1] <= 65535 and ensure_loaded())
-    op = torch.ops.eet.qk_norm_rope if kernel else qk_norm_rope_reference
+    op = torch.ops.eet.qkv_rope_append if kernel else qkv_rope_append_reference
     return op(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv)

@@ -120,11 +120,12 @@ def test_decode_linear_wrapper_routes_large_batches_to_torch(cuda_ops):
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 8, 128), (4, 1, 64), (2, 2, 256), (3, 1, 40)])
 @pytest.mark.parametrize("batch,seq", [(1, 1), (5, 1), (2, 7)])
-def test_qk_norm_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, seq):
+@pytest.mark.parametrize("norm", [True, False])
+def test_qkv_rope_append_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, seq, norm):
     capacity = 12
     qkv = torch.randn(batch, seq, (heads + 2 * kv_heads) * head_dim, device="cuda", dtype=dtype)
-    q_norm = 1 + 0.1 * torch.randn(head_dim, device="cuda", dtype=dtype)
-    k_norm = 1 + 0.1 * torch.randn(head_dim, device="cuda", dtype=dtype)
+    q_norm = 1 + 0.1 * torch.randn(head_dim, device="cuda", dtype=dtype) if norm else None
+    k_norm = 1 + 0.1 * torch.randn(head_dim, device="cuda", dtype=dtype) if norm else None
     angles = torch.rand(batch, seq, head_dim // 2, device="cuda") * 100
     cos = torch.cat([angles.cos()] * 2, -1).to(dtype)
     sin = torch.cat([angles.sin()] * 2, -1).to(dtype)
@@ -133,9 +134,9 @@ def test_qk_norm_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, head_d
     caches = [torch.full((batch, kv_heads, capacity, head_dim), float("nan"), device="cuda", dtype=dtype)
               for _ in range(4)]
     poison_next_alloc(batch * heads * seq * head_dim, dtype)
-    q = torch.ops.eet.qk_norm_rope(qkv, q_norm, k_norm, 1e-6, cos, sin, caches[0], caches[1], write_pos, heads,
+    q = torch.ops.eet.qkv_rope_append(qkv, q_norm, k_norm, 1e-6, cos, sin, caches[0], caches[1], write_pos, heads,
                                    kv_heads)
-    q_ref = D.qk_norm_rope_reference(qkv, q_norm, k_norm, 1e-6, cos, sin, caches[2], caches[3], write_pos, heads,
+    q_ref = D.qkv_rope_append_reference(qkv, q_norm, k_norm, 1e-6, cos, sin, caches[2], caches[3], write_pos, heads,
                                      kv_heads)
     torch.cuda.synchronize()
     # Same roundings as the reference; the only difference is the order of the head_dim-long sum of squares.

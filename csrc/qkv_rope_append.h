@@ -1,4 +1,4 @@
-// Per-head q/k RMSNorm + rotary + KV-cache write after a packed QKV projection (qk_norm_rope.cu).
+// Rotary + KV-cache write after a packed QKV projection, optionally after a per-head q/k RMSNorm (qkv_rope_append.cu).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,10 +9,10 @@
 
 namespace eet {
 
-struct QkNormRopeParams {
+struct QkvRopeAppendParams {
   const void* qkv;           // [batch * seq, (heads_q + 2 * heads_kv) * head_dim], row stride ld_qkv
-  const void* q_norm;        // [head_dim]
-  const void* k_norm;        // [head_dim]
+  const void* q_norm;        // [head_dim], or nullptr together with k_norm: no per-head norm
+  const void* k_norm;        // [head_dim] or nullptr
   const void* cos;           // [batch * seq, head_dim], row stride ld_cs
   const void* sin;           // [batch * seq, head_dim], row stride ld_cs
   void* q_out;               // [batch, heads_q, seq, head_dim] contiguous
@@ -26,6 +26,6 @@ struct QkNormRopeParams {
 };
 
 // cudaErrorInvalidValue (nothing launched) for head_dim > 256 or odd, or more than 65535 tokens.
-cudaError_t qk_norm_rope(DType dtype, const QkNormRopeParams& p, cudaStream_t stream);
+cudaError_t qkv_rope_append(DType dtype, const QkvRopeAppendParams& p, cudaStream_t stream);
 
 }  // namespace eet

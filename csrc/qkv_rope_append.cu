@@ -1,14 +1,14 @@
-// Per-head RMSNorm of q and k, rotary, and the KV-cache write, after a packed QKV projection (qk_norm_rope.h): the
-// attention prologue of Qwen3-style models, whose q_norm / k_norm normalize each head over head_dim before rotary.
-// The projection itself is decode_linear (with the input RMSNorm in its prologue); a head's norm needs all its
-// head_dim outputs, which that kernel spreads over blocks, so this small kernel follows it.
+// Rotary on q and k and the KV-cache write after a packed QKV projection (qkv_rope_append.h), optionally after a
+// per-head RMSNorm of q and k: the attention prologue of prompts (any sequence length; decode steps fuse it into the
+// projection, decode_linear.cu) and of Qwen3-style models, whose q_norm / k_norm normalize each head over head_dim
+// before rotary — a head's norm needs all its head_dim outputs, which the projection kernel spreads over blocks.
 //
 // One block per (head, token): q heads, then k heads, then v heads of a [rows, (heads_q + 2 heads_kv) * head_dim]
-// input. HF's order and roundings: n = round(round(x * rsqrt(mean(x^2) + eps)) * w) (Qwen3RMSNorm, as Llama's), then
-// apply_rotary_pos_emb on the rounded n (rotary.cu); v is copied. Token s of sequence b is row b * seq + s and goes to
+// input. HF's order and roundings: n = round(round(x * rsqrt(mean(x^2) + eps)) * w) (Qwen3RMSNorm, as Llama's; n = x
+// without norms), then apply_rotary_pos_emb on the rounded n (rotary.cu); v is copied. Token s of sequence b is row b * seq + s and goes to
 // cache slot write_pos[b] + s; slots outside the cache are skipped.
 #include "common.cuh"
-#include "qk_norm_rope.h"
+#include "qkv_rope_append.h"
 
 namespace eet {
 namespace {
@@ -16,7 +16,7 @@ namespace {
 constexpr int kMaxHeadDim = 256;
 
 template <typename T>
-__global__ void __launch_bounds__(kMaxHeadDim) qk_norm_rope_kernel(const QkNormRopeParams p) {
+__global__ void __launch_bounds__(kMaxHeadDim) qkv_rope_append_kernel(const QkvRopeAppendParams p) {
   __shared__ float normed[kMaxHeadDim];
   __shared__ float scratch[32];
   const int tid = threadIdx.x, d = p.head_dim, half = d / 2;
@@ -27,10 +27,14 @@ __global__ void __launch_bounds__(kMaxHeadDim) qk_norm_rope_kernel(const QkNormR
   pdl_wait();  // qkv comes from the projection kernel before this one
   const T* src = static_cast<const T*>(p.qkv) + row * p.ld_qkv + static_cast<int64_t>(head) * d;
   float v = tid < d ? to_float(src[tid]) : 0.0f;
-  if (!is_v) {  // block-uniform: every thread takes part in the reduction
-    const float rstd = rsqrtf(block_sum(v * v, scratch) / static_cast<float>(d) + p.eps);
+  if (!is_v) {  // block-uniform: every thread takes part in the reduction and the barrier
     const T* w = static_cast<const T*>(is_q ? p.q_norm : p.k_norm);
-    if (tid < d) normed[tid] = round_to<T>(__fmul_rn(round_to<T>(__fmul_rn(v, rstd)), to_float(w[tid])));
+    if (w != nullptr) {
+      const float rstd = rsqrtf(block_sum(v * v, scratch) / static_cast<float>(d) + p.eps);
+      if (tid < d) normed[tid] = round_to<T>(__fmul_rn(round_to<T>(__fmul_rn(v, rstd)), to_float(w[tid])));
+    } else if (tid < d) {
+      normed[tid] = v;
+    }
     __syncthreads();
     if (tid < d) {
       const T* cs = static_cast<const T*>(p.cos) + row * p.ld_cs;
@@ -56,7 +60,7 @@ __global__ void __launch_bounds__(kMaxHeadDim) qk_norm_rope_kernel(const QkNormR
 
 }  // namespace
 
-cudaError_t qk_norm_rope(DType dtype, const QkNormRopeParams& p, cudaStream_t stream) {
+cudaError_t qkv_rope_append(DType dtype, const QkvRopeAppendParams& p, cudaStream_t stream) {
   if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim || p.head_dim % 2 != 0 || p.heads_q <= 0 || p.heads_kv <= 0 ||
       p.batch <= 0 || p.seq <= 0 || p.batch * p.seq > 65535) {
     return cudaErrorInvalidValue;
@@ -65,7 +69,7 @@ cudaError_t qk_norm_rope(DType dtype, const QkNormRopeParams& p, cudaStream_t st
   const dim3 block(static_cast<unsigned>((p.head_dim + 31) / 32 * 32));
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return launch_pdl(qk_norm_rope_kernel<T>, grid, block, 0, stream, 1, p);
+    return launch_pdl(qkv_rope_append_kernel<T>, grid, block, 0, stream, 1, p);
   });
 }
 
