@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,12 @@ from eet_hf.patches.decoder_records import RECORDS, DecoderRecord
 from . import decoder_families, rotary_swap
 from .decode_model import StepBounds, tensor_signature
 from .packing import pack_rows
+
+# Rotary tables per rotary module: (capacity, dtype, device, inv_freq address) -> (cos, sin) [capacity, head_dim].
+# Kept across calls (one per cache capacity, a few KB each), since a captured decode graph reads the table it was
+# captured with.
+_ROPE_TABLES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[torch.Tensor, torch.Tensor]]] = (
+    weakref.WeakKeyDictionary())
 
 _ACTIVATIONS = {"silu": ("silu_mul", F.silu), "gelu_tanh": ("gelu_tanh_mul", lambda t: F.gelu(t, approximate="tanh"))}
 
@@ -102,7 +109,8 @@ class FusedDecoder:
         sequence's last position, [batch, vocab]; seq > 1 is a prompt written to slots [0, seq)."""
         batch, seq = tokens.shape
         hidden = self.embed(tokens)
-        cos, sin = self.rotary(hidden, positions)
+        cos_table, sin_table = self._rope_table(kv.shape[-2], hidden)
+        cos, sin = F.embedding(positions, cos_table), F.embedding(positions, sin_table)  # [batch, seq, head_dim]
         x = hidden.view(batch * seq, -1)
         for index, layer in enumerate(self.layers):
             k_cache, v_cache = kv[index, 0], kv[index, 1]
@@ -126,6 +134,20 @@ class FusedDecoder:
         # Only the last position feeds the LM head (HF's logits_to_keep=1 in generate); the norm is per position.
         last = x.view(batch, seq, -1)[:, -1]
         return ops.decode_linear(last, self.lm_head.weight, self.lm_head.bias, self.final_norm, self.final_eps)
+
+
+    def _rope_table(self, capacity: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HF's (cos, sin) for positions [0, capacity), made once by the model's own rotary module: a row per
+        position is what the module computes for that position alone (each entry is inv_freq * position, then
+        cos / sin), so a decode step gathers two rows instead of re-running the module's ~10 kernels."""
+        tables = _ROPE_TABLES.setdefault(self.rotary, {})
+        inv_freq = getattr(self.rotary, "inv_freq", None)
+        key = (capacity, hidden.dtype, hidden.device, None if inv_freq is None else inv_freq.data_ptr())
+        if key not in tables:
+            positions = torch.arange(capacity, device=hidden.device).view(1, capacity)
+            cos, sin = self.rotary(hidden[:1, :1], positions)
+            tables[key] = (cos[0].contiguous(), sin[0].contiguous())
+        return tables[key]
 
 
 def _eps(norm: nn.Module) -> float | None:
