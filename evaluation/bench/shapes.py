@@ -22,6 +22,8 @@ from transformers import (
     OPTConfig,
     OPTForCausalLM,
     PretrainedConfig,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 SEED = 0
@@ -59,6 +61,18 @@ def _llama(name: str, layers: int, hidden: int, heads: int, kv_heads: int, inter
     return ModelShape(name, make, LlamaForCausalLM)
 
 
+def _qwen3(name: str, layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, inter: int,
+           vocab: int) -> ModelShape:
+    def make() -> Qwen3Config:
+        return Qwen3Config(
+            num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads,
+            head_dim=head_dim, intermediate_size=inter, vocab_size=vocab, max_position_embeddings=4096,
+            tie_word_embeddings=True, **_IDS,
+        )
+
+    return ModelShape(name, make, Qwen3ForCausalLM)
+
+
 def _opt(name: str, layers: int, hidden: int, heads: int, ffn: int, vocab: int) -> ModelShape:
     def make() -> OPTConfig:
         return OPTConfig(
@@ -85,16 +99,19 @@ GPT2_SIZES = [
     _gpt2("gpt2-large", 36, 1280, 20),
     _gpt2("gpt2-xl", 48, 1600, 25),
 ]
-# Issue #7's families: Llama-3.2-1B's shape (GQA, tied embeddings) and OPT-1.3B's.
+# Issue #7's families: Llama-3.2-1B's shape (GQA, tied embeddings) and OPT-1.3B's; Qwen3-1.7B's (per-head q/k
+# norms, head_dim 128, tied embeddings).
 OTHER_DECODERS = [
     _llama("llama-1b", 16, 2048, 32, 8, 8192, 128256),
     _opt("opt-1.3b", 24, 2048, 32, 8192, 50272),
+    _qwen3("qwen3-1.7b", 28, 2048, 16, 8, 128, 6144, 151936),
 ]
 BERT_SIZES = [_bert("bert-base", 12, 768, 12, 3072), _bert("bert-large", 24, 1024, 16, 4096)]
 
 # --quick (CPU, CI): same classes, tiny shapes.
 TINY_GPT2 = [_gpt2("gpt2-tiny", 2, 64, 4, positions=64, vocab=512)]
-TINY_OTHER_DECODERS = [_llama("llama-tiny", 2, 64, 4, 2, 128, 512), _opt("opt-tiny", 2, 64, 4, 128, 512)]
+TINY_OTHER_DECODERS = [_llama("llama-tiny", 2, 64, 4, 2, 128, 512), _opt("opt-tiny", 2, 64, 4, 128, 512),
+                       _qwen3("qwen3-tiny", 2, 64, 4, 2, 16, 128, 512)]
 TINY_BERT = [_bert("bert-tiny", 2, 64, 4, 128, vocab=512)]
 
 
