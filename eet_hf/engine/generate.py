@@ -22,7 +22,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from eet_hf._log import warn_once
 
 from .decode_loop import DecodeEngine
-from .decode_model import DecodeModel
+from .decode_model import DecodeModel, tensor_signature
 from .kv_cache import EetCache, round_capacity
 from .policy import translate
 
@@ -43,6 +43,17 @@ class EngineHandle:
     build: Callable[[torch.nn.Module], DecodeModel]  # the engine's view of the model, rebuilt per call (by reference)
     # Why one call (its cache capacity in tokens) cannot run in the engine, or None.
     call_refusal: Callable[[torch.nn.Module, int], str | None] | None = None
+    # The last view `build` made and the storage signature of the model it was made for: calls on an unchanged
+    # model reuse it instead of walking the module tree again (part of every call's time to first token).
+    view: DecodeModel | None = None
+    view_signature: tuple = ()
+
+    def model_view(self, model: torch.nn.Module) -> DecodeModel:
+        signature = tensor_signature([*model.parameters(), *model.buffers()])
+        if self.view is None or signature != self.view_signature:
+            self.view = self.build(model)
+            self.view_signature = tensor_signature([*model.parameters(), *model.buffers()])  # packing moves some
+        return self.view
 
 
 def install(model: torch.nn.Module, ctx, build: Callable[[torch.nn.Module], DecodeModel],
@@ -131,7 +142,7 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
     handle: EngineHandle = self.__dict__[ENGINE_ATTR]
     if reason is None and handle.call_refusal is not None:
         reason = handle.call_refusal(self, round_capacity(prompt_len + policy.max_new_tokens))
-    w = handle.build(self)
+    w = handle.model_view(self)
     device = w.device
     padding = None
     if reason is None:
