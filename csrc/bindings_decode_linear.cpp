@@ -61,6 +61,7 @@ void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, 
   p.ldx = x.stride(0);
   p.ldw = weight.stride(0);
   p.eps = static_cast<float>(eps);
+  p.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 
 }  // namespace

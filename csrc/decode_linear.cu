@@ -8,8 +8,10 @@
 // step for W rows g and g + 8 and for x row g; the two k16 mma of the step take them as logical columns
 // {2t, 2t+1, 2t+8, 2t+9} <- physical {8t, 8t+1, 8t+2, 8t+3}, then {8t+4 .. 8t+7}. No shuffle, no ldmatrix.
 //
-// Work split: one block of 8 warps per 16-row tile, the 8 warps splitting K; their partial tiles are summed in shared
-// memory in warp order (deterministic) and the block applies the epilogue. Row tiles can pair rows instead of taking
+// Work split: a block of 8 warps per 16-row tile, the 8 warps splitting K; their partial tiles are summed in shared
+// memory in warp order (deterministic) and the block applies the epilogue. The grid is persistent (at most two blocks
+// per SM, each walking tiles): the norm prologue runs once per block, and the next tile's first W loads are in flight
+// during the current tile's reduction and epilogue (the LM head has ~8000 tiles). Row tiles can pair rows instead of taking
 // 16 consecutive ones: mma rows g come from the first half of a pair and rows g + 8 from the second, `pair` rows
 // later. That puts each rotary partner (d, d + head_dim/2) and each gate/up pair (j, j + n_out) in one lane after the
 // reduction, so rotary + KV write and silu * up are lane-local epilogues of the projection itself.
@@ -34,8 +36,10 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kStepCols = 32;  // K columns a warp consumes per step (4 lanes x 8 elements per row)
 // W steps in flight per warp: 4 x 32 bytes per lane, 4 KB per warp, 64 KB per SM at two blocks, which covers HBM
-// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of two blocks.
-constexpr int kAhead = 4;
+// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of two blocks, and so
+// does 4 with 16 x rows and the norm (x and norm-weight rings of 12 registers per step): 3 there.
+template <int kNT, bool kNorm>
+constexpr int kAheadOf = kNT == 2 && kNorm ? 3 : 4;
 
 constexpr int kEpiStore = static_cast<int>(DecodeEpilogue::kStore);
 constexpr int kEpiResidual = static_cast<int>(DecodeEpilogue::kResidual);
@@ -97,122 +101,10 @@ __device__ __forceinline__ void x_fragments(const uint4& raw, const uint4& nw, f
   }
 }
 
-template <typename T, int kNT, bool kNorm, int kEpi>
-__global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const DecodeLinearParams p) {
-  constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
-  __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
-  __shared__ float rstd_s[kCols];
-  __shared__ float red[kWarps][kCols];
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const int64_t tile = blockIdx.x;
-  int64_t pair = 0;
-  if constexpr (kEpi == kEpiRotaryKv) pair = p.head_dim / 2;
-  if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = p.rows / 2;
-  const int64_t row_a = tile_row(tile, g, pair), row_b = tile_row(tile, g + 8, pair);
-  const bool ok_a = row_a < p.rows, ok_b = row_b < p.rows;
-  const T* __restrict__ w = static_cast<const T*>(p.weight);
-  const T* wa = w + row_a * p.ldw + 8 * t;
-  const T* wb = w + row_b * p.ldw + 8 * t;
-  const int64_t steps = (p.k + kStepCols - 1) / kStepCols;
-  const int64_t s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  auto col_ok = [&](int64_t s) { return s * kStepCols + 8 * t + 8 <= p.k; };
-
-  pdl_trigger();
-  uint4 w_a[kAhead], w_b[kAhead];
-#pragma unroll
-  for (int i = 0; i < kAhead; ++i) {
-    const int64_t s = s_begin + i;
-    const bool ok = s < s_end && col_ok(s);
-    w_a[i] = ok && ok_a ? ldg_stream(wa + s * kStepCols) : zero;
-    w_b[i] = ok && ok_b ? ldg_stream(wb + s * kStepCols) : zero;
-  }
-  pdl_wait();  // x and the residual come from the previous kernels of the step
-
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ nw = static_cast<const T*>(p.norm_weight);
-  if constexpr (kNorm) {
-    for (int r = 0; r < p.m; ++r) {
-      float sq = 0.0f;
-      for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
-        float v[8];
-        load_float<8>(x + r * p.ldx + c, v);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) sq += v[j] * v[j];
-      }
-      sq = warp_sum(sq);
-      if (lane == 0) red[warp][r] = sq;
-    }
-    __syncthreads();
-    if (tid < p.m) {
-      float total = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kWarps; ++i) total += red[i][tid];
-      rstd_s[tid] = rsqrtf(total / static_cast<float>(p.k) + p.eps);
-    }
-    __syncthreads();
-  }
-
-  // x rows of this lane's B fragments: g (n8 tile 0) and g + 8 (tile 1); rows >= m read as zero.
-  const T* xr[kNT];
-  bool x_ok[kNT];
-  float rstd[kNT];
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-    const int r = g + 8 * nt;
-    x_ok[nt] = r < p.m;
-    xr[nt] = x + (x_ok[nt] ? r : 0) * p.ldx + 8 * t;
-    rstd[nt] = kNorm && x_ok[nt] ? rstd_s[r] : 1.0f;
-  }
-  uint4 x_v[kAhead][kNT], n_v[kAhead];
-  auto load_x = [&](int i, int64_t s) {
-    const bool ok = s < s_end && col_ok(s);
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
-    if constexpr (kNorm) n_v[i] = ok ? ldg_keep(nw + s * kStepCols + 8 * t) : zero;
-  };
-#pragma unroll
-  for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);
-
-  float acc[kNT][4];
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-
-  for (int64_t s0 = s_begin; s0 < s_end; s0 += kAhead) {
-#pragma unroll
-    for (int i = 0; i < kAhead; ++i) {
-      const int64_t s = s0 + i;
-      if (s < s_end) {
-        const uint32_t a0[4] = {w_a[i].x, w_b[i].x, w_a[i].y, w_b[i].y};
-        const uint32_t a1[4] = {w_a[i].z, w_b[i].z, w_a[i].w, w_b[i].w};
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-          uint32_t b[4];
-          x_fragments<T, kNorm>(x_v[i][nt], n_v[i], rstd[nt], b);
-          mma_16816<T>(acc[nt], a0, b[0], b[1]);
-          mma_16816<T>(acc[nt], a1, b[2], b[3]);
-        }
-        const int64_t next = s + kAhead;
-        const bool ok = next < s_end && col_ok(next);
-        w_a[i] = ok && ok_a ? ldg_stream(wa + next * kStepCols) : zero;
-        w_b[i] = ok && ok_b ? ldg_stream(wb + next * kStepCols) : zero;
-        load_x(i, next);
-      }
-    }
-  }
-
-  // C fragment of lane (g, t): rows g / g + 8, x rows 2t, 2t + 1 of each n8 tile.
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-    part[warp][g][nt * 8 + 2 * t] = acc[nt][0];
-    part[warp][g][nt * 8 + 2 * t + 1] = acc[nt][1];
-    part[warp][g + 8][nt * 8 + 2 * t] = acc[nt][2];
-    part[warp][g + 8][nt * 8 + 2 * t + 1] = acc[nt][3];
-  }
-  __syncthreads();
-
+// Partial tiles of the 8 warps summed in warp order, then the epilogue for every output of the tile.
+template <typename T, int kNT, int kEpi>
+__device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t tile, int64_t pair,
+                                            const float (&part)[kWarps][16][8 * kNT + 1], int tid) {
   const T* __restrict__ bias = static_cast<const T*>(p.bias);
   T* __restrict__ out = static_cast<T*>(p.out);
   auto tile_sum = [&](int r, int c) {
@@ -278,9 +170,150 @@ __global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const Decode
   }
 }
 
+template <typename T, int kNT, bool kNorm, int kEpi>
+__global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const DecodeLinearParams p) {
+  constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
+  constexpr int kAhead = kAheadOf<kNT, kNorm>;
+  __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
+  __shared__ float rstd_s[kCols];
+  __shared__ float red[kWarps][kCols];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  int64_t pair = 0;
+  if constexpr (kEpi == kEpiRotaryKv) pair = p.head_dim / 2;
+  if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = p.rows / 2;
+  const int64_t tiles = p.rows / 16;
+  const T* __restrict__ w = static_cast<const T*>(p.weight);
+  const int64_t steps = (p.k + kStepCols - 1) / kStepCols;
+  const int64_t s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  auto col_ok = [&](int64_t s) { return s * kStepCols + 8 * t + 8 <= p.k; };
+
+  // The block walks tiles blockIdx.x, + gridDim.x, ... (a persistent grid of at most two blocks per SM): its norm
+  // prologue runs once, and the next tile's first W loads go out before the current tile's reduction and epilogue.
+  int64_t tile = blockIdx.x;
+  const T* wa = nullptr;
+  const T* wb = nullptr;
+  bool ok_a = false, ok_b = false;
+  uint4 w_a[kAhead], w_b[kAhead];
+  auto start_tile = [&](int64_t next_tile) {
+    const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);
+    ok_a = row_a < p.rows;
+    ok_b = row_b < p.rows;
+    wa = w + row_a * p.ldw + 8 * t;
+    wb = w + row_b * p.ldw + 8 * t;
+#pragma unroll
+    for (int i = 0; i < kAhead; ++i) {
+      const int64_t s = s_begin + i;
+      const bool ok = s < s_end && col_ok(s);
+      w_a[i] = ok && ok_a ? ldg_stream(wa + s * kStepCols) : zero;
+      w_b[i] = ok && ok_b ? ldg_stream(wb + s * kStepCols) : zero;
+    }
+  };
+
+  pdl_trigger();
+  if (tile < tiles) start_tile(tile);
+  pdl_wait();  // x and the residual come from the previous kernels of the step
+
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ nw = static_cast<const T*>(p.norm_weight);
+  if constexpr (kNorm) {
+    for (int r = 0; r < p.m; ++r) {
+      float sq = 0.0f;
+      for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
+        float v[8];
+        load_float<8>(x + r * p.ldx + c, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) sq += v[j] * v[j];
+      }
+      sq = warp_sum(sq);
+      if (lane == 0) red[warp][r] = sq;
+    }
+    __syncthreads();
+    if (tid < p.m) {
+      float total = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kWarps; ++i) total += red[i][tid];
+      rstd_s[tid] = rsqrtf(total / static_cast<float>(p.k) + p.eps);
+    }
+    __syncthreads();
+  }
+
+  // x rows of this lane's B fragments: g (n8 tile 0) and g + 8 (tile 1); rows >= m read as zero.
+  const T* xr[kNT];
+  bool x_ok[kNT];
+  float rstd[kNT];
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int r = g + 8 * nt;
+    x_ok[nt] = r < p.m;
+    xr[nt] = x + (x_ok[nt] ? r : 0) * p.ldx + 8 * t;
+    rstd[nt] = kNorm && x_ok[nt] ? rstd_s[r] : 1.0f;
+  }
+  uint4 x_v[kAhead][kNT], n_v[kAhead];
+  auto load_x = [&](int i, int64_t s) {
+    const bool ok = s < s_end && col_ok(s);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
+    if constexpr (kNorm) n_v[i] = ok ? ldg_keep(nw + s * kStepCols + 8 * t) : zero;
+  };
+
+#pragma unroll
+  for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);
+  for (; tile < tiles; tile += gridDim.x) {
+    float acc[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+
+    for (int64_t s0 = s_begin; s0 < s_end; s0 += kAhead) {
+#pragma unroll
+      for (int i = 0; i < kAhead; ++i) {
+        const int64_t s = s0 + i;
+        if (s < s_end) {
+          const uint32_t a0[4] = {w_a[i].x, w_b[i].x, w_a[i].y, w_b[i].y};
+          const uint32_t a1[4] = {w_a[i].z, w_b[i].z, w_a[i].w, w_b[i].w};
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            uint32_t b[4];
+            x_fragments<T, kNorm>(x_v[i][nt], n_v[i], rstd[nt], b);
+            mma_16816<T>(acc[nt], a0, b[0], b[1]);
+            mma_16816<T>(acc[nt], a1, b[2], b[3]);
+          }
+          const int64_t next = s + kAhead;
+          const bool ok = next < s_end && col_ok(next);
+          w_a[i] = ok && ok_a ? ldg_stream(wa + next * kStepCols) : zero;
+          w_b[i] = ok && ok_b ? ldg_stream(wb + next * kStepCols) : zero;
+          load_x(i, next);
+        }
+      }
+    }
+
+    // C fragment of lane (g, t): rows g / g + 8, x rows 2t, 2t + 1 of each n8 tile.
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      part[warp][g][nt * 8 + 2 * t] = acc[nt][0];
+      part[warp][g][nt * 8 + 2 * t + 1] = acc[nt][1];
+      part[warp][g + 8][nt * 8 + 2 * t] = acc[nt][2];
+      part[warp][g + 8][nt * 8 + 2 * t + 1] = acc[nt][3];
+    }
+    const int64_t this_tile = tile;
+    if (tile + gridDim.x < tiles) {  // the next tile's first loads, in flight during the reduction below
+      start_tile(tile + gridDim.x);
+#pragma unroll
+      for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);  // every tile reads the same x columns
+    }
+    __syncthreads();
+    finish_tile<T, kNT, kEpi>(p, this_tile, pair, part, tid);
+    __syncthreads();  // the next tile's partials overwrite `part`
+  }
+}
+
 template <typename T, int kNT, bool kNorm>
 cudaError_t launch_epilogue(const DecodeLinearParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.rows / 16)), block(kThreads);
+  // A persistent grid: at most two blocks per SM (what __launch_bounds__ fits), each walking tiles.
+  const int64_t blocks = std::min<int64_t>(p.rows / 16, 2 * static_cast<int64_t>(p.num_sms));
+  const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
   switch (p.epilogue) {
     case DecodeEpilogue::kStore:
       return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiStore>, grid, block, 0, stream, 1, p);
@@ -321,7 +354,7 @@ int64_t decode_linear_out_cols(const DecodeLinearParams& p) {
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > kDecodeLinearMaxRows || p.k <= 0 || p.k % 8 != 0 || p.rows <= 0 || p.rows % 16 != 0 ||
       p.ldx % 8 != 0 || p.ldw % 8 != 0 || !is_aligned(p.x, 16) || !is_aligned(p.weight, 16) ||
-      !is_aligned(p.norm_weight, 16) || p.rows / 16 > INT32_MAX) {
+      !is_aligned(p.norm_weight, 16) || p.num_sms <= 0) {
     return cudaErrorInvalidValue;
   }
   const bool gated = p.epilogue == DecodeEpilogue::kSiluMul || p.epilogue == DecodeEpilogue::kGeluTanhMul;

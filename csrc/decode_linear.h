@@ -43,6 +43,7 @@ struct DecodeLinearParams {
   int64_t ld_cs, cache_len;
   int64_t k_stride[3], v_stride[3];
   int heads_q, heads_kv, head_dim;
+  int num_sms;  // the device's multiprocessor count: sizes the persistent grid
 };
 
 // Output columns of the epilogue: rows for kStore / kResidual, rows / 2 for the gated ones, heads_q * head_dim
