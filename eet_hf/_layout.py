@@ -5,21 +5,37 @@ An installed eet_hf has patches/ inside the package already (setup.py's package_
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
 
+PACKAGE = "eet_hf.patches"
+
+
+class _SourcePatchesFinder(importlib.abc.MetaPathFinder):
+    """Finds eet_hf.patches in the checkout's patches/ when it is first imported: the adapters import torch and
+    transformers, which `import eet_hf` (and `eet-hf --help`) must not pay for."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+
+    def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != PACKAGE:
+            return None  # submodules resolve through the package's __path__ (submodule_search_locations)
+        return importlib.util.spec_from_file_location(
+            PACKAGE, self.source / "__init__.py", submodule_search_locations=[str(self.source)]
+        )
+
 
 def expose_patches() -> None:
     package_dir = Path(__file__).resolve().parent
-    if (package_dir / "patches" / "__init__.py").is_file() or "eet_hf.patches" in sys.modules:
+    if (package_dir / "patches" / "__init__.py").is_file():
+        return
+    if any(isinstance(finder, _SourcePatchesFinder) for finder in sys.meta_path):
         return
     source_patches = package_dir.parent / "patches"
-    spec = importlib.util.spec_from_file_location(
-        "eet_hf.patches", source_patches / "__init__.py", submodule_search_locations=[str(source_patches)]
-    )
-    if spec is None or spec.loader is None:
+    if not (source_patches / "__init__.py").is_file():
         raise ImportError(f"eet_hf: patches/ not found beside {package_dir}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["eet_hf.patches"] = module
-    spec.loader.exec_module(module)
+    sys.meta_path.insert(0, _SourcePatchesFinder(source_patches))

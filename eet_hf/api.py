@@ -113,4 +113,4 @@ def explain(model: torch.nn.Module) -> Report:
                       kernels="none", fallbacks={"<model>": "not accelerated (call eet_hf.accelerate(model))"})
     report = state.ctx.report
     report.kernels = _kernels(model)
-    return report
+    return report.on_device(_device_type(model))  # a copy: CUDA-only parts (graphs) count only on CUDA

@@ -5,6 +5,9 @@
 Also runnable as `python -m eet_hf.cli`.
 """
 
+# torch and transformers are imported inside the commands, after the arguments are parsed: importing them takes
+# seconds, which `eet-hf --help` and a mistyped option should not cost (tests/test_cli.py checks it).
+
 from __future__ import annotations
 
 import argparse
@@ -14,10 +17,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import eet_hf  # cheap: the public API loads on first use
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+class CliError(Exception):
+    """Bad input or a machine that cannot run the command: printed as one line, exit status 2, no traceback."""
 
 
 def _run(cmd: list[str]) -> str | None:
@@ -37,10 +48,12 @@ def _nvcc_version() -> str | None:
 
 
 def info(_: argparse.Namespace) -> int:
+    import torch
     import transformers
 
     from eet_hf.ops import build_info
 
+    print(f"eet_hf        {eet_hf.__version__} ({Path(eet_hf.__file__).resolve().parent})")
     print(f"python        {platform.python_version()} ({sys.executable})")
     print(f"torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     print(f"transformers  {transformers.__version__}")
@@ -59,6 +72,8 @@ def info(_: argparse.Namespace) -> int:
 
 def _generate(model, enc, new_tokens: int, pad_id: int, device: str) -> tuple[torch.Tensor, float]:
     """Greedy continuation ids and wall seconds (after a 2-token warm-up: kernel builds, allocator, caches)."""
+    import torch
+
     model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=pad_id)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -69,22 +84,46 @@ def _generate(model, enc, new_tokens: int, pad_id: int, device: str) -> tuple[to
     return out[0, enc["input_ids"].shape[1] :], time.perf_counter() - started
 
 
-def demo(args: argparse.Namespace) -> int:
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _load(path: Path, dtype: torch.dtype, device: str):
+    """Tokenizer and causal LM from `path`, or a CliError naming the path and HF's reason."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)  # first: its error names the missing file
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:  # what HF raises for a directory that is not a causal LM
+        raise CliError(f"--model {path}: not a loadable Hugging Face causal LM ({_first_line(error)})") from None
+    return tokenizer, model.to(device).eval()
+
+
+def demo(args: argparse.Namespace) -> int:
+    # Checked before importing torch: a wrong path answers at once.
+    if args.model is not None and not args.model.is_dir():
+        raise CliError(f"--model {args.model}: no such directory (expected a local Hugging Face causal LM)")
+    import torch
     from transformers.utils import logging as hf_logging
 
-    import eet_hf
     from eet_hf.models import default_model_path
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device cuda: no CUDA device is available here (torch {torch.__version__}, "
+                       f"built with CUDA {torch.version.cuda or 'none'}); run without --device or with --device cpu")
     hf_logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("fp16" if device == "cuda" else "fp32")
     path = args.model or default_model_path("gpt2")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    tokenizer, model = _load(path, torch_dtype, device)
     enc = tokenizer(args.prompt, return_tensors="pt").to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     print(f"model {path} ({model.config.model_type}, {dtype}, {device}); prompt {args.prompt!r}")
+    if device != "cuda":
+        print(f"on {device} eet runs its PyTorch reference ops: this demo shows that eet gives HF's answers; "
+              "the speed-up needs a CUDA GPU")
 
     hf_ids, hf_s = _generate(model, enc, args.max_new_tokens, pad_id, device)
     eet_hf.accelerate(model)  # in place, after the HF run: one copy of the weights in memory
@@ -102,24 +141,41 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eet-hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"eet-hf {eet_hf.__version__}")
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="greedy generation with plain HF, then with eet; compare")
     p_demo.add_argument("--model", type=Path, help="local HF GPT-2 directory (default: the embedded tiny GPT-2)")
     p_demo.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    p_demo.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on cuda, fp32 on cpu")
+    p_demo.add_argument("--dtype", choices=DTYPES, help="default: fp16 on cuda, fp32 on cpu")
     p_demo.add_argument("--prompt", default="Read the contents of")
-    p_demo.add_argument("--max-new-tokens", type=int, default=48)
+    p_demo.add_argument("--max-new-tokens", type=_positive_int, default=48)
     p_demo.set_defaults(func=demo)
     sub.add_parser("info", help="versions, GPU, nvcc and the CUDA build cache").set_defaults(func=info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CliError as error:
+        print(f"eet-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def _route_model_graphs(model: torch.nn.Module, ctx: PatchContext) -> None:
     ctx.set_attr(model, model_graphs.ATTR, model_graphs.ModelGraphs(max_tokens=max_tokens))
     ctx.rewire(model, model_graphs.graphed_forward, label="<model>: whole-model CUDA graphs",
                reads_children=False)
+    ctx.report.cuda_only["<model>: whole-model CUDA graphs"] = "the model's own forward, eet's modules inside"
 
 
 def apply(model: torch.nn.Module, ctx: PatchContext) -> None:

@@ -71,7 +71,7 @@ def install(model: torch.nn.Module, ctx, build: Callable[[torch.nn.Module], Deco
 
     ctx.bind(model, ENGINE_ATTR, EngineHandle(DecodeEngine(), build, call_refusal))
     ctx.bind(model, "generate", types.MethodType(generate, model))
-    ctx.report.accelerated.append("generate (eet decode loop, CUDA graphs on GPU)")
+    ctx.report.add_cuda_only("generate (eet decode loop, CUDA graphs)", "eet's decode loop, one eager step per token")
 
 
 def memory_report(model: torch.nn.Module) -> dict[str, int] | None:
