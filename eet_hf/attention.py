@@ -186,6 +186,8 @@ def eet_attention(
         query, key, value, bounds.kv_start, bounds.kv_end, bounds.q_offset, bounds.causal, float(scale),
         padded=bounds.padded,
     )
+    if bounds.padded and query.shape[2] > 1 and _loaded_with(module) == "eager":
+        out = _eager_rows_without_keys(out, value, bounds)
     return out, None
 
 
@@ -262,6 +264,17 @@ def _eager_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def _eager_rows_without_keys(out: torch.Tensor, value: torch.Tensor, bounds: SeqBounds) -> torch.Tensor:
+    """A query that sees no key (left padding) gets, in HF's eager attention, the dtype's minimum on every score,
+    a uniform softmax, so the mean of V over all keys; eet's kernels write 0 there. The mean is one read of V, small
+    next to the attention itself, so eager-loaded models get HF's values at padding positions and so HF's loss when
+    labels there are not -100. out: [batch, q_len, heads, head_dim]; value: [batch, kv_heads, kv_len, head_dim]."""
+    groups = out.shape[2] // value.shape[1]
+    mean = value.mean(dim=2).repeat_interleave(groups, dim=1).unsqueeze(1)  # [batch, 1, heads, head_dim]
+    empty = bounds.rows_without_keys()[:, :, None, None]  # [batch, q_len, 1, 1]
+    return torch.where(empty, mean.to(out.dtype), out)
 
 
 def _sdpa(module, query, key, value, mask, dropout, scaling, kwargs):

@@ -45,6 +45,15 @@ class SeqBounds:
         )
         return visible.unsqueeze(1)
 
+    def rows_without_keys(self) -> torch.Tensor:
+        """bool [batch, q_len]: query rows that see no key (left padding under a causal mask, empty sequences),
+        from the bounds alone (no [q_len, kv_len] mask)."""
+        rows = torch.arange(self.q_len, device=self.q_offset.device, dtype=torch.int32)
+        empty = (self.kv_end <= self.kv_start)[:, None]
+        if self.causal:
+            empty = empty | (self.q_offset[:, None] + rows < self.kv_start[:, None])
+        return empty.expand(-1, self.q_len)
+
 
 @dataclass(frozen=True)
 class DenseMask:

@@ -195,6 +195,49 @@ def test_sdpa_model_asked_for_attentions_under_a_sliding_window_gets_hf_eager_we
         assert_close(a, b, WEIGHTS_ATOL)
 
 
+# --- item 10: left-padded decoders loaded with eager ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "opt"])
+def test_eager_left_padding_matches_hf_at_padding_positions_and_in_the_loss(name, monkeypatch):
+    # HF eager gives a padding query (no visible key) a uniform softmax over all keys: the mean of V. eet's kernel
+    # writes 0 there; eet replaces those rows with the mean of V, so loss over labels at padding matches HF.
+    model, ref = _pair(name, "eager")
+    eet_hf.accelerate(model)
+    spy = _Spy(monkeypatch, model)
+    ids, mask = _left_padded()
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask, labels=ids, output_hidden_states=True)
+        expected = ref(ids, attention_mask=mask, labels=ids, output_hidden_states=True)
+    assert spy.kernel == model.config.num_hidden_layers and spy.eager == spy.sdpa == 0
+    for a, b in zip(got.hidden_states, expected.hidden_states):
+        assert_close(a, b, FP32_ATOL)
+    assert_close(got.logits, expected.logits, FP32_ATOL)
+    assert_close(got.loss, expected.loss, 1e-5)
+
+
+def test_sdpa_left_padding_gives_zero_at_padding_like_hf_sdpa():
+    # HF's sdpa returns 0 for a query that sees no key; so does eet (DESIGN.md: finite, 0).
+    model, ref = _pair("llama", "sdpa")
+    eet_hf.accelerate(model)
+    ids, mask = _left_padded()
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask, labels=ids, output_hidden_states=True)
+        expected = ref(ids, attention_mask=mask, labels=ids, output_hidden_states=True)
+    for a, b in zip(got.hidden_states, expected.hidden_states):
+        assert_close(a, b, FP32_ATOL)
+    assert_close(got.loss, expected.loss, 1e-5)
+
+
+def test_all_padding_sequence_stays_finite_under_eager():
+    model, ref = _pair("llama", "eager")
+    eet_hf.accelerate(model)
+    ids = torch.randint(7, 100, (2, 5))
+    mask = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        got, expected = model(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits
+    assert_close(got, expected, FP32_ATOL)
+
+
 # --- item 13: a fallback inside torch.compile(fullgraph=True) ----------------------------------------------------
 
 def _custom_4d_mask(batch: int, length: int) -> torch.Tensor:
