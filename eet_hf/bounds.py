@@ -45,6 +45,30 @@ class SeqBounds:
         )
         return visible.unsqueeze(1)
 
+    def rows_without_keys(self) -> torch.Tensor:
+        """bool [batch, q_len]: query rows that see no key (left padding under a causal mask, empty sequences),
+        from the bounds alone (no [q_len, kv_len] mask)."""
+        rows = torch.arange(self.q_len, device=self.q_offset.device, dtype=torch.int32)
+        empty = (self.kv_end <= self.kv_start)[:, None]
+        if self.causal:
+            empty = empty | (self.q_offset[:, None] + rows < self.kv_start[:, None])
+        return empty.expand(-1, self.q_len)
+
+
+@dataclass(frozen=True)
+class DenseMask:
+    """HF's boolean [batch, 1, q_len, kv_len] mask (True: visible), built by eet's mask function for a pattern that
+    bounds do not express (sliding window, padding with holes, packing, overlays). Wrapped so that eet's attention
+    tells it from a mask the caller prepared (which HF's attention takes as it is) and can hand it to HF's
+    attention in the format of the implementation it calls (eager adds a float mask)."""
+
+    mask: torch.Tensor
+
+    def to(self, device: torch.device | str | int, non_blocking: bool = False) -> DenseMask:
+        """The same mask on `device` (accelerate's dispatch hooks move a block's inputs with `.to`)."""
+        moved = self.mask.to(device, non_blocking=non_blocking)
+        return self if moved is self.mask else DenseMask(moved)
+
 
 def _int32(value: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):

@@ -17,6 +17,7 @@ from torch import nn
 
 from eet_hf import ops
 from eet_hf._log import warn_once
+from eet_hf.attention import LOADED_ATTN_ATTR
 from eet_hf.errors import EetUnsupportedError
 from eet_hf.report import Report
 
@@ -173,6 +174,8 @@ class PatchContext:
         for module in self.model.modules():
             if getattr(module, "config", None) is shared:
                 self.set_attr(module, "config", own)
+                # What eet's attention falls back to: the implementation the model was loaded with (attention.py).
+                self.bind(module, LOADED_ATTN_ATTR, shared._attn_implementation)
         self.set_attr(own, "_attn_implementation", name)
 
     def layer_norm(self, module: nn.Module) -> None:
