@@ -133,11 +133,13 @@ def test_arena_reused_across_calls_and_cache_returned():
 
 @pytest.mark.parametrize("name", ["llama", "gpt_neox"])
 def test_rotary_swapped_verified_and_restored(name):
+    """HF's layers in the engine (a ReLU MLP keeps Llama off the fused step): eet's rotary op stands in for HF's."""
     import sys
 
     from eet_hf.engine import rotary_swap
 
-    model, ref = _pair(name)
+    model, ref = _pair(name, hidden_act="relu")
+    assert "decoder step" in eet_hf.explain(model).fallbacks
     attn_module = sys.modules[type(model.base_model.layers[0]).__module__]
     original = attn_module.apply_rotary_pos_emb
     stack = decoder_families.decoder_stack(model)
