@@ -1,7 +1,7 @@
-// Developer probe: eet::small_linear (csrc/small_linear.cu) alone in a process with no torch, so compute-sanitizer
-// sees only this kernel. Checks its output against a host fp32 dot product (exit status 1 if wrong).
+// tests/gpu/sanitize.sh's harness: eet::small_linear (csrc/small_linear.cu) alone in a process with no torch, so
+// compute-sanitizer sees only this kernel. Checks its output against a host fp32 dot product (exit status 1 if wrong).
 //
-//   nvcc -std=c++17 -O2 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -o /tmp/harness scripts/harness_small_linear.cu \
+//   nvcc -std=c++17 -O2 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -o /tmp/harness tests/gpu/harness_small_linear.cu \
 //     csrc/small_linear.cu csrc/cluster_fit.cu csrc/pdl.cu
 //   EET_HF_SMALL_LINEAR_SPLITS=8 compute-sanitizer --tool racecheck /tmp/harness <m> <n> <k>
 #include <cuda_fp16.h>
