@@ -1,6 +1,6 @@
 """The maintained tools in tools/ answer --help (which imports everything they need) and refuse bad input clearly, so
 a tool whose imports or arguments broke fails CI. Their real runs need a GPU (profile_steps), the network
-(gpu_wheels) or twelve CPU minutes (train_tiny_models)."""
+(gpu_wheels) or twelve CPU minutes (train_tiny_models); readme_tables runs for real in tests/test_readme.py."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ HELP = {
     "train_tiny_models.py": [sys.executable, str(TOOLS / "train_tiny_models.py"), "--help"],
     "profile_steps.py": [sys.executable, str(TOOLS / "profile_steps.py"), "--help"],
     "gpu_wheels.sh": ["bash", str(TOOLS / "gpu_wheels.sh"), "--help"],
+    "readme_tables.py": [sys.executable, str(TOOLS / "readme_tables.py"), "--help"],
 }
 
 
