@@ -62,6 +62,7 @@ def _families() -> dict[str, tuple[str, Callable, Callable]]:
         "llama": ("Llama", lambda: tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=2, **dec)), ids),
         "mistral": ("Mistral", lambda: tf.MistralForCausalLM(tf.MistralConfig(num_key_value_heads=2, **dec)), ids),
         "qwen2": ("Qwen2", lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(num_key_value_heads=1, **dec)), ids),
+        "qwen3": ("Qwen3", lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(num_key_value_heads=2, head_dim=16, **dec)), ids),
         "gpt_neox": ("GPT-NeoX", lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**dec)), ids),
         "opt": ("OPT", lambda: tf.OPTForCausalLM(tf.OPTConfig(
             hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4, max_position_embeddings=128,
@@ -126,8 +127,8 @@ def support_row(model_type: str) -> list[str]:
             cells["attention"] = "eet"
         elif path.startswith("generate"):
             cells["generate"] = "eet"
-        elif (module := _module(model, path)) is None:
-            other.append(path.split(": ", 1)[-1])
+        elif (module := _module(model, path)) is None:  # "<model>: whole-model CUDA graphs", "decoder step (...)"
+            other.append(path.split(": ", 1)[-1] if path.startswith("<") else path.split(" (", 1)[0])
         elif _is_norm(module):
             cells["norms"] = "eet"
         elif type(module).__name__.endswith("Encoder"):
