@@ -19,18 +19,12 @@
 namespace eet {
 namespace {
 
-// One row per thread: on the H200 (scripts/harness_bias_gelu.cu, fp16, 2026-12-03) it streams the exact form at
-// 78-85% of the 4.16 TB/s copy ceiling and the tanh form at 86-93%, where 4 rows per thread reached 59-69% and
-// 77-88%, and 2 or 8 rows less still: a thread holding fewer rows keeps fewer registers, so more warps per SM overlap
-// one warp's math with the others' loads. Overridable at compile time for that harness, which times other shapes.
-#ifndef EET_GELU_THREADS
-#define EET_GELU_THREADS 256
-#endif
-#ifndef EET_GELU_ROWS_PER_THREAD
-#define EET_GELU_ROWS_PER_THREAD 1
-#endif
-constexpr int kMaxThreads = EET_GELU_THREADS;
-constexpr int kRowsPerThread = EET_GELU_ROWS_PER_THREAD;
+// One row per thread: on the H200 (fp16, 2026-12-03; docs/kernels.md) it streams the exact form at 78-85% of the
+// 4.16 TB/s copy ceiling and the tanh form at 86-93%, where 4 rows per thread reached 59-69% and 77-88%, and 2 or 8
+// rows less still: a thread holding fewer rows keeps fewer registers, so more warps per SM overlap one warp's math
+// with the others' loads.
+constexpr int kMaxThreads = 256;
+constexpr int kRowsPerThread = 1;
 constexpr int64_t kMaxGridY = 65535;  // hardware limit of gridDim.y; the kernel strides over more rows
 
 // gelu with the tanh approximation, written as h * sigmoid(2u): the same function as

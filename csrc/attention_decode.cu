@@ -37,7 +37,7 @@
 // Programmatic dependent launch (common.cuh launch_pdl): the kernel may start while the previous kernel of the
 // stream (kv_append, rotary, ...) finishes; it reads nothing (q, k, v, bounds all come from earlier kernels)
 // before pdl_wait(), and triggers its own dependents at once. Before that wait it asks L2 for the first rounds of
-// its chunk as an unpadded cache would place it (a prefetch reads no value; EET_HF_DECODE_PREFETCH=0 turns it off).
+// its chunk as an unpadded cache would place it (a prefetch reads no value).
 //
 // Files: attention_decode.cuh (shapes, loads, key chunks), attention_decode_split.cu (the kernel and its
 // launcher), attention_decode_merge.cuh (the cluster merge), attention_decode_combine.cu (the combine kernel);
@@ -46,7 +46,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 
 #include "attention_decode.cuh"
 #include "attention_kernels.h"
@@ -56,20 +55,8 @@ namespace eet {
 namespace attn {
 
 DecodePlan decode_plan(const AttentionParams& p, int num_sms) {
-  DecodePlan plan{1, false, false};
+  DecodePlan plan{1, false};
   if (p.heads_kv <= 0 || p.batch <= 0 || p.q_len <= 0) return plan;
-  // EET_HF_DECODE_SPLITS=s (read per call) forces s cluster splits, 1..kMaxClusterSplits, and =c<s> s splits on the
-  // combine path (workspace + combine kernel), 1..kMaxSplits: for scripts/sweep_decode.py only, which times every
-  // split count to check this rule.
-  if (const char* forced = std::getenv("EET_HF_DECODE_SPLITS")) {
-    const bool combine = forced[0] == 'c';
-    const int s = std::atoi(forced + (combine ? 1 : 0));
-    const int cap = combine ? kMaxSplits : kMaxClusterSplits;
-    plan.splits = s < 1 ? 1 : (s > cap ? cap : s);
-    plan.combine = combine;
-    plan.forced = true;
-    return plan;
-  }
   const int64_t q_chunks = (static_cast<int64_t>(p.heads_q / p.heads_kv) * p.q_len + kQPerBlock - 1) / kQPerBlock;
   const int64_t base = q_chunks * p.heads_kv * p.batch;  // blocks per split
   const int64_t slots = static_cast<int64_t>(kBlocksPerSm) * (num_sms > 0 ? num_sms : 132);

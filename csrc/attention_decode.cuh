@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 
 #include "attention_common.cuh"
 #include "attention_ptx.cuh"
@@ -20,52 +19,14 @@
 namespace eet {
 namespace attn {
 
-// Warps per block and blocks per SM: compile-time overrides (-DEET_DECODE_WARPS=8 -DEET_DECODE_BLOCKS_PER_SM=1) exist
-// for scripts/harness_decode.cu, which times block shapes the kernels fix at compile time.
-#ifndef EET_DECODE_WARPS
-#define EET_DECODE_WARPS 4
-#endif
-#ifndef EET_DECODE_BLOCKS_PER_SM
-#define EET_DECODE_BLOCKS_PER_SM 2
-#endif
-constexpr int kWarps = EET_DECODE_WARPS;
+// Block shape. Other shapes measured on the H200 (8 warps, one block per SM; 3-4 blocks per SM with shorter
+// pipelines; blocks of one query vector) were no faster at batch 1 and slower at short contexts: docs/decode-attention.md
+// and docs/measured-and-dropped.md.
+constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kQPerBlock = 4;   // query vectors per block (more go to further blocks of the grid)
 constexpr int kUnroll = 4;      // key rows per lane group per round
-constexpr int kBlocksPerSm = EET_DECODE_BLOCKS_PER_SM;  // the decode kernels' occupancy (registers, pipeline smem)
-// Tried and dropped (H200, 2026-12-02; logs/2026-12-02c/q1-experiment): blocks of one query vector for sequences
-// with a single one (80 registers instead of ~180) with a 3-stage pipeline, 4 blocks per SM and up to 16 splits.
-// Slower everywhere: bs1 h25 d64 ctx2048 9.8 us (8.7 here), h32 d128 ctx2048 18.0 (14.9), bs8 h25 ctx2048 44 (34):
-// the rounds each warp keeps in flight matter more than warps per SM.
-// Also tried and dropped (H200, 2026-12-03, scripts/harness_decode.cu, logs/2026-12-03b): tensor-core blocks of 32
-// keys per warp step and 2-4 pipeline stages (batch-1 times within 3% of the defaults at every shape), and a merge
-// without clusters (each split's partial to the workspace, the group's last block merging them after an atomic
-// ticket): no faster (bs1 h25 d64 ctx2048 8.8 us at its best split vs 8.2, h32 d128 ctx4096 23.1 vs 24.0) although
-// a plain read of the same bytes loses 0.8-1.5 us to clusters of 8 (scripts/harness_read_ceiling.cu).
-// And on 2026-12-04 (logs/2026-12-04): blocks of 8 warps, one per SM, on clusters or on that ticket merge (at most
-// 3% faster, d128 up to 14% slower: spreading the cache evenly over all SMs does not raise the rate). Kept from that
-// day: the tensor-core kernel's copies issued without a division and a 64-bit multiply per copy (~25% fewer
-// instructions per step; 14-17% faster where a warp streams many steps, the planned batch-1 splits within 2%), once
-// its query loads were pinned ahead of the copies. The tensor-core kernel's loads alone (no arithmetic) reach 45 /
-// 60 / 62% of the copy ceiling at bs1 h25 ctx2048 / h25 ctx4096 / h32 d128 ctx2048.
-// And later that day (logs/2026-12-04b): the spread and load-balancing cluster scheduling policies (no change); K and
-// V loaded into registers for head_dim 64 as well (slower at every planned split: h25 ctx2048 8.6-9.5 us vs 8.0, in
-// rings of 2-4 register buffers or batches of 1-3 steps; kept for head_dim 128 only, decode_mma_regs_pays below).
-// And on 2026-12-04c (scripts/harness_decode.cu, same-call A/B): with O accumulated transposed in both tensor-core
-// kernels (attention_decode_mma_common.cuh) bs1 h25 ctx2048 / 4096, h32 d128 ctx2048 / 4096 went 8.0 / 11.9 / 13.6 /
-// 21.8 -> 7.9 / 11.6 / 13.0 / 21.2 us. Planning for 3 or 4 blocks per SM (the shared-memory kernel with 2-4 stages
-// or 32-key steps, the register kernel at head_dim 64, which fits 3 blocks per SM) gained at most 4% at d64 (best
-// 7.6 / 11.0 us: the register kernel over 11 splits) and lost at short contexts (h12 ctx1024: 5.1 vs 4.9 us), so
-// kBlocksPerSm stays 2.
-// And on 2026-12-04d (logs/2026-12-04d): the register kernel at head_dim 64 with 16 or 32 keys per warp step, planned
-// for 2-4 blocks per SM or with 8 warps (best 7.6 / 11.1 us against 7.9 / 11.7), and an L2 prefetch of each block's
-// whole chunk after its first loads (slower: d128 ctx4096 21.2 -> 26.0 us). Not taken. The same call measured the floor
-// at 13.1 MB (bs1 h25 d64 ctx2048): a decode-shaped read with no arithmetic reaches 61% of the copy ceiling, 55% with
-// the cluster merge, 50% with an atomic-ticket merge: 60% there is below the floor of both merges measured. A second
-// (combine) kernel behind a merge-free read, measured on 2026-12-04e: 51% (evaluation/results/decode-floor-h200.md).
-// Also on 2026-12-04e: a kernel putting a block's whole chunk (<= 512 keys) in flight at once, K in registers and V in
-// shared memory, with one softmax over the chunk: correct, slower at every head_dim-64 shape (ctx2048 / 4096 8.4 /
-// 13.3 us against 7.9 / 11.7). Not taken (source in logs/2026-12-04e).
+constexpr int kBlocksPerSm = 2;  // the decode kernels' occupancy (registers, pipeline smem)
 // Split policy (decode_plan in attention_decode.cu). With the splits merged inside one kernel a split costs
 // little more than its own loads, so chunks go down to one pipeline round of keys.
 constexpr int kMinChunk = 64;              // keys per split at least (raised to one round where a round is longer)
@@ -242,33 +203,14 @@ __device__ __forceinline__ void prefetch_chunk_start(const AttentionParams& p, c
   }
 }
 
-// EET_HF_DECODE_MMA=0 (read per call, so a test can compare both) keeps 16-bit decodes on the CUDA-core kernel
-// instead of the tensor-core one (attention_decode_mma.cu).
-inline bool decode_mma_enabled() {
-  const char* v = std::getenv("EET_HF_DECODE_MMA");
-  return v == nullptr || v[0] != '0';
-}
-
 // Which tensor-core decode kernel: the register-load one (attention_decode_mma_regs.cu) at head_dim 128 where a split
-// holds at most kRegsMaxChunk keys (<= 8 steps per warp), the shared-memory one elsewhere. Measured on the H200
-// (scripts/harness_decode.cu, logs/2026-12-04b, bs1 h32 d128): at the planned split (chunks of 256-512 keys) 13.3 /
-// 21.7 us against 14.1 / 23.7 at ctx2048 / 4096, and 4-7 splits of 2048 keys all faster; 2-3 splits (683+ keys) up
-// to 40% slower, and head_dim 64 slower at every split. kv_len / splits is the host's bound on a split's keys.
-// EET_HF_DECODE_MMA_REGS=1 / 0 (read per call, so a test can run both on any case) forces it on / off.
+// holds at most kRegsMaxChunk keys (<= 8 steps per warp), the shared-memory one elsewhere. Measured on the H200 at
+// bs1 h32 d128 (evaluation/results/kernels-h200.md; docs/decode-attention.md): at the planned split (chunks of
+// 256-512 keys) 13.3 / 21.7 us against 14.1 / 23.7 at ctx2048 / 4096; over 2-3 splits (683+ keys) up to 40% slower,
+// and slower at head_dim 64 at every split. kv_len / splits is the host's bound on a split's keys.
 constexpr int64_t kRegsMaxChunk = 512;
 inline bool decode_mma_regs_pays(int head_dim, int64_t kv_len, int splits) {
-  const char* v = std::getenv("EET_HF_DECODE_MMA_REGS");
-  if (v != nullptr && (v[0] == '0' || v[0] == '1')) return v[0] == '1';
   return head_dim == 128 && splits > 0 && (kv_len + splits - 1) / splits <= kRegsMaxChunk;
-}
-
-// EET_HF_DECODE_PREFETCH=0 (read once per process) turns off the decode kernel's L2 prefetch: for A/B timing.
-inline bool decode_prefetch_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("EET_HF_DECODE_PREFETCH");
-    return v == nullptr || v[0] != '0';
-  }();
-  return enabled;
 }
 
 // Weight of a partial (a warp's or a split's) with running max m in a merge whose overall max is mmax:

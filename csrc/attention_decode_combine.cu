@@ -65,7 +65,7 @@ cudaError_t launch_decode_combine(const float* ws_acc, const float* ws_ml, T* ou
   const int64_t cblocks = (rows_total + kWarps - 1) / kWarps;
   if (cblocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
   // Programmatic dependent launch: the combine grid is launched while decode_kernel runs and waits in
-  // pdl_wait for its completion, which hides the launch gap (plain launch under EET_HF_PDL=0 or if refused).
+  // pdl_wait for its completion, which hides the launch gap (plain launch if refused).
   return launch_pdl(combine_kernel<T>, dim3(static_cast<unsigned>(cblocks)), dim3(kThreads), 0, stream, 1u, ws_acc,
                     ws_ml, out, rows_total, head_dim, splits);
 }

@@ -5,7 +5,7 @@
 // Why: at batch 1 the CUDA-core kernel is bound by its own instruction chain, not by memory. Per 16 keys a warp
 // spends ~270 instructions there (unpacking, FMAs, the shuffle reductions of every dot product and of the running
 // max) at 1-2 warps per scheduler: on the H200 one split streams only ~23 GB/s per block, ~1400 cycles per
-// 64-key round (scripts/sweep_decode.py, 2026-12-02). Here the same 16 keys cost 2 x D/16 mma for S = Q K^T,
+// 64-key round (2026-12-02, docs/decode-attention.md). Here the same 16 keys cost 2 x D/16 mma for S = Q K^T,
 // 2 x D/16 for O^T += V^T P^T (P in two 16-bit parts: fp32-like precision; attention_decode_mma_common.cuh), a few
 // ldmatrix, and a softmax on the 4 lanes that hold each row.
 //
@@ -39,31 +39,22 @@ namespace eet {
 namespace attn {
 namespace {
 
-// Keys per warp step and pipeline stages per head dim. Compile-time overrides (-DEET_DECODE_MMA_KEYS_D64=32 ...)
-// exist for scripts/harness_decode.cu, which times block shapes the kernel fixes at compile time.
-#ifndef EET_DECODE_MMA_KEYS_D64
-#define EET_DECODE_MMA_KEYS_D64 16
-#endif
-#ifndef EET_DECODE_MMA_STAGES_D64
-#define EET_DECODE_MMA_STAGES_D64 5
-#endif
-#ifndef EET_DECODE_MMA_KEYS_D128
-#define EET_DECODE_MMA_KEYS_D128 16
-#endif
-#ifndef EET_DECODE_MMA_STAGES_D128
-#define EET_DECODE_MMA_STAGES_D128 3
-#endif
+// Keys per warp step and pipeline stages per head dim. 32-key steps and 2-4 stages were measured on the H200 and
+// moved batch-1 times by at most 3% (docs/measured-and-dropped.md).
+constexpr int kMmaKeysPerStep = 16;
+constexpr int kMmaStagesD64 = 5;
+constexpr int kMmaStagesD128 = 3;
 
 template <int D>
 struct MmaDecodeConfig {
   // Keys per warp step: 16 is one k-step of P V; 32 runs two of them (and four n-tiles of S) per pipeline wait,
   // softmax reduction and rescale of O, halving those fixed costs per key.
-  static constexpr int kKeys = D <= 64 ? EET_DECODE_MMA_KEYS_D64 : EET_DECODE_MMA_KEYS_D128;
+  static constexpr int kKeys = kMmaKeysPerStep;
   static constexpr int kNT = kKeys / 8;                     // n-tiles of S per step
   static constexpr int kPK = kKeys / 16;                    // k-steps of P V per step
   static constexpr int kRound = kWarps * kKeys;             // keys a block consumes per round
   static constexpr int kStride = D + 8;                     // shared row stride (elements): conflict-free ldmatrix
-  static constexpr int kStages = D <= 64 ? EET_DECODE_MMA_STAGES_D64 : EET_DECODE_MMA_STAGES_D128;
+  static constexpr int kStages = D <= 64 ? kMmaStagesD64 : kMmaStagesD128;
   static constexpr int kStageElems = 2 * kKeys * kStride;   // K rows, then V rows
   static constexpr int kWarpElems = kStages * kStageElems;  // one warp's stages
   static constexpr size_t kSmemBytes = static_cast<size_t>(kWarps) * kWarpElems * 2;  // 16-bit elements
@@ -82,7 +73,7 @@ struct MmaDecodeConfig {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_mma_kernel(const AttentionParams p, const int /*aligned_flag*/, const int splits, const int q_chunks,
-                      const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+                      float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = MmaDecodeConfig<D>;
   constexpr int kKeys = C::kKeys, kStride = C::kStride, kStages = C::kStages, KT = C::kKT, MT = C::kMT;
   constexpr int A = C::kAcc, Q = kQPerBlock, NT = C::kNT, PK = C::kPK;
@@ -100,7 +91,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int tig = lane & 3;  // thread in group: its column pair
 
   const MmaDecodeBlock<T> blk =
-      mma_decode_block_start<T, D, kKeys>(p, q_chunks, splits, prefetch, (kStages - 1) * C::kRound);
+      mma_decode_block_start<T, D, kKeys>(p, q_chunks, splits, (kStages - 1) * C::kRound);
   const int qc = blk.bi.qc, hk = blk.bi.hk, b = blk.bi.b, split = blk.bi.split;
   const T* const kb = blk.kb;
   const T* const vb = blk.vb;
@@ -198,13 +189,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     const T* sv = sk + kKeys * kStride;
     stage = stage + 1 == kStages ? 0 : stage + 1;
     const int base = base0 + r * C::kRound;
-#ifdef EET_DECODE_MMA_LOAD_ONLY
-    // Developer probe only (scripts/harness_decode.cu with EET_HARNESS_NO_CHECK=1): the same loads and pipeline
-    // with no arithmetic, to tell the loads' own rate from what the products and the softmax cost on top.
-    l_part += __uint_as_float(reinterpret_cast<const unsigned*>(sk)[lane] & 0x3f7fffffu) +
-              __uint_as_float(reinterpret_cast<const unsigned*>(sv)[lane] & 0x3f7fffffu) + static_cast<float>(base);
-    continue;
-#endif
 
     // S = Q K^T over the step's keys (n-tiles of 8 keys), the k-steps spread over A accumulators.
     float sa[A][NT][4];

@@ -3,7 +3,7 @@
 // the PDL wait with the L2 prefetch before it), one warp step of the online softmax and the layout of the transposed
 // output accumulator. Both kernels hold row g of S's 16-row tile in the 4 lanes of quad g (rows 8..15 are padding),
 // keys nt * 8 + 2tig, + 1 of n-tile nt in C elements 0, 1. The query-row and key-limit arithmetic between those stays
-// written out in each kernel: moved here, it changed both kernels' SASS (logs/2026-12-04b).
+// written out in each kernel: moved here, it changed both kernels' SASS (checked with cuobjdump, 2026-12-04).
 // Header-only, device code.
 #pragma once
 
@@ -31,13 +31,13 @@ struct MmaDecodeBlock {
 };
 template <typename T, int D, int kKeys>
 __device__ __forceinline__ MmaDecodeBlock<T> mma_decode_block_start(const AttentionParams& p, int q_chunks, int splits,
-                                                                    bool prefetch, int rows_ahead) {
+                                                                    int rows_ahead) {
   MmaDecodeBlock<T> m;
   m.bi = decode_block_index(p, q_chunks);
   m.kb = static_cast<const T*>(p.k) + m.bi.b * p.k_stride_b + m.bi.hk * p.k_stride_h;
   m.vb = static_cast<const T*>(p.v) + m.bi.b * p.v_stride_b + m.bi.hk * p.v_stride_h;
   pdl_trigger();
-  if (prefetch) prefetch_chunk_start<T, D, kKeys>(p, m.kb, m.vb, m.bi.split, splits, rows_ahead);
+  prefetch_chunk_start<T, D, kKeys>(p, m.kb, m.vb, m.bi.split, splits, rows_ahead);
   pdl_wait();
   return m;
 }

@@ -1,19 +1,17 @@
 // Decode attention on tensor cores with K and V loaded straight into the mma operand registers: the grid, splits,
 // chunks, softmax (attention_decode_mma_common.cuh) and merge of the shared-memory tensor-core kernel
-// (attention_decode_mma.cu), without its cp.async pipeline and ldmatrix. fp16 / bf16, head_dim 64 and 128.
+// (attention_decode_mma.cu), without its cp.async pipeline and ldmatrix. fp16 / bf16, head_dim 128.
 //
 // Why a second tensor-core kernel: where every warp streams only a few steps of keys (the batch-1 splits), 16-byte
-// register loads beat the cp.async copies. A decode-shaped read without arithmetic (blocks of 4 warps, two per SM,
-// 4 KB steps) ran 10-16% faster with them (scripts/harness_read_paths.cu, logs/2026-12-04b: 13.1 / 26.2 / 33.6 MB
-// over 200-224 blocks in clusters of 8: 5.7 / 9.4 / 11.2 us against 6.5 / 11.0 / 12.1), and this kernel ran bs1 h32
-// d128 ctx2048 / ctx4096 in 13.3 / 21.7 us against the shared-memory kernel's 14.1 / 23.7 (same H200, same run,
-// scripts/harness_decode.cu). But it keeps only one step in flight per warp: ptxas puts every one of these loads
-// on one scoreboard, so a consumer waits for all loads issued before it, and a ring of several register buffers
-// made each step wait for the whole ring (seen in the SASS; deeper rings and two-buffer batches were slower,
-// logs/2026-12-04b). Over long chunks (2-3 splits: 11+ steps per warp) it then trails the shared-memory kernel by
-// up to 40% (h32 d128 ctx2048, 2 splits: 20.4 vs 14.6 us), and at head_dim 64 it trails everywhere (h25 ctx2048:
-// 9.1 vs 8.0 us). So the launcher takes it at head_dim 128 where a split holds at most kRegsMaxChunk keys
-// (attention_decode.cuh); EET_HF_DECODE_MMA_REGS=1 / 0 forces it on / off (tests, benchmarks).
+// register loads beat the cp.async copies: a decode-shaped read without arithmetic ran 10-16% faster with them, and
+// this kernel ran bs1 h32 d128 ctx2048 / ctx4096 in 13.3 / 21.7 us against the shared-memory kernel's 14.1 / 23.7 (same
+// H200, same run; docs/decode-attention.md). But it keeps only one step in flight per warp: ptxas puts every one of
+// these loads on one scoreboard, so a consumer waits for all loads issued before it, and a ring of several register
+// buffers made each step wait for the whole ring (seen in the SASS; deeper rings and two-buffer batches were slower).
+// Over long chunks (2-3 splits: 11+ steps per warp) it then trails the shared-memory kernel by up to 40% (h32 d128
+// ctx2048, 2 splits: 20.4 vs 14.6 us), and at head_dim 64 it trails everywhere (h25 ctx2048: 9.1 vs 8.0 us). So it
+// is built for head_dim 128 only, and the launcher takes it where a split holds at most kRegsMaxChunk keys
+// (attention_decode.cuh).
 //
 // Operand layout (lane (g, tig) = (lane / 4, lane % 4)): two index permutations make 16 contiguous bytes per lane
 // land where the fragments want them.
@@ -82,7 +80,7 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_mma_regs_kernel(const AttentionParams p, const int /*aligned_flag*/, const int splits, const int q_chunks,
-                           const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+                           float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = RegsDecodeConfig<D>;
   constexpr int kKeys = C::kKeys, KT = C::kKT, KP = C::kKP, MT = C::kMT, VL = C::kVL;
   constexpr int A = C::kAcc, Q = kQPerBlock, NT = C::kNT;
@@ -97,7 +95,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int g = lane >> 2;   // S's A / C fragment row (g + 8: padding), B fragment column
   const int tig = lane & 3;  // thread in group: column pair of A / C, row pair of B
 
-  const MmaDecodeBlock<T> blk = mma_decode_block_start<T, D, kKeys>(p, q_chunks, splits, prefetch, C::kRound);
+  const MmaDecodeBlock<T> blk = mma_decode_block_start<T, D, kKeys>(p, q_chunks, splits, C::kRound);
   const int qc = blk.bi.qc, hk = blk.bi.hk, b = blk.bi.b, split = blk.bi.split;
   const T* const kb = blk.kb;
   const T* const vb = blk.vb;
@@ -241,7 +239,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
 template <typename T>
 DecodeKernel decode_mma_regs_kernel_for(int head_dim, size_t* smem_bytes) {
   switch (head_dim) {
-    case 64: *smem_bytes = RegsDecodeConfig<64>::kSmemBytes; return decode_mma_regs_kernel<T, 64>;
     case 128: *smem_bytes = RegsDecodeConfig<128>::kSmemBytes; return decode_mma_regs_kernel<T, 128>;
     default: return nullptr;
   }

@@ -27,7 +27,7 @@ namespace {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     decode_kernel(const AttentionParams p, const int aligned_flag, const int splits, const int q_chunks,
-                  const bool prefetch, float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
+                  float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
   using C = DecodeConfig<T, D>;
   constexpr int kVec = C::kVec, NV = C::kNV, LPR = C::kLPR, VPL = C::kVPL, GROUPS = C::kGroups;
   constexpr int U = kUnroll, Q = kQPerBlock, kStages = C::kStages;
@@ -55,9 +55,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   // the bounds are its outputs or earlier ones.
   pdl_trigger();
   // Before that wait: L2 prefetch of the rounds the pipeline will ask for first.
-  if (prefetch) {
-    prefetch_chunk_start<T, D, C::kKeysPerWarpStep>(p, kb, vb, split, splits, (kStages - 1) * C::kKeysPerRound);
-  }
+  prefetch_chunk_start<T, D, C::kKeysPerWarpStep>(p, kb, vb, split, splits, (kStages - 1) * C::kKeysPerRound);
   pdl_wait();
 
   const int group_size = p.heads_q / p.heads_kv;
@@ -246,15 +244,13 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
   const int64_t work = q_chunks * p.heads_kv * p.batch;  // blocks per split (grid x), clusters on the cluster path
   if (work <= 0) return cudaSuccess;
   if (work > 0x7fffffffLL || plan.splits < 1 || plan.splits > kMaxSplits) return cudaErrorInvalidConfiguration;
-  // The tensor-core kernel where it exists (16-bit, head_dim 64 / 128, aligned tensors) and pays, else the CUDA-core
-  // one; both take the same grid, plan and workspace. Each keeps its own cluster-fit answers (their shared memory
-  // differs, so does the number of clusters a device holds). Where it pays, on the H200 (scripts/sweep_decode.py,
-  // 2026-12-03): a block that streams a split of the keys for one query vector ran 1.3-1.6x faster on it (one split,
-  // batch 1, before P was split in two), which gave batch-1 d64 decodes 1-8% at the planned split (h25, 2048 keys:
-  // 8.9 -> 8.2 us) and d128 none once P V kept fp32-like precision (two mma per product); a block serving several
-  // query vectors (GQA, several rows) saves the CUDA-core kernel's per-vector FMAs (not timed separately); but one
-  // query vector over a whole context per block (splits = 1: many sequences and heads, bandwidth-bound) ran 3-4%
-  // slower (bs8 h25 ctx2048: 34.6 vs 33.3 us).
+  // A tensor-core kernel where one exists (16-bit, head_dim 64 / 128, aligned tensors) and pays, else the CUDA-core
+  // one; all take the same grid, plan and workspace. Each keeps its own cluster-fit answers (their shared memory
+  // differs, so does the number of clusters a device holds). Where tensor cores pay, on the H200 (2026-12-03,
+  // docs/decode-attention.md): a block streaming a split of the keys for one query vector ran 1.3-1.6x faster on them,
+  // and a block serving several query vectors (GQA, several rows) saves the CUDA-core kernel's per-vector FMAs; but
+  // one query vector over a whole context per block (splits = 1: many sequences and heads, bandwidth-bound) ran 3-4%
+  // slower (bs8 h25 ctx2048: 34.6 vs 33.3 us), so that case stays on the CUDA-core kernel.
   DecodeKernel kernel = decode_kernel<T, D>;
   size_t smem = DecodeConfig<T, D>::kSmemBytes;
   static ClusterFitCache fit_cache, mma_fit_cache, regs_fit_cache;  // one set per (T, D)
@@ -263,7 +259,7 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
     const bool pays = plan.splits > 1 || (p.heads_q / p.heads_kv) * p.q_len > 1;
     size_t mma_smem = 0;
     const bool regs = decode_mma_regs_pays(D, p.kv_len, plan.splits);
-    const DecodeKernel mma = aligned && pays && decode_mma_enabled()
+    const DecodeKernel mma = aligned && pays
                                  ? (regs ? decode_mma_regs_kernel_for<T>(D, &mma_smem)
                                          : decode_mma_kernel_for<T>(D, &mma_smem))
                                  : nullptr;
@@ -281,18 +277,14 @@ cudaError_t launch_decode_d(const AttentionParams& p, bool aligned, DecodePlan p
     if (p.workspace == nullptr) return cudaErrorInvalidValue;
     ws_acc = static_cast<float*>(p.workspace);
     ws_ml = ws_acc + static_cast<int64_t>(splits) * rows_total * D;
-  } else if (splits > 1 && !plan.forced) {
+  } else if (splits > 1) {
     splits = cluster_width_that_fits(reinterpret_cast<const void*>(kernel), kThreads, smem, splits, work, *cache);
   }
   auto launch = [&](int n) {
     return launch_pdl(kernel, dim3(static_cast<unsigned>(work), static_cast<unsigned>(n)), dim3(kThreads), smem,
                       stream, plan.combine ? 1u : static_cast<unsigned>(n), p, aligned ? 1 : 0, n,
-                      static_cast<int>(q_chunks), decode_prefetch_enabled(), ws_acc, ws_ml);
+                      static_cast<int>(q_chunks), ws_acc, ws_ml);
   };
-  if (splits > kPortableClusterWidth && plan.forced) {
-    (void)cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeNonPortableClusterSizeAllowed,
-                               1);
-  }
   err = launch(splits);
   if (err != cudaSuccess && !plan.combine && splits > kPortableClusterWidth) {
     (void)cudaGetLastError();  // a refused non-portable cluster: the portable width always launches

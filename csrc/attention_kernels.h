@@ -37,7 +37,6 @@ cudaError_t launch_prefill_mma(const AttentionParams& p, bool aligned, int num_s
 struct DecodePlan {
   int splits;    // key chunks per (batch, kv head, query chunk), >= 1
   bool combine;  // true: partials to p.workspace + combine kernel; false: one kernel (a cluster of `splits`)
-  bool forced;   // splits set by EET_HF_DECODE_SPLITS (a sweep): not narrowed to the device's cluster fit
 };
 // Shapes only (never device data): fixed on the host, so the launch is graph-capture safe.
 DecodePlan decode_plan(const AttentionParams& p, int num_sms);
@@ -50,16 +49,17 @@ cudaError_t launch_decode(DType dtype, const AttentionParams& p, bool aligned, i
 // launch_decode_combine (attention_decode_combine.cu): merges the partials of `splits` splits into out.
 template <typename T>
 cudaError_t launch_decode_split(const AttentionParams& p, bool aligned, DecodePlan plan, cudaStream_t stream);
-// The decode kernels' common signature: (params, aligned, splits, query chunks, L2 prefetch, workspace partials
-// (accumulators, max/sum) or nullptr). launch_decode_split launches either kernel with the same grid and plan.
-using DecodeKernel = void (*)(AttentionParams, int, int, int, bool, float*, float*);
+// The decode kernels' common signature: (params, aligned, splits, query chunks, workspace partials (accumulators,
+// max/sum) or nullptr). launch_decode_split launches any of the three kernels with the same grid and plan.
+using DecodeKernel = void (*)(AttentionParams, int, int, int, float*, float*);
 // The tensor-core decode kernel (attention_decode_mma.cu) for T = __half / __nv_bfloat16 and head_dim, with its
 // dynamic shared memory in *smem_bytes; nullptr for head dims it does not cover (64 and 128 only). 16-byte aligned
 // tensors only.
 template <typename T>
 DecodeKernel decode_mma_kernel_for(int head_dim, size_t* smem_bytes);
-// The same with K and V loaded into registers, no shared-memory pipeline (attention_decode_mma_regs.cu; the
-// launcher's rule for which of the two runs is decode_mma_regs_pays in attention_decode.cuh).
+// The same with K and V loaded into registers, no shared-memory pipeline (attention_decode_mma_regs.cu; head_dim 128
+// only, nullptr for others; the launcher's rule for which of the two runs is decode_mma_regs_pays in
+// attention_decode.cuh).
 template <typename T>
 DecodeKernel decode_mma_regs_kernel_for(int head_dim, size_t* smem_bytes);
 template <typename T>

@@ -329,8 +329,8 @@ cudaError_t launch_mma_d(const AttentionParams& p, bool aligned, cudaStream_t st
 // head_dim 128: 128-row tiles of 32 keys (2 m-tiles per warp, 252 registers: 2 blocks per SM) unless their grid
 // fits in one wave of those 2 blocks per SM; then 64-row tiles of 64 keys (1 m-tile per warp, 174 registers),
 // twice the blocks, so the longest causal tiles (the last rows, which see every key) are half as long and padded
-// rows, which end early, leave fewer SMs idle. H200, scripts/probe_prefill_tiles.py of commit 36ce0c2 (which timed
-// each tile shape; logs/2026-12-03c): bs2 h32 L512 left-padded causal 48.2 -> 40.0 us (cuDNN with the mask 49.1),
+// rows, which end early, leave fewer SMs idle. H200, 2026-12-03 (each tile shape timed by a probe of commit 36ce0c2;
+// docs/measured-and-dropped.md): bs2 h32 L512 left-padded causal 48.2 -> 40.0 us (cuDNN with the mask 49.1),
 // unpadded 46.3 -> 46.2; at bs2 L2048 (1024 blocks of 128 rows) the 64-row tiles were 10-35% slower, so longer
 // grids keep the 128-row tiles.
 constexpr int kWideD128BlocksPerSm = 2;  // the 128-row tile's occupancy (registers)

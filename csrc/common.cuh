@@ -12,7 +12,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
 
 #include "kernels.h"
 
@@ -132,15 +131,6 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 
-// EET_HF_PDL=0 in the environment (read once per process) launches plainly: for A/B timing and as an escape hatch.
-inline bool pdl_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("EET_HF_PDL");
-    return v == nullptr || v[0] != '0';
-  }();
-  return enabled;
-}
-
 // May PDL launches be recorded into a CUDA graph here? Probed once per process (pdl.cu): a refusal during a
 // capture would invalidate the capture, so a capture never tries what the probe did not see work.
 bool pdl_capture_supported();
@@ -166,12 +156,12 @@ cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
     ++n;
   }
   const unsigned cluster_attrs = n;
-  bool pdl = pdl_enabled();
+  bool pdl = true;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  if (pdl && cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
     (void)cudaGetLastError();  // unknown capture state: launch plainly
     pdl = false;
-  } else if (pdl && capture != cudaStreamCaptureStatusNone) {
+  } else if (capture != cudaStreamCaptureStatusNone) {
     pdl = pdl_capture_supported();
   }
   if (pdl) {

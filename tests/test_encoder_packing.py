@@ -8,7 +8,6 @@ import torch
 from transformers import BertModel
 
 import eet_hf
-import eet_hf.encoder.packing as packing_module
 from eet_hf.encoder import bucket_for, pack, plan, unpack
 from eet_hf.encoder.packing import capacity_for, host_summary
 
@@ -21,25 +20,6 @@ def _bounds(lengths: list[int], seq_len: int, side: str) -> tuple[torch.Tensor, 
     if side == "left":
         return seq_len - lengths_t, torch.full_like(lengths_t, seq_len)
     return torch.zeros_like(lengths_t), lengths_t
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_full_capacity_permuted_layout_puts_real_tokens_first(side):
-    """The permuted full capacity (IN_PLACE off): real tokens first, then one padding segment per sequence."""
-    lengths, seq_len = [7, 0, 1, 3, 7], 7
-    start, end = _bounds(lengths, seq_len, side)
-    x = torch.randn(len(lengths), seq_len, 5)
-    total = sum(lengths)
-    packing = plan(start, end, seq_len, in_place=False)
-    packed = pack(x, packing)
-    real = packing.real
-    assert torch.equal(packed[:total], x[real])
-    cu = packing.cu_seqlens.tolist()
-    assert cu[: len(lengths) + 1] == [0, *torch.tensor(lengths).cumsum(0).tolist()]
-    assert packing.rows == cu[-1] == len(lengths) * seq_len
-    assert sorted(packing.index.tolist()) == list(range(len(lengths) * seq_len))
-    assert max(b - a for a, b in zip(cu[:-1], cu[1:])) <= packing.max_seqlen == seq_len
-    assert torch.equal(unpack(packed, packing), x * real.unsqueeze(-1))
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -65,17 +45,15 @@ def test_exact_pack_unpack_round_trip(side):
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("full", ["capacity", "unpadded"])
 def test_in_place_layout_keeps_every_row_and_segments_each_sequence(side, full):
-    """In place (the default; EET_HF_PACK_IN_PLACE=0 turns it off), all batch * seq_len rows (full capacity, or an exact batch without
-    padding): rows stay where they
-    are (pack and unpack are reshapes, no index kernels), and each sequence's real tokens form one segment of
+    """Every plan of all batch * seq_len rows (full capacity, or an exact batch without padding) is in place: rows stay
+    where they are (pack and unpack are reshapes, no index kernels), and each sequence's real tokens form one segment of
     their own, its padding before and after two more (empty ones allowed), so attention sees exactly the
     sequence and padding rows stay finite."""
     lengths, seq_len = ([7, 0, 1, 3, 7] if full == "capacity" else [7, 7, 7]), 7
     start, end = _bounds(lengths, seq_len, side)
     x = torch.randn(len(lengths), seq_len, 5)
     total = sum(lengths)
-    packing = plan(start, end, seq_len, in_place=True) if full == "capacity" else plan(
-        start, end, seq_len, total, seq_len, in_place=True)
+    packing = plan(start, end, seq_len) if full == "capacity" else plan(start, end, seq_len, total, seq_len)
     assert packing.index is None and packing.rows == len(lengths) * seq_len
     packed = pack(x, packing)
     assert torch.equal(packed, x.reshape(-1, 5))
@@ -131,12 +109,10 @@ def test_bucket_for():
     assert [bucket_for(n) for n in (1, 16, 17, 100, 128, 129, 512)] == [16, 16, 32, 128, 128, 256, 512]
 
 
-@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "permuted"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_full_capacity_layouts_through_the_packed_encoder_match_hf(side, in_place, monkeypatch):
-    """The whole packed encoder on either all-row layout (in place, the default, or permuted), as a graph capture runs
-    it (no host read, every row), against HF: real tokens within the fp32 contract, padding rows zero."""
-    monkeypatch.setattr(packing_module, "IN_PLACE", in_place)
+def test_full_capacity_layout_through_the_packed_encoder_matches_hf(side):
+    """The whole packed encoder on the in-place all-row layout, as a graph capture runs it (no host read, every row),
+    against HF: real tokens within the fp32 contract, padding rows zero."""
     model, ref = pair(BertModel, bert_config())
     eet_hf.accelerate(model)
     ids, mask = padded_batch(3, 9, [9, 4, 1], side)

@@ -12,7 +12,6 @@ they run one after another on one stream, so their intermediates may share memor
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,14 +24,15 @@ from .packing import capacity_for
 # key, a graph skips the padding as the eager packed path does (within 1/8 of the batch), and it spares the host
 # the ~100 launches per forward: on a slow host the eager path of bert-base 32 x 512 half padded was host-bound
 # (8.8 ms there, 6.85 ms on a faster host; 7.5 ms with graphs on a slow one: encoder-graphs-h200.md). The cost is memory: each graph holds static
-# [batch, bucket, hidden] input and output buffers; intermediates share one pool. Tunable through the environment.
-MAX_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_TOKENS", "32768"))
+# [batch, bucket, hidden] input and output buffers; intermediates share one pool.
+MAX_TOKENS = 32768
 # Whole-model graphs (model_graphs.py) of heads whose outputs grow with the vocabulary stop lower: their static
 # outputs include e.g. MLM logits of tokens x vocab (bert-base at 4096 tokens: 250 MB in fp16). Other heads take
 # whole-model graphs up to MAX_TOKENS (patches/bert.py).
-MODEL_MAX_TOKENS = int(os.environ.get("EET_HF_MODEL_GRAPH_MAX_TOKENS", "4096"))
-MAX_GRAPHS = int(os.environ.get("EET_HF_ENCODER_GRAPH_MAX_COUNT", "8"))
-ENABLED = os.environ.get("EET_HF_ENCODER_GRAPHS", "1") != "0"
+MODEL_MAX_TOKENS = 4096
+MAX_GRAPHS = 8  # per encoder (and per model, model_graphs.py): an LRU
+# Tests set this False to reach the eager packed path (which serves every call a graph cannot take).
+ENABLED = True
 MIN_BUCKET = 16
 
 PackedForward = Callable[..., torch.Tensor]  # fn(hidden, start, end, capacity=rows) -> hidden

@@ -6,7 +6,7 @@ At batch 1 x 128 a BERT forward is host-bound (issue #6: 1.45 ms wall for 0.58 m
 mask function and the encoder's packing each read back to the host, and the embeddings and head run as eager
 Python. Large batches lose the same way once a read drains the GPU: at bert-base 32 x 512 half-padded the eager
 path around the encoder's own graph left the GPU idle ~1.5 ms of a 7 ms forward (~27 gaps between small kernels
-launched one by one after each read; scripts/probe_encoder_host.py, 2026-12-02). patches/bert.py installs
+launched one by one after each read; measured with a host-timeline probe, 2026-12-02, docs/encoder.md). patches/bert.py installs
 `graphed_forward` on the accelerated top-level model (BertModel or a head); it replays a graph for calls of the
 plain form
 
@@ -36,7 +36,7 @@ handles left padding and holes exactly (the replay's GPU time is then wasted). A
 sync at all. Captures are only made on a right-padded call.
 
 Padding removal inside the graph: a graph packs a fixed number of token rows. Calls of several rows and at least
-read_min_tokens tokens (EET_HF_ENCODER_GRAPH_READ_MIN_TOKENS, default: more than MODEL_MAX_TOKENS) read the mask
+read_min_tokens tokens (READ_MIN_TOKENS: more than MODEL_MAX_TOKENS) read the mask
 once *before* the replay: its real-token count picks the graph's row capacity (packing.capacity_for: the count
 rounded up to an eighth of the batch, part of the key) and its right-paddedness is known up front, so a left-padded
 call goes straight to the eager forward and a right-padded one needs no read after the replay. Smaller calls keep
@@ -47,8 +47,6 @@ graph's launch (~0.3 ms of host time for ~180 nodes). Calls above MODEL_MAX_TOKE
 only the eager path with two reads, so reading once there is no loss. The encoder-level graphs (graphs.py) use the
 same capacities: their caller reads the mask anyway.
 
-Switches: EET_HF_ENCODER_GRAPHS=0 (all encoder graphs) or EET_HF_ENCODER_MODEL_GRAPHS=0 (these only).
-
 The capture itself is behind a small backend interface (`CudaGraphBackend`: supports(device), capture(fn,
 device) -> (replay, outputs)) so the routing, keys and fallbacks are tested on CPU with a fake backend.
 """
@@ -57,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,10 +80,11 @@ from .model_graph_keys import (
 )
 from .packing import capacity_for
 
-ENABLED = os.environ.get("EET_HF_ENCODER_MODEL_GRAPHS", "1") != "0"
+# Tests set this False to reach the model's own forward (which serves every call a graph cannot take).
+ENABLED = True
 # Calls of at least this many tokens (and more than one row) read the mask before the replay; 0: never (module
-# docstring). Default: the calls larger than whole-model graphs of every head take.
-READ_MIN_TOKENS = int(os.environ.get("EET_HF_ENCODER_GRAPH_READ_MIN_TOKENS", str(graphs.MODEL_MAX_TOKENS + 1)))
+# docstring): the calls larger than whole-model graphs of every head take.
+READ_MIN_TOKENS = graphs.MODEL_MAX_TOKENS + 1
 ATTR = "_eet_model_graphs"  # the model's ModelGraphs, set by patches/bert.py
 
 Outputs = tuple[ModelOutput, torch.Tensor | None]  # the captured forward's output and its "right-padded" flag

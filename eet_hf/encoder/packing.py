@@ -11,16 +11,14 @@ Three layouts (all computed on the device, no host read inside):
   tokens (capacity_for). The real tokens come first as above; after them, each sequence's padding forms one extra
   segment of its own (at most seq_len rows), cut where the rows end, so every row belongs to some segment,
   attention stays finite everywhere and max_seqlen stays seq_len. Padding rows are discarded by unpack().
-- in place (the default wherever all batch * seq_len rows are kept: full capacity, or no padding at all;
-  EET_HF_PACK_IN_PLACE=0 falls back to the permuted layout): every position keeps its row, so pack and unpack are
-  reshapes, and each row of the batch is three segments: padding before start, the real tokens, padding
+- in place (wherever all batch * seq_len rows are kept: full capacity, or no padding at all): every position keeps
+  its row, so pack and unpack are reshapes, and each row of the batch is three segments: padding before start, the real tokens, padding
   from end on (empty segments allowed). The same rows as a permuted full capacity, without the permutation: the permuted
   plan, pack and unpack issue about 30 tiny index kernels, of the ~180 kernels of a graphed bert-base 1 x 128 forward.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -59,11 +57,6 @@ def host_summary(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> tuple[
     return int(total), int(longest), bool(left)
 
 
-# The in-place layout (module docstring) for all-row plans; EET_HF_PACK_IN_PLACE=0 keeps the permuted one (A/B
-# timing). On the H200 the 51 encoder GPU tests pass either way, and bert-base ran 2-8% faster in place at batches
-# 1 and 8 (seq 128) and at 32 x 512 padded, 2-4% slower at 32 x 128 padded (logs/2026-12-02c/bench-*.log).
-IN_PLACE = os.environ.get("EET_HF_PACK_IN_PLACE", "1") != "0"
-
 CAPACITY_STEPS = 8  # capacity_for's granularity: eighths of the padded batch (at most 12.5% of padding kept)
 
 
@@ -79,17 +72,18 @@ def capacity_for(total: int, padded_tokens: int, steps: int = CAPACITY_STEPS) ->
 
 
 def plan(start: torch.Tensor, end: torch.Tensor, seq_len: int, total: int | None = None,
-         max_seqlen: int | None = None, capacity: int | None = None, in_place: bool | None = None) -> Packing:
+         max_seqlen: int | None = None, capacity: int | None = None) -> Packing:
     """Packing for real-token runs [start[b], end[b]) (int [batch] each) of rows of length seq_len.
 
     total / max_seqlen given (from host_summary): exact mode. None: capacity mode (no host read; safe inside
     CUDA-graph capture and torch.compile) with `capacity` rows (default batch * seq_len), which must be at
-    least the real tokens of every batch it runs on (capacity_for). in_place (default IN_PLACE): all
-    batch * seq_len rows (by capacity, or because nothing is padding) take the in-place layout.
+    least the real tokens of every batch it runs on (capacity_for). A plan of all batch * seq_len rows (by capacity,
+    or because nothing is padding) takes the in-place layout: on the H200 bert-base ran 2-8% faster with it than with
+    the permuted rows at batches 1 and 8 (seq 128) and 32 x 512 padded, 2-4% slower at 32 x 128 padded
+    (docs/encoder.md).
     """
     batch = start.shape[0]
-    if (IN_PLACE if in_place is None else in_place) and (capacity if total is None else total) in (
-            None, batch * seq_len):
+    if (capacity if total is None else total) in (None, batch * seq_len):
         return _in_place(start, end, seq_len)
     device = start.device
     start, end = _clamped_bounds(start, end, seq_len)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make `datasets` importable on the GPU image, which has no network: install, from the wheels carried in
-# .gpu_wheels/eval-wheels.tar.xz (built by scripts/gpu_wheels.sh), only the distributions that are missing or
+# .gpu_wheels/eval-wheels.tar.xz (built by tools/gpu_wheels.sh), only the distributions that are missing or
 # outside the versions datasets 5.2.0 accepts. They go to .gpu_site/ (pip --target), not into the image's
 # site-packages: nothing the image has is replaced, no root or PEP 668 override is needed, and the folder stays
 # on the warm machine between calls. Put it on the path with the line this script prints last (run.sh does).
@@ -24,7 +24,7 @@ if with_site "$PY" -c "$SMOKE" 2>/dev/null; then
   exit 0
 fi
 if [ ! -f "$BUNDLE" ]; then
-  echo "install_wheels: datasets does not load and $BUNDLE is missing (build it with scripts/gpu_wheels.sh and carry .gpu_wheels)" >&2
+  echo "install_wheels: datasets does not load and $BUNDLE is missing (build it with tools/gpu_wheels.sh and carry .gpu_wheels)" >&2
   exit 1
 fi
 

@@ -75,7 +75,7 @@ elif [ -f .gpu_wheels/eval-wheels.tar.xz ] || [ -d .gpu_site ]; then
   # Installed (now or by an earlier call on this machine) into .gpu_site; the suites import from there.
   [ -d .gpu_site ] && export PYTHONPATH="$PWD/.gpu_site${PYTHONPATH:+:$PYTHONPATH}"
 else
-  skipped deps "no .gpu_wheels/: carry it (scripts/gpu_wheels.sh builds it) or perplexity reads the file directly"
+  skipped deps "no .gpu_wheels/: carry it (tools/gpu_wheels.sh builds it) or perplexity reads the file directly"
 fi
 
 if [ -n "${EET_SKIP_TESTS:-}" ]; then

@@ -100,14 +100,14 @@ for tool in ${EET_SANITIZER_TOOLS:-memcheck racecheck}; do
     echo "$line" | tee -a "$OUT/sanitizer.txt"
     [ $rc -ne 0 ] && status=1
   done
-  # small_linear's cluster split-K alone in a process (scripts/harness_small_linear.cu: the real kernel and launcher,
+  # small_linear's cluster split-K alone in a process (tests/gpu/harness_small_linear.cu: the real kernel and launcher,
   # no torch): inside the pytest process, racecheck stopped with "Internal Sanitizer Error: failed to handle a
   # hardware exception" at every cluster launch (sanitizer-h200.md, 2026-12-02), while the same launches in this
-  # harness ran clean. Every split count (1 = no cluster) on a decode-step shape and a long-K one, PDL on and off.
+  # harness ran clean. Every split count (1 = no cluster) on a decode-step shape and a long-K one.
   [ "${EET_SANITIZER_HARNESS:-1}" = 0 ] && continue
   harness="$OUT/harness_small_linear"
   if [ ! -x "$harness" ] && ! ${NVCC:-nvcc} -std=c++17 -O2 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -o "$harness" \
-      scripts/harness_small_linear.cu csrc/small_linear.cu csrc/cluster_fit.cu csrc/pdl.cu >>"$log" 2>&1; then
+      tests/gpu/harness_small_linear.cu csrc/small_linear.cu csrc/cluster_fit.cu csrc/pdl.cu >>"$log" 2>&1; then
     echo "sanitizer $tool small_linear harness: build failed (see $log)" | tee -a "$OUT/sanitizer.txt"
     status=1
     continue
@@ -115,20 +115,18 @@ for tool in ${EET_SANITIZER_TOOLS:-memcheck racecheck}; do
   runs=0 bad=0
   for shape in "1 768 768" "8 64 12288"; do
     for splits in 1 2 4 8; do
-      for pdl in 1 0; do
-        part=$(mktemp)
-        env EET_HF_SMALL_LINEAR_SPLITS=$splits EET_HF_PDL=$pdl timeout 120 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
-          "$harness" $shape >"$part" 2>&1
-        rc=$?
-        { echo "===== $tool harness_small_linear $shape splits $splits pdl $pdl (exit $rc)"; cat "$part"; } >>"$log"
-        grep -q ": ok (0 wrong)" "$part" || rc=4
-        runs=$((runs + 1))
-        [ $rc -ne 0 ] && bad=$((bad + 1))
-        rm -f "$part"
-      done
+      part=$(mktemp)
+      env EET_HF_SMALL_LINEAR_SPLITS=$splits timeout 120 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
+        "$harness" $shape >"$part" 2>&1
+      rc=$?
+      { echo "===== $tool harness_small_linear $shape splits $splits (exit $rc)"; cat "$part"; } >>"$log"
+      grep -q ": ok (0 wrong)" "$part" || rc=4
+      runs=$((runs + 1))
+      [ $rc -ne 0 ] && bad=$((bad + 1))
+      rm -f "$part"
     done
   done
-  echo "sanitizer $tool small_linear harness: $((runs - bad)) of $runs runs clean (splits 1-8, PDL on/off)" \
+  echo "sanitizer $tool small_linear harness: $((runs - bad)) of $runs runs clean (splits 1-8)" \
     | tee -a "$OUT/sanitizer.txt"
   [ $bad -ne 0 ] && status=1
 done

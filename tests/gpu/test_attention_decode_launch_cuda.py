@@ -1,9 +1,10 @@
 """Which decode kernel runs (csrc/attention_decode_split.cu's choice between the CUDA-core kernel and the two
 tensor-core ones, csrc/attention_decode_mma.cu and csrc/attention_decode_mma_regs.cu) and with what grid, read from
-profiler traces; the CUDA-core kernel at the tensor-core kernels' head dims (EET_HF_DECODE_MMA=0) and the
-register-load tensor-core kernel forced on and off (EET_HF_DECODE_MMA_REGS). The split-rule mirror and the case builders are
-test_attention_decode_cuda's; correctness checks are test_attention_cuda's _check (poisoned outputs, float64
-reference). Tests reading the profiler have "launched" in their names: tests/gpu/sanitize.sh leaves them out.
+profiler traces, and every kernel on the cases that reach it: the CUDA-core kernel at the tensor-core head dims (one
+split with one query vector per block, or a misaligned tensor), the register-load tensor-core kernel (head_dim 128,
+splits of <= 512 keys) and the shared-memory one (head_dim 64, longer splits at 128). The split-rule mirror and the case
+builders are test_attention_decode_cuda's; correctness checks are test_attention_cuda's _check (poisoned outputs,
+float64 reference). Tests reading the profiler have "launched" in their names: tests/gpu/sanitize.sh leaves them out.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 
 from .conftest import quick_sample, rel_err
 from .test_attention_cuda import SEED, SLACK, _check, _ref64, _torch_baseline
-from .test_attention_decode_cuda import CLUSTER_SIZES, _case, _case_id, _inputs, decode_plan
+from .test_attention_decode_cuda import CLUSTER_SIZES, SHAPE_KEYS, _case, _case_id, _inputs, decode_plan
 
-MMA_HEAD_DIMS = (64, 128)  # decode_mma_kernel_for (csrc/attention_decode_mma.cu), decode_mma_regs_kernel_for
+MMA_HEAD_DIMS = (64, 128)  # decode_mma_kernel_for (csrc/attention_decode_mma.cu); decode_mma_regs_kernel_for: 128
 REGS_MAX_CHUNK = 512  # kRegsMaxChunk (csrc/attention_decode.cuh)
 
 
@@ -33,7 +34,7 @@ def _decode_kernel_kind(name: str) -> str | None:
 
 
 def _mma_kind(head_dim: int, kv_len: int, splits: int) -> str:
-    """Mirror of decode_mma_regs_pays (csrc/attention_decode.cuh) without an override: which tensor-core kernel."""
+    """Mirror of decode_mma_regs_pays (csrc/attention_decode.cuh): which tensor-core kernel."""
     return "mma-regs" if head_dim == 128 and -(-kv_len // splits) <= REGS_MAX_CHUNK else "mma"
 
 
@@ -42,6 +43,17 @@ def _tensor_cores_pay(shape: tuple, splits: int) -> bool:
     tensor cores at their head dims unless one query vector per block streams a whole context (one split)."""
     _batch, heads_q, heads_kv, q_len, _kv_len, head_dim = shape
     return head_dim in MMA_HEAD_DIMS and (splits > 1 or heads_q // heads_kv * q_len > 1)
+
+
+def _expected_kind(case: dict) -> str:
+    """The decode kernel a test_attention_cuda case runs on: tensor cores for aligned 16-bit tensors where they pay,
+    the CUDA-core kernel otherwise (fp32, other head dims, a misaligned tensor, one vector over one split)."""
+    shape = tuple(case[k] for k in SHAPE_KEYS)
+    splits, _ = decode_plan(*shape)
+    aligned = "misaligned" not in (case["layout_q"], case["layout_kv"])
+    if case["dtype"] == "fp32" or not aligned or not _tensor_cores_pay(shape, splits):
+        return "cuda-core"
+    return _mma_kind(case["head_dim"], case["kv_len"], splits)
 
 
 def _traced_kernels(tmp_path, fn) -> list[str]:
@@ -106,66 +118,74 @@ def test_launched_grid_matches_plan(cuda_ops, tmp_path, shape, exact):
 
 
 def _cuda_core_cases() -> list[dict]:
-    """16-bit cases at the tensor-core kernel's head dims, to run on the CUDA-core kernel (EET_HF_DECODE_MMA=0),
-    which still serves other head dims and unaligned tensors: GQA, q_len 1-4, left padding, a dead row."""
+    """16-bit cases at the tensor-core kernels' head dims that run on the CUDA-core kernel: one split with one query
+    vector per block (a short context, or enough sequences and heads to fill the GPU), and misaligned queries (the
+    scalar load path) with GQA, q_len 1-4, left padding and a dead row."""
     rng = random.Random(4)
     out = []
-    for i, (shape, pad, dead) in enumerate(
+    for i, (shape, pad, dead, layout_q) in enumerate(
         (
-            ((1, 25, 25, 1, 2048, 64), 0, None),
-            ((2, 32, 8, 1, 1000, 128), 17, 1),
-            ((3, 8, 2, 2, 333, 64), 5, 2),
-            ((1, 4, 1, 4, 4097, 128), 0, None),
+            ((2, 8, 8, 1, 60, 64), 5, 1, "hf"),
+            ((3, 16, 16, 1, 64, 128), 0, 2, "hf"),
+            ((1, 25, 25, 1, 2048, 64), 0, None, "misaligned"),
+            ((2, 32, 8, 1, 1000, 128), 17, 1, "misaligned"),
+            ((3, 8, 2, 2, 333, 64), 5, 2, "misaligned"),
+            ((1, 4, 1, 4, 4097, 128), 0, None, "misaligned"),
         )
     ):
-        out.append(_case(("fp16", "bf16")[i % 2], shape, rng=rng, left_pad=pad, dead_row=dead, tag="cuda-core"))
+        out.append(
+            _case(
+                ("fp16", "bf16")[i % 2], shape, rng=rng, left_pad=pad, dead_row=dead, tag="cuda-core", layout_q=layout_q
+            )
+        )
     return out
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in quick_sample(_cuda_core_cases(), 2)])
-def test_cuda_core_kernel_at_tensor_core_head_dims(cuda_ops, monkeypatch, case):
-    """EET_HF_DECODE_MMA=0 keeps 16-bit decodes on the CUDA-core kernel: still right (test_attention_cuda's
-    _check: poisoned output, float64 reference, dead rows zero, two runs equal)."""
-    monkeypatch.setenv("EET_HF_DECODE_MMA", "0")
+def test_cuda_core_kernel_at_tensor_core_head_dims(cuda_ops, case):
+    """The CUDA-core kernel where it serves 16-bit decodes at head_dim 64 / 128: right (test_attention_cuda's _check:
+    poisoned output, float64 reference, dead rows zero, two runs equal)."""
+    assert _expected_kind(case) == "cuda-core", "the case no longer reaches the CUDA-core kernel on this GPU"
     _check(cuda_ops, case)
 
 
 @pytest.mark.parametrize("head_dim", MMA_HEAD_DIMS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_launched_decode_kernel_choice(cuda_ops, tmp_path, monkeypatch, dtype, head_dim):
+def test_launched_decode_kernel_choice(cuda_ops, tmp_path, dtype, head_dim):
     """(Profiler trace: "launched", so the sanitizer leaves it out.) Aligned 16-bit decodes with several query vectors
-    per block run the tensor-core kernel, EET_HF_DECODE_MMA=0 the CUDA-core one, and a misaligned
-    query (scalar loads) the CUDA-core one: the two kernels agree within their float64-checked tolerance."""
+    per block run a tensor-core kernel, a misaligned query (scalar loads) and one query vector over one split the
+    CUDA-core one: every run within its float64-checked tolerance."""
     q, k, v, (ks, ke, qo) = _inputs(1, 8, 2, 2, 777, head_dim, dtype=dtype, seed=SEED)
     ks[0] = 3
-
-    def run(query):
-        return cuda_ops.attention(query, k, v, ks, ke, qo, True, 0.125)
-
-    kinds = {}
-    outs = {}
-    for env in ("1", "0"):
-        monkeypatch.setenv("EET_HF_DECODE_MMA", env)
-        run(q)  # warm-up (occupancy queries)
-        names = _traced_kernels(tmp_path, lambda env=env: outs.__setitem__(env, run(q)))
-        kinds[env] = [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)]
-    splits, _ = decode_plan(1, 8, 2, 2, 777, head_dim)
-    assert kinds == {"1": [_mma_kind(head_dim, 777, splits)], "0": ["cuda-core"]}, kinds
-    ref = _ref64(q, k, v, ks, ke, qo, True, 0.125)
-    base_err = rel_err(_torch_baseline(q, k, v, ks, ke, qo, True, 0.125), ref)
-    for env, out in outs.items():
-        assert rel_err(out, ref) <= 2 * base_err + SLACK[dtype], (env, rel_err(out, ref), base_err)
-
-    monkeypatch.delenv("EET_HF_DECODE_MMA")
     storage = torch.empty(q.numel() + 1, dtype=dtype, device="cuda")
     q_odd = storage[1:].view(q.shape).copy_(q)  # one element off 16-byte alignment
-    names = _traced_kernels(tmp_path, lambda: run(q_odd))
+    outs, kinds = {}, {}
+    for name, query in (("aligned", q), ("misaligned", q_odd)):
+        cuda_ops.attention(query, k, v, ks, ke, qo, True, 0.125)  # warm-up (occupancy queries)
+        names = _traced_kernels(
+            tmp_path,
+            lambda name=name, query=query: outs.__setitem__(
+                name, cuda_ops.attention(query, k, v, ks, ke, qo, True, 0.125)
+            ),
+        )
+        kinds[name] = [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)]
+    splits, _ = decode_plan(1, 8, 2, 2, 777, head_dim)
+    assert kinds == {"aligned": [_mma_kind(head_dim, 777, splits)], "misaligned": ["cuda-core"]}, kinds
+    ref = _ref64(q, k, v, ks, ke, qo, True, 0.125)
+    base_err = rel_err(_torch_baseline(q, k, v, ks, ke, qo, True, 0.125), ref)
+    for name, out in outs.items():
+        assert rel_err(out, ref) <= 2 * base_err + SLACK[dtype], (name, rel_err(out, ref), base_err)
+
+    q1, k1, v1, (ks1, ke1, qo1) = _inputs(2, 8, 8, 1, 60, head_dim, dtype=dtype, seed=SEED)  # one split, one vector
+    assert decode_plan(2, 8, 8, 1, 60, head_dim) == (1, False)
+    names = _traced_kernels(tmp_path, lambda: cuda_ops.attention(q1, k1, v1, ks1, ke1, qo1, True, 0.125))
     assert [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)] == ["cuda-core"], names
 
 
-def _regs_cases() -> list[dict]:
-    """16-bit cases at both tensor-core head dims for the register-load kernel forced on and off: GQA, q_len 1-4,
-    left padding, a dead row, chunks shorter than a warp step, long chunks (one split), both cache layouts."""
+def _tensor_core_cases() -> list[dict]:
+    """Aligned 16-bit cases on both tensor-core kernels: head_dim 128 with splits of <= 512 keys (register loads) and
+    longer ones (shared-memory pipeline), head_dim 64 (shared-memory pipeline); GQA, q_len 1-4, left padding, a dead
+    row, chunks shorter than a warp step, both cache layouts."""
     rng = random.Random(7)
     out = []
     for i, (shape, pad, dead, layout) in enumerate(
@@ -177,41 +197,50 @@ def _regs_cases() -> list[dict]:
             ((1, 4, 1, 4, 4097, 128), 0, None, "hf"),
             ((4, 8, 2, 1, 37, 128), 1, 3, "contig"),  # GQA: one split still runs on tensor cores
             ((2, 16, 16, 3, 5000, 128), 0, 0, "contig"),
+            ((16, 32, 8, 1, 2048, 128), 2, 5, "hf"),  # 2 splits of 1024 keys: the shared-memory kernel at d128
             ((16, 8, 8, 1, 700, 64), 2, 5, "contig"),
         )
     ):
         out.append(
-            _case(("fp16", "bf16")[i % 2], shape, rng=rng, left_pad=pad, dead_row=dead, tag="regs", layout_kv=layout)
+            _case(("fp16", "bf16")[i % 2], shape, rng=rng, left_pad=pad, dead_row=dead, tag="mma", layout_kv=layout)
         )
     return out
 
 
-@pytest.mark.parametrize("regs", ["1", "0"], ids=["regs-on", "regs-off"])
-@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in quick_sample(_regs_cases(), 4)])
-def test_register_kernel_forced(cuda_ops, monkeypatch, case, regs):
-    """EET_HF_DECODE_MMA_REGS=1 runs the register-load tensor-core kernel on every aligned 16-bit case it can take
-    (head_dim 64 and 128, any split), =0 never: both right (test_attention_cuda's _check: poisoned output, float64
-    reference, dead rows zero, two runs equal)."""
-    monkeypatch.setenv("EET_HF_DECODE_MMA_REGS", regs)
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in quick_sample(_tensor_core_cases(), 4)])
+def test_tensor_core_kernels(cuda_ops, case):
+    """Both tensor-core kernels on the cases that reach them: right (test_attention_cuda's _check: poisoned output,
+    float64 reference, dead rows zero, two runs equal)."""
+    assert _expected_kind(case) in ("mma", "mma-regs"), "the case no longer reaches a tensor-core kernel on this GPU"
     _check(cuda_ops, case)
 
 
-@pytest.mark.parametrize("head_dim", MMA_HEAD_DIMS)
-def test_launched_register_kernel_override(cuda_ops, tmp_path, monkeypatch, head_dim):
-    """(Profiler trace: "launched".) EET_HF_DECODE_MMA_REGS=1 / 0 picks the register-load / shared-memory tensor-core
-    kernel at either head dim, and the two agree within their float64-checked tolerance."""
-    q, k, v, (ks, ke, qo) = _inputs(1, 16, 4, 1, 1500, head_dim, dtype=torch.float16, seed=SEED)
+def test_tensor_core_cases_reach_both_kernels():
+    """The case list above covers the register-load kernel and the shared-memory kernel at both head dims."""
+    kinds = {(c["head_dim"], _expected_kind(c)) for c in _tensor_core_cases()}
+    assert {(128, "mma-regs"), (128, "mma"), (64, "mma")} <= kinds, kinds
+
+
+@pytest.mark.parametrize(
+    "shape,want",
+    [
+        ((1, 16, 4, 1, 1500, 128), "mma-regs"),  # 16 splits of <= 94 keys
+        ((16, 32, 8, 1, 2048, 128), "mma"),  # 2 splits of 1024 keys
+        ((1, 16, 4, 1, 1500, 64), "mma"),  # head_dim 64: the shared-memory kernel at any split
+    ],
+    ids=["d128-short-splits", "d128-long-splits", "d64"],
+)
+def test_launched_tensor_core_kernel_by_chunk(cuda_ops, tmp_path, shape, want):
+    """(Profiler trace: "launched".) The register-load kernel where a head_dim-128 split holds <= 512 keys, the
+    shared-memory kernel elsewhere; the output within its float64-checked tolerance."""
+    splits, _ = decode_plan(*shape)
+    assert _mma_kind(shape[5], shape[4], splits) == want, "the shape no longer reaches that kernel on this GPU"
+    q, k, v, (ks, ke, qo) = _inputs(*shape, dtype=torch.float16, seed=SEED)
     ks[0] = 9
-    outs, kinds = {}, {}
-    for env in ("1", "0"):
-        monkeypatch.setenv("EET_HF_DECODE_MMA_REGS", env)
-        cuda_ops.attention(q, k, v, ks, ke, qo, True, 0.125)  # warm-up (occupancy queries)
-        names = _traced_kernels(
-            tmp_path, lambda env=env: outs.__setitem__(env, cuda_ops.attention(q, k, v, ks, ke, qo, True, 0.125))
-        )
-        kinds[env] = [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)]
-    assert kinds == {"1": ["mma-regs"], "0": ["mma"]}, kinds
+    cuda_ops.attention(q, k, v, ks, ke, qo, True, 0.125)  # warm-up (occupancy queries)
+    outs = []
+    names = _traced_kernels(tmp_path, lambda: outs.append(cuda_ops.attention(q, k, v, ks, ke, qo, True, 0.125)))
+    assert [_decode_kernel_kind(n) for n in names if _decode_kernel_kind(n)] == [want], names
     ref = _ref64(q, k, v, ks, ke, qo, True, 0.125)
     base_err = rel_err(_torch_baseline(q, k, v, ks, ke, qo, True, 0.125), ref)
-    for env, out in outs.items():
-        assert rel_err(out, ref) <= 2 * base_err + SLACK[torch.float16], (env, rel_err(out, ref), base_err)
+    assert rel_err(outs[0], ref) <= 2 * base_err + SLACK[torch.float16], (rel_err(outs[0], ref), base_err)

@@ -1,1 +1,0 @@
-"""Pieces of scripts/train_tiny_models.py (the embedded models' training), one concern per module."""
