@@ -28,7 +28,7 @@ TORCH_LIBRARY_IMPL(eet, CUDA, m) {
   m.impl("kv_append", &eet::bindings::kv_append);
   // Rotary position embedding of q and k: Llama / Mistral / Qwen2 / GPT-NeoX attention in the decode engine.
   m.impl("rotary", &eet::bindings::rotary);
-  // Small-batch (decode-step) linear layer, optional fused gelu_new: opt-in for GPT-2's Conv1Ds (EET_HF_SMALL_LINEAR).
+  // Small-batch (decode-step) linear layer, optional fused gelu_new: GPT-2's Conv1Ds at one row (gpt2_forward.py).
   m.impl("small_linear", &eet::bindings::small_linear);
   // Decode-step linear layers over nn.Linear weights (RMSNorm prologue; residual / gated / rotary + KV epilogues):
   // the fused Llama-family decoder step (eet_hf/engine/fused_decoder.py).

@@ -141,9 +141,10 @@ constexpr int64_t kSmallLinearMaxRows = 8;
 // splits of a tile form one thread block cluster (splits <= 8) and reduce through distributed shared memory.
 struct SmallLinearPlan {
   int64_t tiles, splits, k_chunk;
-  bool forced;  // splits set by EET_HF_SMALL_LINEAR_SPLITS (a sweep): not narrowed to the device's cluster fit
+  bool forced;  // splits set by the caller (the sanitizer harness): not narrowed to the device's cluster fit
 };
-SmallLinearPlan small_linear_plan(DType dtype, int64_t m, int64_t n, int64_t k, int num_sms);
+SmallLinearPlan small_linear_plan(DType dtype, int64_t m, int64_t n, int64_t k, int num_sms,
+                                  int64_t forced_splits = 0);
 
 struct SmallLinearParams {
   const void* x;       // [m, k], row stride ldx, last dim contiguous

@@ -266,7 +266,7 @@ cudaError_t dispatch_rows(const SmallLinearParams& p, const SmallLinearPlan& pla
 
 }  // namespace
 
-SmallLinearPlan small_linear_plan(DType dtype, int64_t m, int64_t n, int64_t k, int num_sms) {
+SmallLinearPlan small_linear_plan(DType dtype, int64_t m, int64_t n, int64_t k, int num_sms, int64_t forced_splits) {
   (void)m;
   const int64_t tile_cols = kColThreads * (dtype == DType::kFloat32 ? 4 : 8);
   SmallLinearPlan plan{std::max<int64_t>(ceil_div(n, tile_cols), 1), 1, std::max<int64_t>(k, 1), false};
@@ -276,9 +276,9 @@ SmallLinearPlan small_linear_plan(DType dtype, int64_t m, int64_t n, int64_t k, 
   int64_t splits = static_cast<int64_t>(kBlocksPerSm) * std::max(num_sms, 1) / plan.tiles;
   splits = std::min(splits, std::max<int64_t>(k / kMinKChunk, 1));
   splits = std::clamp<int64_t>(splits, 1, kMaxSplits);
-  // EET_HF_SMALL_LINEAR_SPLITS=s (read per call) forces s splits: for scripts/sweep_small_linear.py only.
-  if (const char* forced = std::getenv("EET_HF_SMALL_LINEAR_SPLITS")) {
-    splits = std::clamp<int64_t>(std::atoll(forced), 1, std::min<int64_t>(kMaxSplits, k));
+  // forced_splits > 0 (the sanitizer harness, tests/gpu/harness_small_linear.cu) takes every split count.
+  if (forced_splits > 0) {
+    splits = std::clamp<int64_t>(forced_splits, 1, std::min<int64_t>(kMaxSplits, k));
     plan.forced = true;
   }
   plan.k_chunk = ceil_div(k, splits);

@@ -15,25 +15,9 @@ def _qk(batch=32, heads=12, tokens=2048, head_dim=64, dtype=torch.float16):
 
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch):
-    monkeypatch.setattr(pb, "FIXED", None)
     pb.reset()
     yield
     pb.reset()
-
-
-@pytest.mark.parametrize(
-    "value, want",
-    [(None, None), ("", None), ("CUDNN_ATTENTION", "CUDNN_ATTENTION"), (" cudnn_attention ", "CUDNN_ATTENTION"),
-     ("math", "MATH")],
-)
-def test_fixed_backend_from_the_environment(value, want):
-    assert pb.fixed_from_env(value) == want
-
-
-def test_unknown_backend_name_warns_and_keeps_the_adaptive_rule(caplog):
-    with caplog.at_level("WARNING", logger="eet_hf"):
-        assert pb.fixed_from_env("cudnn-please") is None
-    assert "EET_HF_PREFILL_SDPA_FIRST='cudnn-please'" in caplog.text
 
 
 def test_threshold_is_the_plan_cost_over_the_estimated_saving():
@@ -89,14 +73,12 @@ def test_capture_switches_only_shapes_planned_outside_it(monkeypatch):
     assert [pb.first_backend(other_q, other_k, False) for _ in range(3)] == ["FLASH_ATTENTION"] * 3
 
 
-def test_compiling_and_fixed_backend_override_the_counts(monkeypatch):
+def test_compiling_overrides_the_counts(monkeypatch):
     q, k = _qk()
     for _ in range(pb.calls_before_cudnn(q, k, False) + 1):
         pb.first_backend(q, k, False)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert pb.first_backend(q, k, False) == "FLASH_ATTENTION"
-    monkeypatch.setattr(pb, "FIXED", "EFFICIENT_ATTENTION")
-    assert pb.first_backend(q, k, False) == "EFFICIENT_ATTENTION"
 
 
 def test_tracked_shapes_are_bounded(monkeypatch):

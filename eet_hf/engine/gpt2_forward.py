@@ -8,7 +8,6 @@ sequence), and can be captured in a CUDA graph. Matches HF's GPT2LMHeadModel wit
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -100,24 +99,20 @@ def gpt2_weights(model: nn.Module, gelu: str) -> GPT2Weights:
 
 
 # Which Conv1Ds of a forward run on eet's small_linear kernel instead of cuBLAS (c_fc with gelu_new fused). Measured
-# on the H200 (scripts/sweep_small_linear.py, fp16): at one row it beats torch.addmm on weights up to ~2.6M elements
-# (GPT-2 small's four, XL's attn_proj: 4.4-6.7 us against 5.2-7.7) and loses on larger ones (XL's c_attn, c_fc,
-# mlp_proj: 10-12 us against 8-11), and at 8 rows it is 1.5-3x slower everywhere. Being one PDL-launched kernel,
-# it also lets its neighbours (layer norm, KV append, attention) overlap it. EET_HF_SMALL_LINEAR (read once, at
-# import): "0" never, "1" every forward of at most 8 rows (experiments), anything else the measured rule.
-_SMALL_LINEAR_MODE = os.environ.get("EET_HF_SMALL_LINEAR", "auto")
+# on the H200 (fp16; evaluation/results/small-linear-splits-h200.md): at one row it beats torch.addmm on weights up
+# to ~2.6M elements (GPT-2 small's four, XL's attn_proj: 4.4-6.7 us against 5.2-7.7) and loses on larger ones (XL's
+# c_attn, c_fc, mlp_proj: 10-12 us against 8-11), and at 8 rows it is 1.5-3x slower everywhere. Being one
+# PDL-launched kernel, it also lets its neighbours (layer norm, KV append, attention) overlap it.
 _SMALL_LINEAR_MAX_WEIGHT = 4 * 2**20  # elements: between the measured wins (<= 2.6M) and losses (>= 7.7M)
 
 
 def _small_linear_applies(x2d: torch.Tensor) -> bool:
-    """May this forward's Conv1Ds use small_linear at all (device, dtype, rows)?"""
-    if _SMALL_LINEAR_MODE == "0" or not x2d.is_cuda or x2d.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    return x2d.shape[0] <= (8 if _SMALL_LINEAR_MODE == "1" else 1)
+    """May this forward's Conv1Ds use small_linear at all (device, dtype, one row)?"""
+    return x2d.is_cuda and x2d.dtype in (torch.float16, torch.bfloat16) and x2d.shape[0] <= 1
 
 
 def _use_small(module: nn.Module, small: bool) -> bool:
-    return small and (_SMALL_LINEAR_MODE == "1" or module.weight.numel() <= _SMALL_LINEAR_MAX_WEIGHT)
+    return small and module.weight.numel() <= _SMALL_LINEAR_MAX_WEIGHT
 
 
 def _conv1d(module: nn.Module, x2d: torch.Tensor, small: bool = False) -> torch.Tensor:

@@ -6,7 +6,7 @@ Measured on the H200 (torch 2.11+cu130, cuDNN 9.19):
   it is faster for bidirectional attention (0.78x at BERT-base batch 32, 0.94x at BERT-large batch 32) and not for
   causal (1.02x at GPT-2 batch 8), so the minimum length depends on causality;
 - but its first call at each new shape builds an execution plan, 37-71 ms, where flash's first call takes
-  0.05-1.6 ms (sdpa-first-call-h200.md, scripts/probe_sdpa_first_call.py): cuDNN repays that after 77 (BERT batch
+  0.05-1.6 ms (sdpa-first-call-h200.md): cuDNN repays that after 77 (BERT batch
   32, 2048 tokens) to ~1500 calls of one shape at 2048 tokens, and after thousands at 512.
 
 So the choice is a rent-or-buy one, made per exact shape: flash until the shape has run often enough that the time
@@ -18,13 +18,11 @@ Only shapes where cuDNN won at steady state qualify: 16-bit, head_dim 64 or 128,
 
 Inside CUDA-graph capture a shape switches only if its cuDNN plan was already built outside the capture (a plan
 build during capture is not something to rely on); under torch.compile nothing is counted and flash is used.
-EET_HF_PREFILL_SDPA_FIRST=<SDPBackend name> fixes the backend instead (an unknown name warns once, then this rule).
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -37,23 +35,6 @@ CUDNN_MIN_TOKENS = 512  # causal, shorter: cuDNN not faster (GPT-2 batch 8 at 12
 CUDNN_MIN_TOKENS_BIDIRECTIONAL = 128  # non-causal: faster from 128 tokens (BERT base / large batch 32: 0.78x / 0.94x)
 MAX_TRACKED_SHAPES = 4096  # the call counts are forgotten beyond this many shapes (a bound on memory)
 
-
-def fixed_from_env(value: str | None) -> str | None:
-    """The backend an EET_HF_PREFILL_SDPA_FIRST value names, None when unset (the adaptive rule); an unknown name
-    is reported once and the adaptive rule applies."""
-    if value is None or not value.strip():
-        return None
-    name = value.strip().upper()
-    if name in USUAL_ORDER:
-        return name
-    from .._log import warn_once
-
-    warn_once(f"EET_HF_PREFILL_SDPA_FIRST={value!r} is not one of {', '.join(USUAL_ORDER)}; "
-              "using the adaptive flash / cuDNN rule")
-    return None
-
-
-FIXED = fixed_from_env(os.environ.get("EET_HF_PREFILL_SDPA_FIRST"))  # read once
 
 _calls: dict[tuple, int] = {}  # eager calls per shape key
 
@@ -79,8 +60,6 @@ def _capturing(q: torch.Tensor) -> bool:
 
 def first_backend(q: torch.Tensor, k: torch.Tensor, causal: bool) -> str:
     """The backend to try first for this call (and count the call)."""
-    if FIXED is not None:
-        return FIXED
     if torch.compiler.is_compiling():
         return "FLASH_ATTENTION"
     threshold = calls_before_cudnn(q, k, causal)

@@ -3,7 +3,7 @@
 //
 //   nvcc -std=c++17 -O2 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -o /tmp/harness tests/gpu/harness_small_linear.cu \
 //     csrc/small_linear.cu csrc/cluster_fit.cu csrc/pdl.cu
-//   EET_HF_SMALL_LINEAR_SPLITS=8 compute-sanitizer --tool racecheck /tmp/harness <m> <n> <k>
+//   compute-sanitizer --tool racecheck /tmp/harness <m> <n> <k> [splits]    (splits: forced K splits, 0: the plan's)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
   int dev = 0, sms = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  const eet::SmallLinearPlan plan = eet::small_linear_plan(eet::DType::kFloat16, m, n, k, sms);
+  const int64_t forced_splits = argc > 4 ? atoll(argv[4]) : 0;
+  const eet::SmallLinearPlan plan = eet::small_linear_plan(eet::DType::kFloat16, m, n, k, sms, forced_splits);
   eet::SmallLinearParams p{x, w, b, out, m, n, k, k, n, eet::LinearActivation::kNone};
   cudaError_t e = eet::small_linear(eet::DType::kFloat16, p, plan, nullptr);
   if (e == cudaSuccess) e = cudaDeviceSynchronize();

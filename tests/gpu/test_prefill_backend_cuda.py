@@ -22,7 +22,6 @@ def _kernel_names(fn) -> list[str]:
 
 @pytest.fixture
 def fresh_counts(monkeypatch):
-    monkeypatch.setattr(pb, "FIXED", None)
     pb.reset()
     yield
     pb.reset()
