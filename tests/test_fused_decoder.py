@@ -180,3 +180,24 @@ def test_decode_ops_have_fakes():
     x = torch.randn(2, 16, device="meta")
     assert torch.ops.eet.decode_linear(x, torch.randn(32, 16, device="meta"), None, None, 0.0, None,
                                        "silu_mul").shape == (2, 16)
+
+
+def test_model_whose_kernels_fail_the_probe_step_runs_hf_layers(monkeypatch, caplog):
+    """build() checks the fused kernels against their references on a probe step (on CUDA); a disagreement puts
+    HF's layers in the engine instead, logged, and generate still gives HF's tokens."""
+    from eet_hf.engine.hf_layers_forward import HFDecoderStack
+
+    monkeypatch.setattr(fused_decoder, "kernel_check", lambda view: "its kernels' logits differ (simulated)")
+    hf = _model("llama")
+    model = eet_hf.accelerate(copy.deepcopy(hf))
+    ids = torch.randint(1, VOCAB, (2, 5))
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    with caplog.at_level("WARNING", logger="eet_hf"), torch.no_grad():
+        assert torch.equal(model.generate(ids, **kwargs), hf.generate(ids, **kwargs))
+    assert isinstance(model.__dict__[ENGINE_ATTR].view, HFDecoderStack)
+    assert "simulated" in caplog.text
+
+
+def test_kernel_check_is_a_no_op_off_cuda():
+    view = fused_decoder.build(_model("llama"))
+    assert isinstance(view, fused_decoder.FusedDecoder) and fused_decoder.kernel_check(view) is None

@@ -30,7 +30,7 @@ def _cache_kwarg(layer: nn.Module) -> str | None:
 
 
 def _llama_like(model: nn.Module) -> dict:
-    """Llama, Mistral, Qwen2: embed_tokens -> layers(rotary) -> norm -> lm_head."""
+    """Llama, Mistral, Qwen2, Qwen3, Phi-3: embed_tokens -> layers(rotary) -> norm -> lm_head."""
     base = model.model
     return dict(embed=lambda tokens, positions: base.embed_tokens(tokens), rotary=base.rotary_emb,
                 layers=tuple(base.layers[: model.config.num_hidden_layers]), final=base.norm, max_positions=None)
@@ -66,6 +66,8 @@ FAMILIES: dict[str, Callable[[nn.Module], dict]] = {
     "llama": _llama_like,
     "mistral": _llama_like,
     "qwen2": _llama_like,
+    "qwen3": _llama_like,
+    "phi3": _llama_like,
     "gpt_neox": _gpt_neox,
     "opt": _opt,
 }

@@ -26,6 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from eet_hf import ops
+from eet_hf._log import warn_once
+from eet_hf.ops import decode as decode_ops
 from eet_hf.ops import reference
 from eet_hf.patches.decoder_records import RECORDS, DecoderRecord
 
@@ -250,8 +252,52 @@ def refusal(model: nn.Module) -> str | None:
         return _probe_refusal(model, record)
 
 
-def build(model: nn.Module) -> FusedDecoder:
-    """The engine's view of `model`; packs q/k/v and gate/up (views, no extra memory) when not packed yet."""
+def build(model: nn.Module):
+    """The engine's view of `model`: the fused step (q/k/v and gate/up packed as views when not packed yet), or, if
+    its kernels disagree with their references on a probe step (`kernel_check`), HF's layers in the engine."""
+    view = _build(model)
+    reason = kernel_check(view)
+    if reason is None:
+        return view
+    warn_once(f"fused decoder step on {model.config.model_type}: {reason}; HF's decoder layers run in eet's loop")
+    return decoder_families.decoder_stack(model)
+
+
+def kernel_check(view: FusedDecoder) -> str | None:
+    """One prompt and one decode step of batch 2 on a small private cache, the decode step run twice: on the kernels
+    and on the ops' references (HF's arithmetic through torch). None when logits and written keys/values agree
+    within the dtype's rounding; otherwise why not. Only where kernels run (CUDA, fp16/bf16); once per model view."""
+    if view.device.type != "cuda" or view.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    device, batch, prompt = view.device, 2, 8
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    tokens = torch.randint(0, view.vocab, (batch, prompt + 1), generator=generator).to(device)
+    positions = torch.arange(prompt + 1, device=device).expand(batch, -1)
+    kv = torch.zeros(view.num_layers, 2, batch, view.kv_heads, 16, view.head_dim, dtype=view.dtype, device=device)
+
+    def bounds(write: int, end: int, offset: int) -> StepBounds:
+        full = lambda v: torch.full((batch,), v, dtype=torch.int32, device=device)  # noqa: E731
+        return StepBounds(write_pos=full(write), kv_start=full(0), kv_end=full(end), q_offset=full(offset))
+
+    with torch.no_grad():
+        view.forward_last_logits(tokens[:, :prompt], positions[:, :prompt], kv, bounds(0, prompt, 0), padded=False)
+        kv_ref = kv.clone()
+        step = bounds(prompt, prompt + 1, prompt)
+        fast = view.forward_last_logits(tokens[:, prompt:], positions[:, prompt:], kv, step).float()
+        with decode_ops.reference_only():
+            ref = view.forward_last_logits(tokens[:, prompt:], positions[:, prompt:], kv_ref, step).float()
+    tolerance = 2e-2 if view.dtype == torch.float16 else 6e-2
+    for what, got, want in (("logits", fast, ref), ("keys/values", kv[..., prompt, :].float(),
+                                                       kv_ref[..., prompt, :].float())):
+        if not bool(torch.isfinite(got).all()):
+            return f"its kernels wrote non-finite {what} on a probe step"
+        error = float((got - want).norm() / want.norm().clamp_min(1e-30))
+        if error > tolerance:
+            return f"its kernels' {what} differ from the reference by {error:.3g} (relative) on a probe step"
+    return None
+
+
+def _build(model: nn.Module) -> FusedDecoder:
     record = RECORDS[model.config.model_type]
     parts = _parts(model, record)
     layers = []

@@ -13,6 +13,10 @@ ops, which reproduce HF's roundings), so on CUDA prompts run on cuBLAS and on CP
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 from torch.nn import functional as F
 
@@ -127,12 +131,28 @@ def _decode_qkv_rope_fake(x, weight, bias, norm_weight, eps, cos, sin, k_cache, 
     return x.new_empty((batch, heads_q, seq, weight.shape[0] // (heads_q + 2 * heads_kv)))
 
 
+_REFERENCE_ONLY = contextvars.ContextVar("eet_decode_reference_only", default=False)
+
+
+@contextlib.contextmanager
+def reference_only() -> Iterator[None]:
+    """Within the block the decode ops run their references, kernels or not: the fused decoder checks its kernels
+    against them on a probe step before it takes a model (eet_hf/engine/fused_decoder.py)."""
+    token = _REFERENCE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE_ONLY.reset(token)
+
+
 def _aligned(t: torch.Tensor) -> bool:
     return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.dim() == 1 or t.stride(-2) % 8 == 0)
 
 
 def _kernel_takes(x2d: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None) -> bool:
     """Does the tensor-core kernel take this call? Checked on shapes and addresses only (no device sync)."""
+    if _REFERENCE_ONLY.get():
+        return False
     if not (x2d.is_cuda and x2d.dtype in (torch.float16, torch.bfloat16) and 1 <= x2d.shape[0] <= MAX_KERNEL_ROWS):
         return False
     if x2d.shape[-1] % 8 or weight.shape[0] % 16 or weight.dtype != x2d.dtype:
@@ -170,7 +190,7 @@ def qkv_rope_append(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torc
                     write_pos: torch.Tensor, heads_q: int, heads_kv: int) -> torch.Tensor:
     """[Per-head q/k RMSNorm +] rotary + KV write; see qkv_rope_append_reference. qkv: [batch, seq, width]."""
     head_dim = qkv.shape[-1] // (heads_q + 2 * heads_kv)
-    kernel = (qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16, torch.float32) and qkv.is_contiguous()
+    kernel = (not _REFERENCE_ONLY.get() and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16, torch.float32) and qkv.is_contiguous()
               and head_dim <= 256 and head_dim % 2 == 0 and cos.shape[-1] == head_dim and cos.is_contiguous()
               and sin.is_contiguous() and qkv.shape[0] * qkv.shape[1] <= 65535 and ensure_loaded())
     op = torch.ops.eet.qkv_rope_append if kernel else qkv_rope_append_reference

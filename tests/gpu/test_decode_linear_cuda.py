@@ -146,3 +146,26 @@ def test_qkv_rope_append_matches_reference(cuda_ops, dtype, heads, kv_heads, hea
         assert torch.equal(torch.isnan(got), torch.isnan(ref))
         written = ~torch.isnan(ref)
         assert rel_err(got[written], ref[written]) <= tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_decoder_kernel_check_passes_and_catches_a_wrong_kernel(cuda_ops, dtype, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from eet_hf.engine import fused_decoder
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=1024)
+    model = LlamaForCausalLM(config).to("cuda", dtype).eval()
+    view = fused_decoder._build(model)
+    assert fused_decoder.kernel_check(view) is None
+    real = torch.ops.eet.decode_linear
+
+    def off_by_a_bit(*args):
+        out = real(*args)
+        return out * 1.25
+
+    monkeypatch.setattr(torch.ops.eet, "decode_linear", off_by_a_bit)
+    reason = fused_decoder.kernel_check(view)
+    assert reason is not None and "differ" in reason
