@@ -88,6 +88,11 @@ def eet_mask(
     **kwargs: Any,
 ) -> SeqBounds | torch.Tensor | None:
     """HF mask interface: SeqBounds when the mask is expressible by bounds, else HF's sdpa mask."""
+    if isinstance(attention_mask, SeqBounds):  # made by this function already: generate() prepares static caches'
+        if (attention_mask.q_len, attention_mask.kv_len) != (q_length, kv_length):
+            raise ValueError(f"eet_hf: a prepared eet mask for {attention_mask.q_len} queries and "
+                             f"{attention_mask.kv_len} keys was passed to a forward with {q_length} and {kv_length}")
+        return attention_mask
     window = _sliding_causal_window(mask_function)
     if window is not None and _window_hides_nothing(window, q_length, q_offset, kv_offset):
         mask_function = causal_mask_function  # e.g. Mistral's 4096-token window on shorter sequences
