@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 from torch._dynamo.backends.debugging import aot_eager
-from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import BertModel, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 from transformers.generation import CompileConfig
 
 import eet_hf
@@ -21,7 +21,7 @@ from eet_hf import attention as eet_attention
 from eet_hf import ops
 from eet_hf.bounds import from_padding_mask
 
-from .helpers import gpt2_config
+from .helpers import bert_config, gpt2_config
 
 SPECIALS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, vocab_size=100, max_position_embeddings=128)
 MODELS = {
@@ -69,7 +69,10 @@ def test_static_cache_generate_gives_hf_tokens(family, attention_calls):
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_compiled_forward_static_cache_generate_gives_hf_tokens(family):
     """HF's compiled decode step (fullgraph, the static-cache compile path HF takes on GPUs) with eet's forwards:
-    one graph for every step, eet's ops inside it, HF's tokens. aot_eager traces what inductor would compile."""
+    one graph for every step, eet's ops inside it, HF's tokens. aot_eager traces what inductor would compile.
+    An accelerated BERT in the process first: its weight-signature hooks on module registration must not become
+    guards of other models' compiled forwards (they recompiled Llama at every step)."""
+    eet_hf.accelerate(BertModel(bert_config()).eval())
     plain = MODELS[family]().eval()
     accelerated = eet_hf.accelerate(copy.deepcopy(plain))
     ids, mask = _prompt()
