@@ -98,6 +98,11 @@ def eet_mask(
     **kwargs: Any,
 ) -> SeqBounds | DenseMask:
     """HF mask interface: SeqBounds when the mask is expressible by bounds, else HF's boolean sdpa mask, wrapped."""
+    if isinstance(attention_mask, (SeqBounds, DenseMask)):  # made here already: generate() prepares static caches'
+        if tuple(attention_mask.shape[-2:]) != (q_length, kv_length):
+            raise ValueError(f"eet_hf: a prepared eet mask for {attention_mask.shape[-2]} queries and "
+                             f"{attention_mask.shape[-1]} keys was passed to a forward with {q_length} and {kv_length}")
+        return attention_mask
     # dynamo cannot read a closure built inside the compiled region: while compiling, a sliding-window mask is
     # HF's mask (correct; only the window-hides-nothing shortcut to eet's kernels is lost).
     window = None if _is_compiling() else _sliding_causal_window(mask_function)

@@ -29,6 +29,20 @@ class SeqBounds:
     # fastest dense kernel for unpadded prefill; True (the safe default) keeps the bounds kernel.
     padded: bool = True
 
+    # HF treats a mask function's output as a mask tensor in a few places: generate() prepares the mask of a
+    # compileable (static) cache before the forward and passes it in as `attention_mask`, and the model then asks
+    # `attention_mask.ndim` (GPT-2: `< 4`; masking_utils: `== 2`, a 2-D padding mask to convert). The bounds
+    # describe HF's 4-D [batch, 1, q_len, kv_len] mask, and say so; eet's mask function passes them through.
+    ndim = 4
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the HF mask these bounds stand for: [batch, 1, q_len, kv_len]."""
+        return torch.Size((self.kv_start.shape[0], 1, self.q_len, self.kv_len))
+
+    def dim(self) -> int:
+        return self.ndim
+
     def to(self, device: torch.device | str | int, non_blocking: bool = False) -> SeqBounds:
         """The same bounds on `device`. accelerate's dispatch hooks (device_map across GPUs) move a block's
         inputs with `.to`, so a block on another GPU gets its bounds there, as HF's mask tensors would be."""
@@ -63,6 +77,16 @@ class DenseMask:
     attention in the format of the implementation it calls (eager adds a float mask)."""
 
     mask: torch.Tensor
+
+    # As SeqBounds: HF asks a prepared (static-cache) mask for its ndim / shape.
+    ndim = 4
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.mask.shape
+
+    def dim(self) -> int:
+        return self.ndim
 
     def to(self, device: torch.device | str | int, non_blocking: bool = False) -> DenseMask:
         """The same mask on `device` (accelerate's dispatch hooks move a block's inputs with `.to`)."""

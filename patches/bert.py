@@ -65,6 +65,10 @@ def _packed_refusal(self, hidden_states, attention_mask, args, kwargs) -> str | 
         return f"arguments {sorted(extra)}"
     if _outputs_requested():
         return "output_hidden_states / output_attentions"
+    if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())):
+        # The packed path reads Q/K/V through detached views of one buffer and may replay a CUDA graph: neither
+        # carries gradients. The per-layer path runs eet's ops, which have a backward.
+        return "gradients required (grad mode on, parameters or inputs require grad)"
     if attention_mask is not None and not (isinstance(attention_mask, SeqBounds) and not attention_mask.causal):
         return "a mask that is not plain padding"
     if hidden_states.dim() != 3 or hidden_states.dtype != self.layer[0].output.dense.weight.dtype:

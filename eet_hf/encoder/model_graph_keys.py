@@ -61,7 +61,12 @@ _WATCHING = [False]
 
 
 def _bump(*_: Any) -> None:
-    _GENERATION[0] += 1
+    # Not while dynamo traces: HF's forwards register modules (Llama slices its ModuleList of layers), and a counter
+    # bumped inside a compiled region becomes a guard that fails on the next call, so every model compiled in this
+    # process (accelerated or not) would recompile at every step. A registration inside a compiled forward creates
+    # temporary containers, never a model's parameter.
+    if not torch.compiler.is_compiling():
+        _GENERATION[0] += 1
 
 
 def _watch_registrations() -> None:

@@ -11,7 +11,8 @@ import os
 
 import torch
 
-from . import _library, prefill_backend, reference  # noqa: F401  (_library declares the torch.ops.eet schemas)
+# _library declares the torch.ops.eet schemas, autograd registers their backward.
+from . import _library, autograd, prefill_backend, reference  # noqa: F401
 from ._build import build_info, ensure_loaded
 from .decode import decode_linear, decode_qkv_rope, qkv_rope_append
 
@@ -44,10 +45,23 @@ def _prepare(t: torch.Tensor) -> None:
         ensure_loaded()
 
 
+def _run(op, *args):
+    """op(*args). With grad mode off, past the op's Autograd kernel (autograd.py): it is Python, about 3 us a
+    call, and has nothing to record then. Under torch.compile the plain call, which dynamo traces."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def _grad_needed(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """LayerNorm over the last dim. x: [..., hidden] -> [..., hidden]."""
     _prepare(x)
-    return _ops.layer_norm(x, weight, bias, eps)
+    return _run(_ops.layer_norm, x, weight, bias, eps)
 
 
 def add_layer_norm(
@@ -55,13 +69,13 @@ def add_layer_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(LayerNorm(x + residual), x + residual), one pass. x, residual: [..., hidden]."""
     _prepare(x)
-    return _ops.add_layer_norm(x, residual, weight, bias, eps)
+    return _run(_ops.add_layer_norm, x, residual, weight, bias, eps)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, HF Llama order (normalize, round, then * weight). x: [..., hidden] -> same."""
     _prepare(x)
-    return _ops.rms_norm(x, weight, eps)
+    return _run(_ops.rms_norm, x, weight, eps)
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,13 +83,13 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     cos, sin [batch or 1, seq, rot] (rot <= head_dim, even; dims past rot pass through), in one kernel, with HF's
     roundings. Returns (q_embed, k_embed) shaped as q and k."""
     _prepare(q)
-    return _ops.rotary(q, k, cos, sin)
+    return _run(_ops.rotary, q, k, cos, sin)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
     """gelu(x + bias). x: [..., cols]; bias: [cols]; approximate 'tanh' (gelu_new) or 'none' (erf)."""
     _prepare(x)
-    return _ops.bias_gelu(x, bias, approximate)
+    return _run(_ops.bias_gelu, x, bias, approximate)
 
 
 def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
@@ -83,7 +97,7 @@ def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     x: [rows <= 8, in], last dim contiguous; weight: [in, out] (Conv1D layout); bias: [out] or None; activation
     'none' or 'tanh_staged' (HF gelu_new with its roundings, as linear_gelu's). Returns [rows, out] in x's dtype."""
     _prepare(x)
-    return _ops.small_linear(x, weight, bias, activation)
+    return _run(_ops.small_linear, x, weight, bias, activation)
 
 
 def linear_gelu(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
@@ -92,8 +106,9 @@ def linear_gelu(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, app
     if approximate == "tanh_staged":
         # HF's gelu_new rounds the GEMM + bias output to the storage dtype first (Conv1D / Linear is addmm).
         out = bias_gelu(torch.addmm(bias, x2d, weight_t), None, approximate)
-    elif x.is_cuda and approximate == "tanh" and x.dtype != torch.float32:
-        # cuBLASLt fuses bias + tanh-GELU into the GEMM epilogue: one pass over the activations fewer.
+    elif x.is_cuda and approximate == "tanh" and x.dtype != torch.float32 and not _grad_needed(x, weight_t, bias):
+        # cuBLASLt fuses bias + tanh-GELU into the GEMM epilogue: one pass over the activations fewer (it has
+        # no derivative in torch, so calls that need gradients take bias_gelu's).
         out = torch._addmm_activation(bias, x2d, weight_t, use_gelu=True)
     else:
         out = bias_gelu(torch.mm(x2d, weight_t), bias, approximate)
@@ -127,7 +142,7 @@ def attention(
                 q, k, v, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
             )
         return dense.transpose(1, 2)
-    return _ops.attention(q, k, v, kv_start, kv_end, q_offset, causal, scale)
+    return _run(_ops.attention, q, k, v, kv_start, kv_end, q_offset, causal, scale)
 
 
 _SDPA_ENABLED = {
@@ -202,7 +217,7 @@ def attention_varlen(
             q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, causal, False, scale=scale
         )[0]
         return out
-    return _ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, causal, scale)
+    return _run(_ops.attention_varlen, q, k, v, cu_seqlens, max_seqlen, causal, scale)
 
 
 def embedding(
@@ -211,7 +226,7 @@ def embedding(
     """wte[input_ids] + wpe[position_ids] (fp32 add, one rounding). ids, positions: int64/int32 [batch, seq];
     wte: [vocab, hidden]; wpe: [positions, hidden] or None. Returns [batch, seq, hidden]; out-of-range rows NaN."""
     _prepare(wte)
-    return _ops.embedding(input_ids, position_ids, wte, wpe)
+    return _run(_ops.embedding, input_ids, position_ids, wte, wpe)
 
 
 def kv_append(
@@ -227,4 +242,4 @@ def kv_append(
     skipped) and returns q. qkv: [batch, seq, (heads_q + 2 * heads_kv) * head_dim]; k_cache, v_cache:
     [batch, heads_kv, cache_len, head_dim], mutated; write_pos: int32 [batch]. Returns [batch, heads_q, seq, head_dim]."""
     _prepare(qkv)
-    return _ops.kv_append(qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv)
+    return _run(_ops.kv_append, qkv, bias, k_cache, v_cache, write_pos, heads_q, heads_kv)

@@ -2,7 +2,8 @@
 
 Each op is registered with its reference implementation for all devices (CompositeExplicitAutograd) and a
 fake implementation for torch.compile. When the CUDA extension is built, csrc/bindings.cpp adds a CUDA
-kernel for the same schema, which the dispatcher prefers for CUDA tensors.
+kernel for the same schema, which the dispatcher prefers for CUDA tensors. autograd.py registers each op's
+backward (the reference's gradient) at the Autograd key.
 """
 
 from __future__ import annotations

@@ -133,6 +133,33 @@ def attention_varlen(
     return out
 
 
+def attention_varlen_masked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """attention_varlen (same arguments, same result) as one masked attention over all tokens: a token sees the
+    keys of its own sequence, found by segment ids from cu_seqlens without a host read, so this traces under
+    torch.compile, at the price of a [heads, tokens, tokens] score matrix. eet::attention_varlen's backward
+    differentiates this form (ops/autograd.py); the arguments were checked by the forward."""
+    tokens, heads_q, _ = q.shape
+    groups = heads_q // k.shape[1]
+    idx = torch.arange(tokens, device=q.device, dtype=cu_seqlens.dtype)
+    segment = torch.searchsorted(cu_seqlens[1:].contiguous(), idx, right=True)  # [tokens]: its sequence
+    visible = segment.view(-1, 1) == segment.view(1, -1)  # [query token, key token]
+    if causal:
+        visible = visible & (idx.view(1, -1) <= idx.view(-1, 1))
+    kf = k.float().repeat_interleave(groups, dim=1)
+    vf = v.float().repeat_interleave(groups, dim=1)
+    scores = torch.einsum("thd,shd->hts", q.float(), kf) * scale
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)  # every token sees itself
+    return torch.einsum("hts,shd->thd", probs, vf).to(q.dtype)
+
+
 def embedding(
     input_ids: torch.Tensor, position_ids: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor | None
 ) -> torch.Tensor:
