@@ -7,7 +7,6 @@ under torch.compile and CUDA graph capture. Shapes are given in each docstring.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
@@ -168,10 +167,6 @@ def _sdpa_priority(first: str):
     return sdpa_kernel(backends or [SDPBackend.MATH], set_priority=True)
 
 
-# EET_HF_ATTENTION_VARLEN=eet forces eet's own varlen kernel (benchmarks, tests); the default prefers torch's.
-_VARLEN_BACKEND = os.environ.get("EET_HF_ATTENTION_VARLEN", "auto")
-
-
 def _torch_flash_varlen_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """torch's varlen flash kernel takes these inputs (fp16/bf16 on sm80+, head_dim % 8 == 0, <= 256)."""
     return (
@@ -198,7 +193,7 @@ def attention_varlen(
     max_seqlen: int,
     causal: bool,
     scale: float,
-    backend: str = _VARLEN_BACKEND,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Attention over packed sequences (see reference.attention_varlen).
 
