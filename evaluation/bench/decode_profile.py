@@ -104,18 +104,21 @@ def copy_gbps(device: str) -> float:
     return 2 * x.numel() / (ms * 1e-3) / 1e9
 
 
-def _graph(model) -> torch.cuda.CUDAGraph:
+def _graph(model):
+    """The decode graph eet's generate captured, and the state tensors it reads."""
     from eet_hf.engine.generate import ENGINE_ATTR
 
     graphs = model.__dict__[ENGINE_ATTR].engine._graphs
     if not graphs:
         raise RuntimeError("eet captured no decode graph (its loop did not run: see the eet_hf log)")
-    return next(reversed(graphs.values()))[0]
+    graph, state, _ = next(reversed(graphs.values()))
+    return graph, state
 
 
-def _replay_us(graph: torch.cuda.CUDAGraph, repeats: int = 50) -> float:
+def _replay_us(graph: torch.cuda.CUDAGraph, rewind, repeats: int = 50) -> float:
     for _ in range(5):
         graph.replay()
+    rewind()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(repeats):
@@ -150,14 +153,18 @@ def one_case(ctx: RunContext, shape: S.ModelShape, batch: int, ceiling: float | 
     eet_hf.accelerate(model)
     ids = torch.randint(1, min(model.config.vocab_size, 50000), (batch, PROMPT), device=ctx.device)
     kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-    with torch.inference_mode():
+    with torch.inference_mode():  # a cache with room for the 60 replays measured below
         model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kwargs)
     rows = []
     if ctx.device == "cuda":
         from torch.profiler import ProfilerActivity
 
-        graph = _graph(model)
-        step_us = _replay_us(graph)
+        graph, state = _graph(model)
+        # Replays advance the step's counters (slot, position): each measurement starts from the generate's last
+        # step again, so positions stay inside the cache and its rotary table.
+        counters = state.counters.clone()
+        step_us = _replay_us(graph, lambda: state.counters.copy_(counters))
+        state.counters.copy_(counters)
         kernels = _profile(graph.replay, 10, ProfilerActivity.CUDA)
         steps = 10
         bytes_needed = step_bytes(model, batch, PROMPT + 4)

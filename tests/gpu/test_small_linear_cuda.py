@@ -258,11 +258,9 @@ def test_raw_op_argument_error_raises_without_crashing(cuda_ops, bad):
     )
 
 
-@pytest.mark.parametrize("mode", ["auto", "0"])
-def test_engine_default_rule_uses_small_linear_at_batch_1_only(cuda_ops, mode, monkeypatch):
-    """The default rule (gpt2_forward._SMALL_LINEAR_MODE "auto"): decode steps of one row run every Conv1D whose
-    weight has at most 4M elements on small_linear, 8 rows never; "0" never. (Agreement of the tokens with HF is the
-    experiment-mode test's, above, which runs the op in every decode step.)"""
+def test_engine_rule_uses_small_linear_at_batch_1_only(cuda_ops, monkeypatch):
+    """The measured rule (gpt2_forward._use_small): decode steps of one row run every Conv1D whose weight has at most
+    4M elements on small_linear, 8 rows never."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import eet_hf
@@ -273,16 +271,12 @@ def test_engine_default_rule_uses_small_linear_at_batch_1_only(cuda_ops, mode, m
     calls = []
     real = gpt2_forward.ops.small_linear
     monkeypatch.setattr(gpt2_forward.ops, "small_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
-    monkeypatch.setattr(gpt2_forward, "_SMALL_LINEAR_MODE", mode)
     model = eet_hf.accelerate(GPT2LMHeadModel(config).to("cuda", torch.float16).eval())
     ids = torch.randint(1, 1000, (8, 12), device="cuda")
     kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         model.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), **kwargs)
-        if mode == "auto":
-            assert calls and set(calls) == {1}, calls[:8]
-        else:
-            assert not calls
+        assert calls and set(calls) == {1}, calls[:8]
         calls.clear()
         model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    assert not calls, "8 rows: the default rule keeps cuBLAS"
+    assert not calls, "8 rows: the rule keeps cuBLAS"
