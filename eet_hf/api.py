@@ -35,6 +35,19 @@ def _device_type(model: torch.nn.Module) -> str:
     return param.device.type if param is not None else "cpu"
 
 
+def _check_model(model: Any, entry: str) -> None:
+    """TypeError naming what `entry` got when `model` is not a torch module (a model name, None, a tensor, ...)."""
+    if isinstance(model, torch.nn.Module):
+        return
+    path = repr(model[:200]) if isinstance(model, str) else "path"
+    got = f"str {path} (a name or path, not a model)" if isinstance(model, str) else type(model).__name__
+    raise TypeError(
+        f"eet_hf.{entry} expects a loaded transformers model (a PreTrainedModel), got {got}; load it first, e.g. "
+        f"model = AutoModelForCausalLM.from_pretrained({path}) (or AutoModel / AutoModelForSequenceClassification "
+        f"...), then eet_hf.{entry}(model)"
+    )
+
+
 def _kernels(model: torch.nn.Module) -> str:
     return "cuda" if _device_type(model) == "cuda" and ops.ensure_loaded() else "reference"
 
@@ -48,6 +61,7 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
     permanently; call it on every rank with the same inputs, see eet_hf/distributed.py).
     Calling it again with the same options does nothing; with other options it re-applies them.
     """
+    _check_model(model, "accelerate")
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise TypeError(f"eet_hf.accelerate: unknown option(s) {unknown}; known options: {sorted(DEFAULT_OPTIONS)}")
@@ -98,6 +112,7 @@ def _apply(model: torch.nn.Module, ctx: PatchContext, adapter) -> None:
 def restore(model: torch.nn.Module) -> torch.nn.Module:
     """Undo accelerate(): HF's own forwards, attention and config again. Harmless on a plain model.
     Raises EetUnsupportedError, changing nothing, on a model split by accelerate(tensor_parallel=...)."""
+    _check_model(model, "restore")
     distributed.refuse_restore(model)
     state = model.__dict__.pop(_STATE, None)
     if state is not None:
@@ -107,6 +122,7 @@ def restore(model: torch.nn.Module) -> torch.nn.Module:
 
 def explain(model: torch.nn.Module) -> Report:
     """What accelerate() rewired (`.accelerated`) and what it left to HF (`.fallbacks`, path -> reason)."""
+    _check_model(model, "explain")
     state = model.__dict__.get(_STATE)
     if state is None:
         return Report(model_type=getattr(getattr(model, "config", None), "model_type", type(model).__name__),
