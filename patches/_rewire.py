@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import types
 from collections.abc import Callable
 from typing import Any
@@ -95,7 +96,7 @@ def hf_generate_while_offloaded(model: nn.Module, ctx: PatchContext) -> None:
     device_map offload) keep weights on the meta device between calls, HF's generate runs instead, on eet's fused
     forwards (around which the hooks load the weights); the engine reads weights directly and would meet meta
     tensors. One pass over the parameters per generate call."""
-    engine_generate = model.__dict__["generate"]
+    engine_generate = model.__dict__["generate"].__func__  # unbound: its signature is HF's generate's
 
     @functools.wraps(engine_generate)
     def generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -103,9 +104,28 @@ def hf_generate_while_offloaded(model: nn.Module, ctx: PatchContext) -> None:
             warn_once("generate: weights offloaded by accelerate hooks (meta device): HF's generate runs on eet's "
                       "fused forward")
             return type(self).generate(self, *args, **kwargs)
-        return engine_generate(*args, **kwargs)
+        return engine_generate(self, *args, **kwargs)
 
     ctx.bind(model, "generate", types.MethodType(generate, model))
+
+
+def _keeping_signature(forward: Callable, replaced: Callable) -> Callable:
+    """`forward` (a function taking the module first) as a new function object that reports the signature of
+    `replaced`, the bound forward it stands in for: code that inspects `module.forward` (HF's tests, pipelines'
+    argument filtering) then sees the module's own parameters, not eet's `(*args, **kwargs)`. A copy of the
+    function, not a wrapper around it: no extra call per forward."""
+    try:
+        signature = inspect.signature(replaced)
+        signature = signature.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                                                  *signature.parameters.values()])
+    except (TypeError, ValueError):  # a callable inspect cannot read: eet's own signature stays
+        return forward
+    clone = types.FunctionType(forward.__code__, forward.__globals__, forward.__name__, forward.__defaults__,
+                               forward.__closure__)
+    clone.__kwdefaults__ = forward.__kwdefaults__
+    functools.update_wrapper(clone, forward)
+    clone.__signature__ = signature
+    return clone
 
 
 def _unwire(module: nn.Module, ours: Callable, replaced: Callable | None) -> None:
@@ -140,13 +160,17 @@ class PatchContext:
         """label: what explain() lists (default: the module's path). reads_children=False: fused_forward only
         calls child modules (whose own hooks then load offloaded weights), so the per-call offload scan is
         skipped."""
+        forward = with_offloaded_children(fused_forward, module) if reads_children else fused_forward
+        self._install_forward(module, forward)
+        self.report.accelerated.append(label or self.path(module))
+
+    def _install_forward(self, module: nn.Module, forward: Callable) -> None:
         # accelerate's dispatch hooks keep the real forward in `_old_forward` and wrap it: rewire that one.
         name = "_old_forward" if "_old_forward" in module.__dict__ else "forward"
-        forward = with_offloaded_children(fused_forward, module) if reads_children else fused_forward
-        ours = types.MethodType(forward, module)
+        ours = types.MethodType(_keeping_signature(forward, getattr(module, name)), module)
         self._undo.append((module, _REWIRED, (ours, module.__dict__.get(name))))
         setattr(module, name, ours)
-        self.report.accelerated.append(label or self.path(module))
+
 
     def fallback(self, where: nn.Module | str, reason: str) -> None:
         path = where if isinstance(where, str) else self.path(where)

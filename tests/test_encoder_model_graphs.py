@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 
 import pytest
 import torch
@@ -344,7 +345,7 @@ def test_installed_listed_and_restored():
     eet_hf.accelerate(model)
     assert LABEL in eet_hf.explain(model).accelerated
     assert isinstance(model.__dict__[model_graphs.ATTR], ModelGraphs)
-    assert model.__dict__["forward"].__func__ is model_graphs.graphed_forward
+    assert inspect.unwrap(model.__dict__["forward"].__func__) is model_graphs.graphed_forward
     eet_hf.restore(model)
     assert "forward" not in model.__dict__ and model_graphs.ATTR not in model.__dict__
     inputs = _inputs(2, 6, [6, 3])

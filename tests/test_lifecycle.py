@@ -6,6 +6,7 @@ Every test compares with plain HF models built from the same weights (tests/help
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,20 @@ def test_entry_points_name_what_they_expected(entry, value):
     with pytest.raises(TypeError, match=r"PreTrainedModel.*from_pretrained") as info:
         entry(value)
     assert type(value).__name__ in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 30 item 14: signatures
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_rewired_methods_keep_their_signatures(case):
+    model, ref = _accelerated_pair(case)
+    modules = dict(ref.named_modules())
+    rewired = 0
+    for name, module in model.named_modules():
+        assert inspect.signature(module.forward) == inspect.signature(modules[name].forward), name or "<model>"
+        rewired += "forward" in module.__dict__
+    assert rewired > 0
+    if hasattr(ref, "generate"):
+        assert inspect.signature(model.generate) == inspect.signature(ref.generate)
