@@ -7,6 +7,7 @@ in the process stay untouched and restore() only deletes what was set.
 from __future__ import annotations
 
 import copy
+import enum
 import functools
 import inspect
 import types
@@ -21,8 +22,18 @@ from eet_hf._log import warn_once
 from eet_hf.errors import EetUnsupportedError
 from eet_hf.report import Report
 
-_MISSING = object()
-_REWIRED = object()  # an undo entry for rewire(): (module, _REWIRED, (our bound forward, the forward it replaced))
+
+class _Undo(enum.Enum):
+    """Markers in the undo log, compared by identity: enum members stay themselves through copy and pickle (plain
+    object() markers did not, and a deep-copied model's undo failed half way)."""
+
+    MISSING = "missing"  # the attribute was not there before
+    REWIRED = "rewired"  # an entry of rewire(): (module, REWIRED, (our bound forward, the forward it replaced))
+
+
+_MISSING = _Undo.MISSING
+_REWIRED = _Undo.REWIRED
+
 
 # HF activation names (config.activation_function / hidden_act) -> eet bias_gelu's `approximate`.
 # gelu_new (NewGELUActivation) is HF's formula evaluated in the storage dtype, reproduced with its roundings.
@@ -150,7 +161,7 @@ class PatchContext:
         self.options = options
         self.report = Report(model_type=getattr(model.config, "model_type", type(model).__name__), kernels=kernels)
         self._paths = {module: path or "<model>" for path, module in model.named_modules()}
-        self._undo: list[tuple[Any, str, Any]] = []
+        self._undo: list[tuple[Any, str | _Undo, Any]] = []
 
     def path(self, module: nn.Module) -> str:
         return self._paths[module]
@@ -198,6 +209,39 @@ class PatchContext:
             if getattr(module, "config", None) is shared:
                 self.set_attr(module, "config", own)
         self.set_attr(own, "_attn_implementation", name)
+
+    def plain_twin(self) -> nn.Module:
+        """The model as plain HF sees it: a new module object for each of the model's modules, whose attributes are
+        the original's (tensors, configs, hooks: shared, nothing copied) minus what eet set, as undo() would leave
+        them. deepcopy and pickle copy this instead of the model (eet_hf/copies.py)."""
+        modules = list(self.model.modules())
+        twins = {id(m): type(m).__new__(type(m)) for m in modules}
+        for module in modules:
+            twin = twins[id(module)]
+            twin.__dict__.update(module.__dict__)
+            twin.__dict__["_modules"] = {k: None if c is None else twins[id(c)] for k, c in module._modules.items()}
+
+        rebound: dict[int, types.MethodType] = {}  # a method of a module -> the same method of its twin, made once
+
+        def rebind(value: Any) -> Any:
+            if isinstance(value, types.MethodType) and id(value.__self__) in twins:
+                if id(value) not in rebound:
+                    rebound[id(value)] = types.MethodType(value.__func__, twins[id(value.__self__)])
+                return rebound[id(value)]
+            return twins.get(id(value), value) if isinstance(value, nn.Module) else value
+
+        for obj, name, old in reversed(self._undo):
+            twin = twins.get(id(obj))
+            if twin is None:  # not one of the model's modules
+                continue
+            if name is _REWIRED:
+                ours, replaced = old  # `ours` may sit on the twin rebound already: an eet forward another replaced
+                _unwire(twin, rebound.get(id(ours), ours), None if replaced is None else rebind(replaced))
+            elif old is _MISSING:
+                twin.__dict__.pop(name, None)
+            else:
+                twin.__dict__[name] = rebind(old)
+        return twins[id(self.model)]
 
     def layer_norm(self, module: nn.Module) -> None:
         reason = layer_norm_unfusable(module)

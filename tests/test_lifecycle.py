@@ -6,7 +6,11 @@ Every test compares with plain HF models built from the same weights (tests/help
 
 from __future__ import annotations
 
+import copy
 import inspect
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ from transformers import (
 )
 
 import eet_hf
+from eet_hf import distributed
 
 from .helpers import assert_close, bert_config, gpt2_config, padded_batch, pair
 
@@ -79,6 +84,153 @@ def _assert_plain(model) -> None:
     for name, module in model.named_modules():
         assert not {"forward", "generate"} & set(module.__dict__), f"{name} still holds an eet method"
         assert not [k for k in module.__dict__ if k.startswith("_eet")], f"{name} still holds eet state"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 30 item 3: copy.deepcopy
+
+
+@pytest.mark.parametrize("case", ["gpt2", "bert", "llama", "bert-base"])
+def test_deepcopy_is_an_accelerated_model_of_its_own(case):
+    model, ref = _accelerated_pair(case)
+    _assert_matches(model, ref)  # run once first: first-call checks and caches exist before the copy
+    clone = copy.deepcopy(model)
+    assert eet_hf.explain(clone).accelerated == eet_hf.explain(model).accelerated != []
+    _assert_rewired_onto_itself(clone)
+    assert clone.config is not model.config
+    ours = {id(m.config) for m in model.modules() if hasattr(m, "config")}
+    assert not ours & {id(m.config) for m in clone.modules() if hasattr(m, "config")}
+    _assert_matches(clone, ref)
+    eet_hf.restore(clone)  # issue 30: TypeError "attribute name must be string" in undo, copy left half restored
+    _assert_plain(clone)
+    _assert_matches(clone, ref)
+    assert eet_hf.explain(model).accelerated != []  # the original is untouched
+    _assert_matches(model, ref)
+
+
+@pytest.mark.parametrize("case", ["gpt2", "llama"])
+def test_deepcopy_runs_on_its_own_weights(case):
+    model, ref = _accelerated_pair(case)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():  # change the copy (and the reference) only: the copy must compute with its own weights
+        for module in (clone, ref):
+            for name, param in module.named_parameters():
+                if name.endswith("mlp.c_fc.weight") or name.endswith("mlp.up_proj.weight"):
+                    param.mul_(1.5)
+    _assert_matches(clone, ref)
+    ids, mask = padded_batch(2, 5, [5, 3], "left")
+    scored = dict(GREEDY, return_dict_in_generate=True, output_scores=True)
+    got, expected = clone.generate(ids, attention_mask=mask, **scored), ref.generate(ids, attention_mask=mask, **scored)
+    assert torch.equal(got.sequences, expected.sequences)
+    for a, b in zip(got.scores, expected.scores):
+        assert_close(a, b, ATOL)
+    plain = copy.deepcopy(ref)
+    eet_hf.restore(model)  # the original kept its weights: restored, it is not the changed reference
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, plain(ids).logits, atol=1e-3)
+
+
+def test_deepcopy_then_accelerate_with_other_options():
+    model, ref = _accelerated_pair("gpt2")
+    clone = eet_hf.accelerate(copy.deepcopy(model), mlp=False)
+    assert not any(path.endswith(".mlp") for path in eet_hf.explain(clone).accelerated)
+    _assert_rewired_onto_itself(clone)
+    _assert_matches(clone, ref)
+    assert "transformer.h.0.mlp" in eet_hf.explain(model).accelerated
+
+
+def test_undo_markers_survive_copies():
+    # The markers in the undo log are compared by identity: a copy of the log must still recognise them.
+    from eet_hf.patches import _rewire
+
+    for marker in (_rewire._MISSING, _rewire._REWIRED):
+        assert copy.deepcopy(marker) is marker and copy.copy(marker) is marker
+        assert pickle.loads(pickle.dumps(marker)) is marker
+
+
+def test_deepcopy_of_a_tensor_parallel_model_is_refused():
+    model, _ = _accelerated_pair("gpt2")
+    model.__dict__[distributed.TP_ATTR] = distributed.TensorParallel(group=None, rank=0, world=2)
+    with pytest.raises(eet_hf.EetUnsupportedError, match="tensor_parallel"):
+        copy.deepcopy(model)
+    with pytest.raises(eet_hf.EetUnsupportedError, match="tensor_parallel"):
+        pickle.dumps(model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 30 item 4: torch.save / torch.load (and pickle)
+
+
+@pytest.mark.parametrize("case", ["gpt2", "bert", "llama"])
+def test_torch_save_load_gives_an_accelerated_model(case, tmp_path):
+    model, ref = _accelerated_pair(case)
+    _assert_matches(model, ref)
+    path = tmp_path / "model.pt"
+    torch.save(model, path)  # issue 30: AttributeError 'GPT2MLP' object has no attribute 'mlp_forward' on load
+    loaded = torch.load(path, weights_only=False)
+    assert type(loaded) is type(model)
+    assert eet_hf.explain(loaded).accelerated == eet_hf.explain(model).accelerated != []
+    _assert_rewired_onto_itself(loaded)
+    _assert_matches(loaded, ref)
+    eet_hf.restore(loaded)
+    _assert_plain(loaded)
+    _assert_matches(loaded, ref)
+    _assert_matches(model, ref)
+
+
+def test_pickle_keeps_options_and_shared_weights():
+    model, ref = _accelerated_pair("gpt2")
+    eet_hf.accelerate(model, mlp=False)
+    loaded = pickle.loads(pickle.dumps(model))
+    assert eet_hf.explain(loaded).accelerated == eet_hf.explain(model).accelerated
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # tied weights stay one tensor
+    _assert_matches(loaded, ref)
+    shallow = copy.copy(model)  # a new module tree over the same tensors, accelerated with the same options
+    assert shallow.lm_head.weight is model.lm_head.weight and shallow.transformer.h[0] is not model.transformer.h[0]
+    assert eet_hf.explain(shallow).accelerated == eet_hf.explain(model).accelerated
+    _assert_rewired_onto_itself(shallow)
+    _assert_matches(shallow, ref)
+
+
+_LOAD_IN_A_FRESH_PROCESS = """
+import sys, torch, eet_hf
+model = torch.load(sys.argv[1], weights_only=False)
+ids, mask, expected = torch.load(sys.argv[2])
+with torch.no_grad():
+    got = model(ids, attention_mask=mask).logits
+print("accelerated", len(eet_hf.explain(model).accelerated))
+print("max_diff", (got - expected).abs().max().item())
+"""
+
+
+def test_torch_load_in_a_fresh_process(tmp_path):
+    model, ref = _accelerated_pair("gpt2")
+    ids, mask = padded_batch(2, 7, [7, 4], "left")
+    with torch.no_grad():
+        expected = ref(ids, attention_mask=mask).logits
+    torch.save(model, tmp_path / "model.pt")
+    torch.save((ids, mask, expected), tmp_path / "inputs.pt")
+    done = subprocess.run([sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(tmp_path / "model.pt"),
+                           str(tmp_path / "inputs.pt")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split() for line in done.stdout.splitlines() if line.startswith(("accelerated", "max_diff")))
+    assert int(lines["accelerated"]) == len(eet_hf.explain(model).accelerated)
+    assert float(lines["max_diff"]) <= ATOL
+
+
+def test_a_pickle_that_cannot_be_accelerated_loads_plain_and_says_so(caplog, monkeypatch):
+    model, ref = _accelerated_pair("gpt2")
+    data = pickle.dumps(model)
+
+    def refuse(*args, **kwargs):
+        raise eet_hf.EetUnsupportedError("eet_hf: refused for the test")
+
+    monkeypatch.setattr(eet_hf.api, "accelerate", refuse)
+    with caplog.at_level("WARNING", logger="eet_hf"):
+        loaded = pickle.loads(data)
+    assert "plain HF" in caplog.text and "refused for the test" in caplog.text
+    _assert_plain(loaded)
+    _assert_matches(loaded, ref)
 
 
 # ---------------------------------------------------------------------------------------------------------------
