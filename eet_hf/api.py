@@ -88,6 +88,7 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
             _apply(model, ctx, adapter)
         if group is not None:  # after the adapter, so a strict refusal comes before any weight is split
             ctx.report.accelerated.append(distributed.shard(model, group).describe())
+        ctx.finish()
         copies.install(model, ctx)
     except BaseException:
         ctx.undo()

@@ -6,7 +6,6 @@ in the process stay untouched and restore() only deletes what was set.
 
 from __future__ import annotations
 
-import copy
 import enum
 import functools
 import inspect
@@ -22,6 +21,8 @@ from eet_hf._log import warn_once
 from eet_hf.errors import EetUnsupportedError
 from eet_hf.report import Report
 
+from ._config_view import attention_view
+
 
 class _Undo(enum.Enum):
     """Markers in the undo log, compared by identity: enum members stay themselves through copy and pickle (plain
@@ -33,7 +34,6 @@ class _Undo(enum.Enum):
 
 _MISSING = _Undo.MISSING
 _REWIRED = _Undo.REWIRED
-
 
 # HF activation names (config.activation_function / hidden_act) -> eet bias_gelu's `approximate`.
 # gelu_new (NewGELUActivation) is HF's formula evaluated in the storage dtype, reproduced with its roundings.
@@ -139,6 +139,24 @@ def _keeping_signature(forward: Callable, replaced: Callable) -> Callable:
     return clone
 
 
+def _holding_config(previous: Callable, config: Any, view: Any) -> Callable:
+    """The model's own forward, run with `view` as its `config` attribute (a base model builds its attention masks
+    from its own config), and `config` there again after. Another call already running (another thread) or a config
+    replaced by the user since accelerate() are left as they are."""
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.__dict__.get("config") is not config:
+            return previous(*args, **kwargs)
+        self.__dict__["config"] = view
+        try:
+            return previous(*args, **kwargs)
+        finally:
+            self.__dict__["config"] = config
+
+    forward.__wrapped__ = getattr(previous, "__func__", previous)  # inspect.unwrap finds what it wraps
+    return forward
+
+
 def _unwire(module: nn.Module, ours: Callable, replaced: Callable | None) -> None:
     """Put back the forward `ours` replaced, wherever `ours` sits now: accelerate hooks added after accelerate()
     moved it to `_old_forward` (their wrapper stays), hooks removed since moved it back to `forward`."""
@@ -162,6 +180,7 @@ class PatchContext:
         self.report = Report(model_type=getattr(model.config, "model_type", type(model).__name__), kernels=kernels)
         self._paths = {module: path or "<model>" for path, module in model.named_modules()}
         self._undo: list[tuple[Any, str | _Undo, Any]] = []
+        self._view: Any = None  # use_attention()'s config view, which finish() gives the model's own forward
 
     def path(self, module: nn.Module) -> str:
         return self._paths[module]
@@ -182,7 +201,6 @@ class PatchContext:
         self._undo.append((module, _REWIRED, (ours, module.__dict__.get(name))))
         setattr(module, name, ours)
 
-
     def fallback(self, where: nn.Module | str, reason: str) -> None:
         path = where if isinstance(where, str) else self.path(where)
         if self.options.get("strict"):
@@ -201,14 +219,24 @@ class PatchContext:
         module.__dict__[name] = value
 
     def use_attention(self, name: str) -> None:
-        """Select attention `name` for this model alone. HF models built from one config object share it, so
-        the model first gets its own shallow copy (on every module that holds it), then the copy is changed."""
-        shared = self.model.config
-        own = copy.copy(shared)
+        """Select attention `name` for this model alone, leaving what `model.config` says to everyone else (other
+        models built from the same config object, models built from it later, save_pretrained) unchanged: every
+        module under the model gets a view of the config that names `name` (_config_view.py); the model's own
+        module holds the view only while its forward runs (finish())."""
+        config = self.model.config
+        view = attention_view(config, name)
         for module in self.model.modules():
-            if getattr(module, "config", None) is shared:
-                self.set_attr(module, "config", own)
-        self.set_attr(own, "_attn_implementation", name)
+            if module is not self.model and getattr(module, "config", None) is config:
+                self.set_attr(module, "config", view)
+        self._view = view
+
+    def finish(self) -> None:
+        """After the adapter (whose rewiring of the model's own forward this wraps): the model's forward runs with
+        use_attention()'s view as its config."""
+        if self._view is None:
+            return
+        name = "_old_forward" if "_old_forward" in self.model.__dict__ else "forward"
+        self._install_forward(self.model, _holding_config(getattr(self.model, name), self.model.config, self._view))
 
     def plain_twin(self) -> nn.Module:
         """The model as plain HF sees it: a new module object for each of the model's modules, whose attributes are
@@ -261,3 +289,4 @@ class PatchContext:
             else:
                 delattr(obj, name)
         self._undo.clear()
+        self._view = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import pickle
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     BertForMaskedLM,
     BertModel,
     GPT2LMHeadModel,
@@ -243,6 +245,94 @@ def test_entry_points_name_what_they_expected(entry, value):
     with pytest.raises(TypeError, match=r"PreTrainedModel.*from_pretrained") as info:
         entry(value)
     assert type(value).__name__ in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 30 item 12: models and configs built from an accelerated model's config
+
+
+def _eager_pair(case: str):
+    cls, make_config = CASES[case]
+    return pair(cls, make_config(attn_implementation="eager"))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_model_built_from_an_accelerated_config_is_plain(case):
+    model, ref = _eager_pair(case)
+    eet_hf.accelerate(model)
+    built = type(model)(model.config).eval()  # HF's tests and assistant-model setups do this
+    built.load_state_dict(ref.state_dict())
+    assert {m.config._attn_implementation for m in built.modules() if hasattr(m, "config")} == {"eager"}
+    ids, mask = padded_batch(2, 7, [7, 4], "right")
+    with torch.no_grad():
+        got = built(ids, attention_mask=mask, output_attentions=True).attentions
+        expected = ref(ids, attention_mask=mask, output_attentions=True).attentions
+    assert len(got) == len(expected) == 2
+    for a, b in zip(got, expected):
+        assert_close(a, b, 0.0)
+    # The accelerated model still runs eet's attention, and says so.
+    assert eet_hf.explain(model).accelerated != []
+    inner = [m for m in model.modules() if m is not model and hasattr(m, "config")]
+    assert {m.config._attn_implementation for m in inner} == {"eet"}
+    _assert_matches(model, ref)
+
+
+def test_config_of_an_accelerated_model_reports_the_original_everywhere_outside_it(tmp_path):
+    model, ref = _accelerated_pair("llama")
+    assert model.config._attn_implementation == ref.config._attn_implementation == "sdpa"
+    assert model.config.to_dict() == ref.config.to_dict()
+    for config in (model.config, model.model.config):  # the top-level config, and the one its modules read
+        config.save_pretrained(tmp_path)
+        assert '"eet"' not in (tmp_path / "config.json").read_text()
+        assert '"eet"' not in json.dumps(config.to_dict())
+        for clone in (copy.deepcopy(config), copy.copy(config), pickle.loads(pickle.dumps(config))):
+            assert type(clone) is type(ref.config) and clone._attn_implementation == "sdpa"
+    built = AutoModelForCausalLM.from_config(model.config)
+    assert {m.config._attn_implementation for m in built.modules() if hasattr(m, "config")} == {"sdpa"}
+    # A model built from the view a module holds shares that view (HF does not copy configs), but what the
+    # accelerated model's config says stays the original.
+    AutoModelForCausalLM.from_config(model.model.config)
+    assert model.config._attn_implementation == "sdpa" and model.model.config._attn_implementation == "eet"
+    model.save_pretrained(tmp_path / "saved")
+    assert '"eet"' not in (tmp_path / "saved" / "config.json").read_text()
+    _assert_matches(model, ref)
+
+
+def test_config_changes_after_accelerate_reach_every_module():
+    model, ref = _accelerated_pair("llama")
+    model.config.output_hidden_states = ref.config.output_hidden_states = True
+    ids = torch.randint(7, 100, (2, 6))
+    with torch.no_grad():
+        out, expected = model(ids), ref(ids)
+    assert out.hidden_states is not None and len(out.hidden_states) == len(expected.hidden_states)
+    assert_close(out.logits, expected.logits, ATOL)
+    model.config._attn_implementation = "eager"  # another implementation set later shows through eet's
+    assert {m.config._attn_implementation for m in model.modules() if hasattr(m, "config")} == {"eager"}
+    ref.config._attn_implementation = "eager"
+    with torch.no_grad():
+        got = model(ids, output_attentions=True).attentions
+        expected = ref(ids, output_attentions=True).attentions
+    for a, b in zip(got, expected):
+        assert_close(a, b, 0.0)
+
+
+@pytest.mark.parametrize("case", ["llama-base", "llama"])
+def test_config_view_under_full_graph_compile(case):
+    # The base model's forward holds the view while it runs (it builds the masks): dynamo traces that too.
+    model, ref = _accelerated_pair(case)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    ids, mask = padded_batch(2, 7, [7, 4], "left")
+    with torch.no_grad():
+        assert_close(_main_output(compiled(ids, attention_mask=mask)), _main_output(ref(ids, attention_mask=mask)),
+                     ATOL, where=mask[..., None])
+    assert model.config._attn_implementation == "sdpa" and type(model.config) is type(ref.config)
+
+
+def test_restore_gives_back_the_config_object():
+    model, ref = _accelerated_pair("gpt2")
+    eet_hf.restore(model)
+    assert all(m.config is model.config for m in model.modules() if hasattr(m, "config"))
+    assert type(model.config) is type(ref.config)
 
 
 # ---------------------------------------------------------------------------------------------------------------
