@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import attention, distributed, ops
+from . import attention, copies, distributed, ops
 from ._log import warn_once
 from .errors import EetUnsupportedError
 from .patches import PatchContext, adapter_for
@@ -21,7 +21,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "generate": True,  # eet's decode loop behind model.generate (GPT-2 LM heads; KV arena, CUDA graphs)
     "tensor_parallel": None,  # True (default process group) or a ProcessGroup: split GPT-2 over its ranks
 }
-_STATE = "_eet_hf_state"
+STATE_ATTR = "_eet_hf_state"  # the model's _State, in its instance dict
 
 
 @dataclass
@@ -33,6 +33,19 @@ class _State:
 def _device_type(model: torch.nn.Module) -> str:
     param = next(model.parameters(), None)
     return param.device.type if param is not None else "cpu"
+
+
+def _check_model(model: Any, entry: str) -> None:
+    """TypeError naming what `entry` got when `model` is not a torch module (a model name, None, a tensor, ...)."""
+    if isinstance(model, torch.nn.Module):
+        return
+    path = repr(model[:200]) if isinstance(model, str) else "path"
+    got = f"str {path} (a name or path, not a model)" if isinstance(model, str) else type(model).__name__
+    raise TypeError(
+        f"eet_hf.{entry} expects a loaded transformers model (a PreTrainedModel), got {got}; load it first, e.g. "
+        f"model = AutoModelForCausalLM.from_pretrained({path}) (or AutoModel / AutoModelForSequenceClassification "
+        f"...), then eet_hf.{entry}(model)"
+    )
 
 
 def _kernels(model: torch.nn.Module) -> str:
@@ -48,17 +61,18 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
     permanently; call it on every rank with the same inputs, see eet_hf/distributed.py).
     Calling it again with the same options does nothing; with other options it re-applies them.
     """
+    _check_model(model, "accelerate")
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise TypeError(f"eet_hf.accelerate: unknown option(s) {unknown}; known options: {sorted(DEFAULT_OPTIONS)}")
     opts = {**DEFAULT_OPTIONS, **options}
     group = distributed.resolve(opts["tensor_parallel"])
-    state = model.__dict__.get(_STATE)
+    state = model.__dict__.get(STATE_ATTR)
     if state is not None:
         if state.options == opts:
             return model
         distributed.check(model, group)
-        model.__dict__.pop(_STATE).ctx.undo()  # eet's rewiring only: a tensor-parallel split stays
+        model.__dict__.pop(STATE_ATTR).ctx.undo()  # eet's rewiring only: a tensor-parallel split stays
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "model_type"):
         raise EetUnsupportedError(
@@ -74,10 +88,12 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
             _apply(model, ctx, adapter)
         if group is not None:  # after the adapter, so a strict refusal comes before any weight is split
             ctx.report.accelerated.append(distributed.shard(model, group).describe())
+        ctx.finish()
+        copies.install(model, ctx)
     except BaseException:
         ctx.undo()
         raise
-    model.__dict__[_STATE] = _State(ctx, opts)
+    model.__dict__[STATE_ATTR] = _State(ctx, opts)
     return model
 
 
@@ -98,8 +114,9 @@ def _apply(model: torch.nn.Module, ctx: PatchContext, adapter) -> None:
 def restore(model: torch.nn.Module) -> torch.nn.Module:
     """Undo accelerate(): HF's own forwards, attention and config again. Harmless on a plain model.
     Raises EetUnsupportedError, changing nothing, on a model split by accelerate(tensor_parallel=...)."""
+    _check_model(model, "restore")
     distributed.refuse_restore(model)
-    state = model.__dict__.pop(_STATE, None)
+    state = model.__dict__.pop(STATE_ATTR, None)
     if state is not None:
         state.ctx.undo()
     return model
@@ -107,7 +124,8 @@ def restore(model: torch.nn.Module) -> torch.nn.Module:
 
 def explain(model: torch.nn.Module) -> Report:
     """What accelerate() rewired (`.accelerated`) and what it left to HF (`.fallbacks`, path -> reason)."""
-    state = model.__dict__.get(_STATE)
+    _check_model(model, "explain")
+    state = model.__dict__.get(STATE_ATTR)
     if state is None:
         return Report(model_type=getattr(getattr(model, "config", None), "model_type", type(model).__name__),
                       kernels="none", fallbacks={"<model>": "not accelerated (call eet_hf.accelerate(model))"})

@@ -6,8 +6,9 @@ in the process stay untouched and restore() only deletes what was set.
 
 from __future__ import annotations
 
-import copy
+import enum
 import functools
+import inspect
 import types
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +22,19 @@ from eet_hf.attention import LOADED_ATTN_ATTR
 from eet_hf.errors import EetUnsupportedError
 from eet_hf.report import Report
 
-_MISSING = object()
-_REWIRED = object()  # an undo entry for rewire(): (module, _REWIRED, (our bound forward, the forward it replaced))
+from ._config_view import attention_view
+
+
+class _Undo(enum.Enum):
+    """Markers in the undo log, compared by identity: enum members stay themselves through copy and pickle (plain
+    object() markers did not, and a deep-copied model's undo failed half way)."""
+
+    MISSING = "missing"  # the attribute was not there before
+    REWIRED = "rewired"  # an entry of rewire(): (module, REWIRED, (our bound forward, the forward it replaced))
+
+
+_MISSING = _Undo.MISSING
+_REWIRED = _Undo.REWIRED
 
 # HF activation names (config.activation_function / hidden_act) -> eet bias_gelu's `approximate`.
 # gelu_new (NewGELUActivation) is HF's formula evaluated in the storage dtype, reproduced with its roundings.
@@ -96,7 +108,7 @@ def hf_generate_while_offloaded(model: nn.Module, ctx: PatchContext) -> None:
     device_map offload) keep weights on the meta device between calls, HF's generate runs instead, on eet's fused
     forwards (around which the hooks load the weights); the engine reads weights directly and would meet meta
     tensors. One pass over the parameters per generate call."""
-    engine_generate = model.__dict__["generate"]
+    engine_generate = model.__dict__["generate"].__func__  # unbound: its signature is HF's generate's
 
     @functools.wraps(engine_generate)
     def generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -104,9 +116,46 @@ def hf_generate_while_offloaded(model: nn.Module, ctx: PatchContext) -> None:
             warn_once("generate: weights offloaded by accelerate hooks (meta device): HF's generate runs on eet's "
                       "fused forward")
             return type(self).generate(self, *args, **kwargs)
-        return engine_generate(*args, **kwargs)
+        return engine_generate(self, *args, **kwargs)
 
     ctx.bind(model, "generate", types.MethodType(generate, model))
+
+
+def _keeping_signature(forward: Callable, replaced: Callable) -> Callable:
+    """`forward` (a function taking the module first) as a new function object that reports the signature of
+    `replaced`, the bound forward it stands in for: code that inspects `module.forward` (HF's tests, pipelines'
+    argument filtering) then sees the module's own parameters, not eet's `(*args, **kwargs)`. A copy of the
+    function, not a wrapper around it: no extra call per forward."""
+    try:
+        signature = inspect.signature(replaced)
+        signature = signature.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                                                  *signature.parameters.values()])
+    except (TypeError, ValueError):  # a callable inspect cannot read: eet's own signature stays
+        return forward
+    clone = types.FunctionType(forward.__code__, forward.__globals__, forward.__name__, forward.__defaults__,
+                               forward.__closure__)
+    clone.__kwdefaults__ = forward.__kwdefaults__
+    functools.update_wrapper(clone, forward)
+    clone.__signature__ = signature
+    return clone
+
+
+def _holding_config(previous: Callable, config: Any, view: Any) -> Callable:
+    """The model's own forward, run with `view` as its `config` attribute (a base model builds its attention masks
+    from its own config), and `config` there again after. Another call already running (another thread) or a config
+    replaced by the user since accelerate() are left as they are."""
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.__dict__.get("config") is not config:
+            return previous(*args, **kwargs)
+        self.__dict__["config"] = view
+        try:
+            return previous(*args, **kwargs)
+        finally:
+            self.__dict__["config"] = config
+
+    forward.__wrapped__ = getattr(previous, "__func__", previous)  # inspect.unwrap finds what it wraps
+    return forward
 
 
 def _unwire(module: nn.Module, ours: Callable, replaced: Callable | None) -> None:
@@ -131,7 +180,8 @@ class PatchContext:
         self.options = options
         self.report = Report(model_type=getattr(model.config, "model_type", type(model).__name__), kernels=kernels)
         self._paths = {module: path or "<model>" for path, module in model.named_modules()}
-        self._undo: list[tuple[Any, str, Any]] = []
+        self._undo: list[tuple[Any, str | _Undo, Any]] = []
+        self._view: Any = None  # use_attention()'s config view, which finish() gives the model's own forward
 
     def path(self, module: nn.Module) -> str:
         return self._paths[module]
@@ -141,13 +191,16 @@ class PatchContext:
         """label: what explain() lists (default: the module's path). reads_children=False: fused_forward only
         calls child modules (whose own hooks then load offloaded weights), so the per-call offload scan is
         skipped."""
+        forward = with_offloaded_children(fused_forward, module) if reads_children else fused_forward
+        self._install_forward(module, forward)
+        self.report.accelerated.append(label or self.path(module))
+
+    def _install_forward(self, module: nn.Module, forward: Callable) -> None:
         # accelerate's dispatch hooks keep the real forward in `_old_forward` and wrap it: rewire that one.
         name = "_old_forward" if "_old_forward" in module.__dict__ else "forward"
-        forward = with_offloaded_children(fused_forward, module) if reads_children else fused_forward
-        ours = types.MethodType(forward, module)
+        ours = types.MethodType(_keeping_signature(forward, getattr(module, name)), module)
         self._undo.append((module, _REWIRED, (ours, module.__dict__.get(name))))
         setattr(module, name, ours)
-        self.report.accelerated.append(label or self.path(module))
 
     def fallback(self, where: nn.Module | str, reason: str) -> None:
         path = where if isinstance(where, str) else self.path(where)
@@ -167,16 +220,65 @@ class PatchContext:
         module.__dict__[name] = value
 
     def use_attention(self, name: str) -> None:
-        """Select attention `name` for this model alone. HF models built from one config object share it, so
-        the model first gets its own shallow copy (on every module that holds it), then the copy is changed."""
-        shared = self.model.config
-        own = copy.copy(shared)
+        """Select attention `name` for this model alone, leaving what `model.config` says to everyone else (other
+        models built from the same config object, models built from it later, save_pretrained) unchanged: every
+        module under the model gets a view of the config that names `name` (_config_view.py); the model's own
+        module holds the view only while its forward runs (finish())."""
+        config = self.model.config
+        view = attention_view(config, name)
         for module in self.model.modules():
-            if getattr(module, "config", None) is shared:
-                self.set_attr(module, "config", own)
+            if getattr(module, "config", None) is config:
+                if module is not self.model:
+                    self.set_attr(module, "config", view)
                 # What eet's attention falls back to: the implementation the model was loaded with (attention.py).
-                self.bind(module, LOADED_ATTN_ATTR, shared._attn_implementation)
-        self.set_attr(own, "_attn_implementation", name)
+                self.bind(module, LOADED_ATTN_ATTR, config._attn_implementation)
+        self._view = view
+
+    def finish(self) -> None:
+        """After the adapter (whose rewiring of the model's own forward this wraps): the model's forward, and its
+        generate, run with use_attention()'s view as its config. generate() builds the masks of compileable (static)
+        caches from the model's config before the forward: with the view they are eet's bounds, as in the forward."""
+        if self._view is None:
+            return
+        name = "_old_forward" if "_old_forward" in self.model.__dict__ else "forward"
+        self._install_forward(self.model, _holding_config(getattr(self.model, name), self.model.config, self._view))
+        generate = getattr(self.model, "generate", None)
+        if isinstance(generate, types.MethodType) and generate.__self__ is self.model:
+            holding = _holding_config(generate, self.model.config, self._view)
+            self.bind(self.model, "generate", types.MethodType(holding, self.model))
+
+    def plain_twin(self) -> nn.Module:
+        """The model as plain HF sees it: a new module object for each of the model's modules, whose attributes are
+        the original's (tensors, configs, hooks: shared, nothing copied) minus what eet set, as undo() would leave
+        them. deepcopy and pickle copy this instead of the model (eet_hf/copies.py)."""
+        modules = list(self.model.modules())
+        twins = {id(m): type(m).__new__(type(m)) for m in modules}
+        for module in modules:
+            twin = twins[id(module)]
+            twin.__dict__.update(module.__dict__)
+            twin.__dict__["_modules"] = {k: None if c is None else twins[id(c)] for k, c in module._modules.items()}
+
+        rebound: dict[int, types.MethodType] = {}  # a method of a module -> the same method of its twin, made once
+
+        def rebind(value: Any) -> Any:
+            if isinstance(value, types.MethodType) and id(value.__self__) in twins:
+                if id(value) not in rebound:
+                    rebound[id(value)] = types.MethodType(value.__func__, twins[id(value.__self__)])
+                return rebound[id(value)]
+            return twins.get(id(value), value) if isinstance(value, nn.Module) else value
+
+        for obj, name, old in reversed(self._undo):
+            twin = twins.get(id(obj))
+            if twin is None:  # not one of the model's modules
+                continue
+            if name is _REWIRED:
+                ours, replaced = old  # `ours` may sit on the twin rebound already: an eet forward another replaced
+                _unwire(twin, rebound.get(id(ours), ours), None if replaced is None else rebind(replaced))
+            elif old is _MISSING:
+                twin.__dict__.pop(name, None)
+            else:
+                twin.__dict__[name] = rebind(old)
+        return twins[id(self.model)]
 
     def layer_norm(self, module: nn.Module) -> None:
         reason = layer_norm_unfusable(module)
@@ -196,3 +298,4 @@ class PatchContext:
             else:
                 delattr(obj, name)
         self._undo.clear()
+        self._view = None

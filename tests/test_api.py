@@ -56,7 +56,9 @@ def test_family_without_adapter_takes_the_generic_path(caplog):
     with caplog.at_level(logging.WARNING, logger="eet_hf"):
         eet_hf.accelerate(model)
     assert "left unchanged" not in caplog.text
-    assert model.config._attn_implementation == "eet"
+    # The modules read eet's attention through a view of the config; model.config still says what it said.
+    assert model.model.layers[0].self_attn.config._attn_implementation == "eet"
+    assert model.config._attn_implementation == "sdpa"
     assert "rotary" in eet_hf.explain(model).fallbacks["model.rotary_emb"]
     with pytest.raises(eet_hf.EetUnsupportedError, match="strict"):  # SiLU MLP, rotary: left to HF
         eet_hf.accelerate(LlamaForCausalLM(config), strict=True)

@@ -103,7 +103,7 @@ def test_softcap_model_falls_back_to_its_eager_attention_and_matches(monkeypatch
     model, ref = _pair("gemma2", "eager")
     assert model.config.attn_logit_softcapping is not None
     eet_hf.accelerate(model)
-    assert model.config._attn_implementation == "eet"
+    assert model.model.config._attn_implementation == "eet"  # the modules' view; model.config stays the user's
     spy = _Spy(monkeypatch, model)
     ids, mask = _left_padded()
     with torch.no_grad():
@@ -128,13 +128,13 @@ def test_sliding_window_fallback_keeps_the_loaded_implementation(attn, monkeypat
 
 
 def test_module_without_a_record_falls_back_to_its_eager_attention(monkeypatch):
-    # A model built from an accelerated model's config (no accelerate() call recorded what it was loaded with):
-    # HF's eager attention accepts every option the model's attention passes.
+    # A model built from an accelerated model's inner config view (which names eet attention; no accelerate() call
+    # recorded what it was loaded with): HF's eager attention accepts every option the model's attention passes.
     model, ref = _pair("gemma2", "eager")
     eet_hf.accelerate(model)
-    other = tf.Gemma2ForCausalLM(model.config).eval()
+    other = tf.Gemma2ForCausalLM(model.model.config).eval()
     other.load_state_dict(ref.state_dict())
-    assert other.config._attn_implementation == "eet"
+    assert other.model.config._attn_implementation == "eet"
     ids = torch.randint(7, 100, (2, 7))
     with torch.no_grad():
         assert_close(other(ids).logits, ref(ids).logits, FP32_ATOL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 
 import pytest
 import torch
@@ -284,7 +285,7 @@ def test_config_changes_after_capture_are_seen():
             out = model(**inputs)
             _compare(out, ref(**inputs), inputs["attention_mask"])
             assert ("hidden_states" in out) is flag and cache.replays == replays
-        model.config._attn_implementation = "sdpa"  # another attention: another graph
+        model.config._attn_implementation = "eager"  # another attention: another graph
         model(**inputs)
     assert cache.replays == 2
 
@@ -344,7 +345,7 @@ def test_installed_listed_and_restored():
     eet_hf.accelerate(model)
     assert LABEL in eet_hf.explain(model).cuda_only  # installed; counted as accelerated only on CUDA
     assert isinstance(model.__dict__[model_graphs.ATTR], ModelGraphs)
-    assert model.__dict__["forward"].__func__ is model_graphs.graphed_forward
+    assert inspect.unwrap(model.__dict__["forward"].__func__) is model_graphs.graphed_forward
     eet_hf.restore(model)
     assert "forward" not in model.__dict__ and model_graphs.ATTR not in model.__dict__
     inputs = _inputs(2, 6, [6, 3])
@@ -357,8 +358,10 @@ def test_not_installed_without_the_packed_encoder(kind):
     config = bert_config(is_decoder=True) if kind == "decoder" else bert_config()
     model = (BertLMHeadModel if kind == "decoder" else BertForMaskedLM)(config).eval()
     eet_hf.accelerate(model, attention=kind != "attention_off")
-    assert model_graphs.ATTR not in model.__dict__ and "forward" not in model.__dict__
-    assert LABEL not in eet_hf.explain(model).cuda_only
+    assert model_graphs.ATTR not in model.__dict__
+    assert inspect.unwrap(model.forward) is not model_graphs.graphed_forward
+    report = eet_hf.explain(model)
+    assert LABEL not in report.accelerated and LABEL not in report.cuda_only
 
 
 def test_deepcopy_starts_with_empty_graphs():
@@ -367,10 +370,11 @@ def test_deepcopy_starts_with_empty_graphs():
     with torch.no_grad():
         for _ in range(2):
             model(**inputs)
-        clone = copy.deepcopy(model)
+        clone = copy.deepcopy(model)  # accelerated again from the plain copy (eet_hf/copies.py): its own graphs
         copied = clone.__dict__[model_graphs.ATTR]
         assert copied is not cache and len(copied) == 0 and len(cache) == 1
         assert clone.__dict__["forward"].__self__ is clone
+        clone.__dict__[model_graphs.ATTR] = copied = ModelGraphs(FakeGraphs())
         for _ in range(3):
             _compare(clone(**inputs), ref(**inputs), inputs["attention_mask"])
     assert copied.captures == 1 and cache.captures == 1
