@@ -120,6 +120,17 @@ def test_results_list_what_acceleration_broke(fake_run):
     (broken,) = [r for r in results["rows"] if r["metric"] == "plain_pass_accel_fail" and "/" in r["case"]]
     assert broken["case"] == "fake/FakeModelTest::test_inspects_attention"
     assert broken["category"] == "tests inspecting internals" and "eet" in broken["error"]
+    assert broken["where"] == 'self.assertEqual(model.config._attn_implementation, "sdpa")'
+
+
+def test_report_only_rebuilds_the_same_rows(fake_run, tmp_path):
+    work, results = fake_run
+    tests_dir = work.parent / "transformers"
+    cmd = [sys.executable, str(TOOL / "run.py"), "--tests-dir", str(tests_dir), "--families", "fake",
+           "--work-dir", str(work), "--results-dir", str(tmp_path), "--report-only"]  # fmt: skip
+    subprocess.run(cmd, capture_output=True, text=True, check=True)
+    again = json.loads(next(tmp_path.glob("hf-suites-*.json")).read_text())
+    assert again["rows"] == results["rows"] and "--report-only" in again["meta"]["command"]
 
 
 def test_junit_teardown_error_counts_as_failed(tmp_path):
@@ -133,7 +144,7 @@ def test_junit_teardown_error_counts_as_failed(tmp_path):
         "</testsuite></testsuites>"
     )
     out = compare.read_junit(xml)
-    assert out["XTest::test_a"] == compare.Outcome("failed", 'failed on teardown with "boom"')
+    assert out["XTest::test_a"] == compare.Outcome("failed", 'failed on teardown with "boom"', "")
     assert out["test_fn"] == compare.Outcome("skipped", "no GPU")
 
 
@@ -145,8 +156,20 @@ def test_junit_teardown_error_counts_as_failed(tmp_path):
         ("XTest::test_assisted_decoding_matches_greedy_search_0_random", "IndexError: tuple index out of range",
          "attention weights lost / assisted decoding"),
         ("XTest::test_sdpa_can_dispatch", "AssertionError: 'eet' != 'sdpa'", "tests inspecting internals"),
+        ("XTest::test_torch_compile_fullgraph", "torch._dynamo.exc.Unsupported: Logger not supported",
+         "logging under fullgraph compile"),
+        ("XTest::test_attention_outputs", "AssertionError: 0 != 2", "attention weights lost / assisted decoding"),
         ("XTest::test_something_new", "RuntimeError: boom", "other"),
     ],
 )  # fmt: skip
 def test_categories(test, error, category):
     assert compare.categorize(test, error) == category
+
+
+def test_a_skip_only_accelerated_is_a_skip_difference():
+    assert compare.categorize("XTest::test_attention_outputs", "not supported", skipped=True) == compare.SKIP_CATEGORY
+
+
+def test_failing_statement_is_the_deepest_marked_line():
+    traceback = ">   model.generate(x)\n\nutils.py:10: in generate\n>       if mask.ndim < 4:\nE   AttributeError"
+    assert compare.failing_statement(traceback) == "if mask.ndim < 4:"

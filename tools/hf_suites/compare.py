@@ -12,22 +12,29 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-# (category, pattern searched in "test_name error-line"), first match wins. The buckets are issue 30's; a test
-# that matches none is "other" and needs a look.
-CATEGORIES: list[tuple[str, str]] = [
-    ("static/compiled generate", r"static_cache|compile|SeqBounds|generate_with_static|_compilation"),
-    ("logging under fullgraph compile", r"Unsupported.*(log|warn)|(log|warn).*Unsupported"),
-    ("attention weights lost / assisted decoding", r"attention|assisted|prompt_lookup|IndexError: tuple index"),
-    ("tests inspecting internals", r"_attn_implementation|'sdpa'|\"sdpa\"|DynamicCache|isinstance"),
-    ("signature / skip differences", r"signature|inputs_embeds|SKIPPED"),
+# (category, pattern for the test name, pattern for the first error line); first match wins, so the specific
+# error patterns come before the broad name patterns. The buckets are issue 30's; "other" needs a look.
+SKIP_CATEGORY = "signature / skip differences"
+CATEGORIES: list[tuple[str, str | None, str]] = [
+    ("logging under fullgraph compile", None, r"Unsupported.*(log|warn|Logger)|(log|warn|Logger).*Unsupported"),
+    (
+        "tests inspecting internals",
+        r"sdpa_can_dispatch|attn_implementation|cache_class|past_key_values_format",
+        r"_attn_implementation|'eet' != '(sdpa|eager)'|DynamicCache|isinstance",
+    ),
+    ("static/compiled generate", r"static_cache|compil", r"SeqBounds"),
+    ("attention weights lost / assisted decoding", r"assisted|prompt_lookup|attention", r"IndexError: tuple index"),
+    (SKIP_CATEGORY, r"inputs_embeds|signature", r"signature"),
 ]
 
 
-def categorize(test: str, error: str) -> str:
-    """The issue-30 bucket of a plain-pass / accelerated-fail test, from its name and first error line."""
-    text = f"{test} {error}"
-    for category, pattern in CATEGORIES:
-        if re.search(pattern, text):
+def categorize(test: str, error: str, skipped: bool = False) -> str:
+    """The issue-30 bucket of a plain-pass / accelerated-fail (or -skip) test, from its name and first error line."""
+    if skipped:
+        return SKIP_CATEGORY
+    name = test.rsplit("::", 1)[-1]
+    for category, name_pattern, error_pattern in CATEGORIES:
+        if re.search(error_pattern, error) or (name_pattern and re.search(name_pattern, name)):
             return category
     return "other"
 
@@ -36,6 +43,7 @@ def categorize(test: str, error: str) -> str:
 class Outcome:
     status: str  # "passed", "failed" or "skipped"
     message: str = ""  # first line of the failure, error or skip reason
+    where: str = ""  # the failing statement (the traceback's last '>' line), for a failure
 
 
 def first_line(text: str | None, limit: int = 240) -> str:
@@ -45,6 +53,12 @@ def first_line(text: str | None, limit: int = 240) -> str:
             line = line.strip()
             return line if len(line) <= limit else line[: limit - 1] + "…"
     return ""
+
+
+def failing_statement(traceback: str | None) -> str:
+    """The last line pytest marks with '>' in a traceback: the statement that raised, in the deepest frame shown."""
+    marked = [line[1:].strip() for line in (traceback or "").splitlines() if line.startswith(">")]
+    return first_line(marked[-1]) if marked else ""
 
 
 def read_junit(path: Path) -> dict[str, Outcome]:
@@ -57,7 +71,8 @@ def read_junit(path: Path) -> dict[str, Outcome]:
         skipped = case.find("skipped")
         if bad:
             child = bad[0]
-            outcome = Outcome("failed", first_line(child.get("message")) or first_line(child.text))
+            message = first_line(child.get("message")) or first_line(child.text)
+            outcome = Outcome("failed", message, failing_statement(child.text))
         elif skipped is not None:
             outcome = Outcome("skipped", first_line(skipped.get("message")))
         else:
@@ -110,8 +125,8 @@ def family_rows(
     ]
     for metric, tests in (("plain_pass_accel_fail", broken), ("plain_pass_accel_skip", skipped)):
         for test in tests:
-            error = eet[test].message
-            category = categorize(test, error if metric.endswith("fail") else f"SKIPPED {error}")
+            error, where = eet[test].message, eet[test].where
+            category = categorize(test, f"{error} {where}", skipped=metric.endswith("skip"))
             rows.append(
                 {
                     "case": f"{family}/{test}",
@@ -121,6 +136,7 @@ def family_rows(
                     "unit": "test",
                     "category": category,
                     "error": error,
+                    "where": where,
                     "models_accelerated": summary.get(test, {}).get("accelerated", 0),
                 }
             )
@@ -161,12 +177,13 @@ def category_list(rows: list[dict]) -> str:
     """The plain-pass / accelerated-fail (and -skip) tests grouped by category, one line each."""
     per_test = [r for r in rows if "/" in r["case"]]
     out: list[str] = []
-    for category in [*(c for c, _ in CATEGORIES), "other"]:
+    for category in [*(c[0] for c in CATEGORIES), "other"]:
         members = [r for r in per_test if r["category"] == category]
         if not members:
             continue
         out += ["", f"### {category} ({len(members)})", ""]
         for r in members:
             kind = "skipped" if r["metric"].endswith("skip") else "failed"
-            out.append(f"- `{r['case']}` ({kind}): {r['error']}")
+            where = f" at `{r['where']}`" if r.get("where") else ""
+            out.append(f"- `{r['case']}` ({kind}): {r['error']}{where}")
     return "\n".join(out)

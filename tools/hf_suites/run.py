@@ -16,6 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -75,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="let tests reach the Hugging Face Hub (default HF_HUB_OFFLINE=1: tests that download "
         "fail fast, in both runs alike)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the results from the runs already in the work dir",
     )
     parser.add_argument("--tests-label", help="where the tests came from, for the results' meta (default: git or path)")
     args, extra = parser.parse_known_args(argv)
@@ -142,9 +148,9 @@ def run_pytest(args: argparse.Namespace, family: str, kind: str, selection: list
     """One pytest run; returns its JUnit XML path. kind is 'plain' or 'eet'."""
     work = args.work_dir
     xml, log = work / f"{family}-{kind}.xml", work / f"{family}-{kind}.log"
-    stamp = work / f"{family}-{kind}.selection.json"
-    key = json.dumps({"selection": selection, "pytest_args": args.pytest_args, "timeout": args.timeout})
-    if kind == "plain" and args.reuse_plain and xml.is_file() and stamp.is_file() and stamp.read_text() == key:
+    stamp = work / f"{family}-{kind}.run.json"
+    key = {"selection": selection, "pytest_args": args.pytest_args, "timeout": args.timeout}
+    if kind == "plain" and args.reuse_plain and xml.is_file() and read_stamp(stamp).get("key") == key:
         print(f"[{family}] plain: reusing {xml}")
         return xml
     xml.unlink(missing_ok=True)
@@ -166,8 +172,16 @@ def run_pytest(args: argparse.Namespace, family: str, kind: str, selection: list
     if returncode not in (0, 1) or not xml.is_file():
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise SystemExit(f"run.py: {family} {kind} run ended with pytest status {returncode}; {log} ends:\n{tail}")
-    stamp.write_text(key)
+    done = {"key": key, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if kind == "eet":
+        done["eet_commit"] = eet_commit(args.eet_src)
+    stamp.write_text(json.dumps(done, indent=1) + "\n", encoding="utf-8")
     return xml
+
+
+def read_stamp(path: Path) -> dict:
+    """What run_pytest recorded about a finished run ({} when there is none)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def check_eet_source(summary_path: Path, eet_src: Path) -> None:
@@ -180,9 +194,15 @@ def check_eet_source(summary_path: Path, eet_src: Path) -> None:
 def run_family(args: argparse.Namespace, family: str) -> list[dict]:
     import compare
 
-    selection = select(args, family)
-    plain = compare.read_junit(run_pytest(args, family, "plain", selection))
-    eet = compare.read_junit(run_pytest(args, family, "eet", selection))
+    if args.report_only:
+        xmls = [args.work_dir / f"{family}-{kind}.xml" for kind in ("plain", "eet")]
+        missing = [str(x) for x in xmls if not x.is_file()]
+        if missing:
+            raise SystemExit(f"run.py: --report-only, but {', '.join(missing)} missing")
+    else:
+        selection = select(args, family)
+        xmls = [run_pytest(args, family, kind, selection) for kind in ("plain", "eet")]
+    plain, eet = (compare.read_junit(x) for x in xmls)
     summary_path = args.work_dir / f"{family}-eet.json"
     check_eet_source(summary_path, args.eet_src)
     rows = compare.family_rows(family, plain, eet, compare.read_summary(summary_path))
@@ -205,9 +225,13 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str]) -> Path:
 
     subset = args.keyword is not None or args.max_tests is not None
     results_dir = args.results_dir or (args.work_dir if subset else REPO / "evaluation" / "results")
+    stamps = [read_stamp(args.work_dir / f"{family}-eet.run.json") for family in args.families]
+    commits = ", ".join(sorted({s.get("eet_commit", "unknown") for s in stamps}))
+    times = sorted(s.get("finished", "unknown") for s in stamps)
+    finished = times[0] if times[0] == times[-1] else f"{times[0]} to {times[-1]}"
     command = (
-        f"python tools/hf_suites/run.py {shlex.join(argv)} (eet_hf commit {eet_commit(args.eet_src)}; "
-        f"tests: {tests_label(args)}; plain = HF as the tests configure it, sdpa by default)"
+        f"python tools/hf_suites/run.py {shlex.join(argv)} (eet_hf commit {commits}; accelerated runs finished "
+        f"{finished}; tests: {tests_label(args)}; plain = HF as the tests configure it, sdpa by default)"
     )
     path = write_results(SUITE, rows, command, out_dir=results_dir)
     md = path.with_suffix(".md")
