@@ -1,7 +1,7 @@
 """Parity suite: eet-accelerated models vs plain HF, with HF eager vs HF sdpa as the yardstick.
 
-    python -m evaluation.parity                  # embedded tiny models + generic families, all dtypes here
-    python -m evaluation.parity --quick          # 8 prompts x 32 new tokens, 3 of the 9 generic families (CI)
+    python -m evaluation.parity                  # trained tiny GPT-2, BERT, Llama + random generic families
+    python -m evaluation.parity --quick          # 8 prompts x 32 new tokens, 2 of the 9 generic families (CI)
     python -m evaluation.parity --full           # + GPT-2 small/XL, BERT base/large shapes (random weights)
 
 Pass rules: eet outputs finite and at least one module accelerated; fp32: eet max |Δlogit| <= 1e-4 and every
