@@ -33,7 +33,7 @@ class ModelSpec:
     """A model to evaluate: a local HF directory (`path`) or a config shape with random weights (`shape`)."""
 
     name: str
-    family: str  # "gpt2" | "bert"; for generic models: decoder (left padding, generate) | encoder (fill-mask)
+    family: str  # the role: "gpt2" = decoder (left padding, generate), "bert" = encoder (fill-mask, classify)
     path: Path | None = None
     shape: dict = field(default_factory=dict)
     model_type: str | None = None  # a generic-path family (no eet adapter): tiny random config of this type
@@ -47,6 +47,7 @@ def tiny_specs() -> list[ModelSpec]:
     return [
         ModelSpec("gpt2-tiny", "gpt2", default_model_path("gpt2")),
         ModelSpec("bert-tiny", "bert", default_model_path("bert")),
+        ModelSpec("llama-tiny", "gpt2", default_model_path("llama")),
     ]
 
 
@@ -68,15 +69,16 @@ GENERIC_CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 
-# --quick (CI) keeps one encoder and the grouped- and multi-query decoders; tests/test_generic.py covers every
-# family in CI as well (padded logits, greedy generation).
-QUICK_GENERIC = ("roberta", "llama", "qwen2")
+# --quick (CI) keeps one encoder and the multi-query decoder (the trained llama-tiny, always run, is the grouped-query
+# one); tests/test_generic.py covers every family in CI as well (padded logits, greedy generation).
+QUICK_GENERIC = ("roberta", "qwen2")
 
 
 def generic_specs(quick: bool = False) -> list[ModelSpec]:
-    """Encoders RoBERTa, DistilBERT, ELECTRA; decoders GPT-Neo, GPT-NeoX, OPT, Llama, Mistral (GQA), Qwen2 (MQA)."""
+    """Encoders RoBERTa, DistilBERT, ELECTRA; decoders GPT-Neo, GPT-NeoX, OPT, Llama, Mistral (GQA), Qwen2 (MQA).
+    Named "<type>-random": "-tiny" names the trained embedded models (llama-tiny is one)."""
     types = QUICK_GENERIC if quick else tuple(GENERIC_CONFIGS)
-    return [ModelSpec(f"{t.replace('_', '-')}-tiny", GENERIC_CONFIGS[t][0], model_type=t) for t in types]
+    return [ModelSpec(f"{t.replace('_', '-')}-random", GENERIC_CONFIGS[t][0], model_type=t) for t in types]
 
 
 def _generic_config(spec: ModelSpec):
@@ -106,16 +108,16 @@ def full_specs() -> list[ModelSpec]:
     ]
 
 
+# model_type of a local directory -> its role (ModelSpec.family).
+PATH_ROLES = {"gpt2": "gpt2", "llama": "gpt2", "bert": "bert"}
+
+
 def spec_from_path(path: Path) -> ModelSpec:
-    """A local HF directory; the family comes from its config's model_type."""
+    """A local HF directory; the role comes from its config's model_type."""
     model_type = AutoConfig.from_pretrained(path).model_type
-    if model_type not in ("gpt2", "bert"):
-        raise ValueError(f"{path}: model_type {model_type!r} is not gpt2 or bert")
-    return ModelSpec(Path(path).name, model_type, Path(path))
-
-
-def family_of(model_type: str) -> str:
-    return "gpt2" if model_type == "gpt2" else "bert"
+    if model_type not in PATH_ROLES:
+        raise ValueError(f"{path}: model_type {model_type!r} is not one of {sorted(PATH_ROLES)}")
+    return ModelSpec(Path(path).name, PATH_ROLES[model_type], Path(path))
 
 
 def _full_config(spec: ModelSpec):

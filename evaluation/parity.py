@@ -1,12 +1,14 @@
 """Parity suite: eet-accelerated models vs plain HF, with HF eager vs HF sdpa as the yardstick.
 
-    python -m evaluation.parity                  # embedded tiny models + generic families, all dtypes here
-    python -m evaluation.parity --quick          # 8 prompts x 32 new tokens, 3 of the 9 generic families (CI)
+    python -m evaluation.parity                  # trained tiny GPT-2, BERT, Llama + random generic families
+    python -m evaluation.parity --quick          # 8 prompts x 32 new tokens, 2 of the 9 generic families (CI)
     python -m evaluation.parity --full           # + GPT-2 small/XL, BERT base/large shapes (random weights)
 
 Pass rules: eet outputs finite and at least one module accelerated; fp32: eet max |Δlogit| <= 1e-4 and every
 pipeline output equal; fp16/bf16: eet's greedy agreement (and pipeline agreement) with HF sdpa >= HF eager's
-(for the random-weight --full shapes token-choice agreement in fp16/bf16 is recorded only: see NOISE_NOTE).
+(for the random-weight --full shapes token-choice agreement in fp16/bf16 is recorded only: see NOISE_NOTE), and
+on the trained decoders (gpt2-tiny, llama-tiny) eet's greedy tokens stay with an fp32 model's at least as long as
+HF eager's and HF sdpa's in that dtype (mean tokens before the first difference, all three in the same run).
 Writes evaluation/results/parity-<device>.{json,md,png}; exits 1 when a check fails.
 """
 
@@ -22,8 +24,8 @@ import torch
 
 from . import parity_pipelines as P
 from . import texts as T
-from .models import DTYPES, ModelSpec, engines, full_specs, generic_specs, load_tokenizer, tiny_specs
-from .parity_checks import greedy_generation, padded_logits
+from .models import DTYPES, ModelSpec, engines, full_specs, generic_specs, load_model, load_tokenizer, tiny_specs
+from .parity_checks import greedy_against_fp32, greedy_generation, padded_logits
 from .plots import bar_chart
 from .results_io import make_row, write_results
 
@@ -31,6 +33,7 @@ FP32_MAX_ABS_DLOGIT = 1e-4
 # Tolerance on pipeline floats (probabilities, features) before an output counts as different.
 PIPELINE_TOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 COMPARED = ("eet", "hf-eager")  # engines measured against hf-sdpa
+AGAINST_FP32 = ("eet", "hf-eager", "hf-sdpa")  # engines measured against the fp32 model
 
 
 # Random-weight models (the --full shapes) have near-flat logits: in fp16/bf16 which of two almost tied tokens
@@ -125,6 +128,8 @@ def check_model(spec: ModelSpec, dtype: str, device: str, quick: bool) -> list[d
             rows.append(
                 make_row(case, engine, "first_divergence", g[engine]["first_divergence"], "token", **{"pass": None})
             )
+        if spec.path is not None and dtype != "fp32":
+            rows += _fp32_greedy_rows(spec, lm, tokenizer, prefix, n_prompts, new_tokens, device)
         _pipeline_rows(
             rows,
             f"{prefix}/pipeline-text-generation",
@@ -147,6 +152,26 @@ def check_model(spec: ModelSpec, dtype: str, device: str, quick: bool) -> list[d
             rows, f"{prefix}/pipeline-text-classification", P.text_classification(cls, tokenizer, device, 4, tol), dtype
         )
         del cls
+    return rows
+
+
+def _fp32_greedy_rows(
+    spec: ModelSpec, lm: dict, tokenizer, prefix: str, n_prompts: int, new_tokens: int, device: str
+) -> list[dict]:
+    """A trained decoder in 16 bits: eet must stay with the fp32 model's greedy tokens at least as long as HF eager
+    and HF sdpa do (issue 27's rule; the fp32 model is loaded here, in the same run)."""
+    case = f"{prefix}/greedy-vs-fp32-{n_prompts}x{new_tokens}"
+    fp32 = load_model(spec, "lm", torch.float32, device, "sdpa")
+    g = greedy_against_fp32(lm, fp32, tokenizer, T.prompts(n_prompts), new_tokens, device)
+    del fp32
+    best_hf = max(g[e]["fp32_prefix_tokens"] for e in AGAINST_FP32 if e != "eet")
+    rows = []
+    for engine in AGAINST_FP32:
+        ok = g["eet"]["fp32_prefix_tokens"] >= best_hf if engine == "eet" else None
+        rows.append(make_row(case, engine, "fp32_prefix_tokens", g[engine]["fp32_prefix_tokens"], "token",
+                             **{"pass": ok}))
+        rows.append(make_row(case, engine, "fp32_match_share", g[engine]["fp32_match_share"], "share",
+                             **{"pass": None}))
     return rows
 
 

@@ -45,13 +45,8 @@ def padded_logits(models: dict, tokenizer, family: str, texts: list[str], max_le
     return result
 
 
-@torch.no_grad()
-def greedy_generation(models: dict, tokenizer, prompts: list[str], new_tokens: int, device: str) -> dict:
-    """Batched greedy generation (left padding) of `new_tokens` per prompt.
-
-    Returns {engine: {"greedy_match_share": share of prompts whose continuation equals the reference's,
-    "first_divergence": earliest generated-token index where any prompt differs (= new_tokens if none)}}.
-    """
+def _continuations(models: dict, tokenizer, prompts: list[str], new_tokens: int, device: str) -> dict:
+    """{name: [prompts, new_tokens] greedy continuation of a left-padded batch}; -1 after an early stop."""
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
     prompt_len = enc["input_ids"].shape[1]
@@ -62,6 +57,17 @@ def greedy_generation(models: dict, tokenizer, prompts: list[str], new_tokens: i
         # generate() stops early once every row has hit EOS; pad with -1 so lengths compare equal.
         pad = torch.full((cont.shape[0], new_tokens - cont.shape[1]), -1, dtype=cont.dtype)
         continuations[name] = torch.cat([cont, pad], dim=1)
+    return continuations
+
+
+@torch.no_grad()
+def greedy_generation(models: dict, tokenizer, prompts: list[str], new_tokens: int, device: str) -> dict:
+    """Batched greedy generation (left padding) of `new_tokens` per prompt.
+
+    Returns {engine: {"greedy_match_share": share of prompts whose continuation equals the reference's,
+    "first_divergence": earliest generated-token index where any prompt differs (= new_tokens if none)}}.
+    """
+    continuations = _continuations(models, tokenizer, prompts, new_tokens, device)
     ref = continuations[REFERENCE]
     result = {}
     for name, cont in continuations.items():
@@ -72,5 +78,26 @@ def greedy_generation(models: dict, tokenizer, prompts: list[str], new_tokens: i
         result[name] = {
             "greedy_match_share": float(same_rows.float().mean()),
             "first_divergence": int(first.min()),
+        }
+    return result
+
+
+@torch.no_grad()
+def greedy_against_fp32(models: dict, fp32_model, tokenizer, prompts: list[str], new_tokens: int, device: str) -> dict:
+    """Every engine's greedy continuations (one low-precision dtype) against the fp32 model's, same prompts.
+
+    The fp32 model is the truth here, not 16-bit sdpa: eet, HF eager and HF sdpa each round differently, so the
+    question is which of them stays with the full-precision answer longest. Returns {engine: {"fp32_match_share":
+    share of prompts continued exactly as fp32 does, "fp32_prefix_tokens": mean generated tokens before a prompt
+    first leaves fp32's continuation}}.
+    """
+    continuations = _continuations({"fp32": fp32_model, **models}, tokenizer, prompts, new_tokens, device)
+    truth = continuations.pop("fp32")
+    result = {}
+    for name, cont in continuations.items():
+        same = cont == truth  # [prompts, new_tokens]
+        result[name] = {
+            "fp32_match_share": float(same.all(dim=1).float().mean()),
+            "fp32_prefix_tokens": float(same.long().cumprod(dim=1).sum(dim=1).float().mean()),
         }
     return result

@@ -5,7 +5,7 @@
     python -m evaluation.perplexity --full --max-tokens 8192          # + GPT-2 small/XL, BERT base/large shapes
     python -m evaluation.perplexity --dataset wikitext --config wikitext-2-raw-v1 --split test   # hub reachable
 
-GPT-2: causal perplexity. BERT: masked-token perplexity and accuracy over a fixed seeded 15% masking (all
+Decoders (GPT-2, Llama): causal perplexity. BERT: masked-token perplexity and accuracy over a fixed seeded 15% masking (all
 [MASK]). Sliding windows: max_length = the model's positions, stride = max_length / 2. Pass rule on the
 relative difference |ppl_eet / ppl_hf - 1|: <= 0.001% in fp32, <= 0.1% in fp16/bf16. The --full shapes have
 random weights, so their perplexity itself means nothing (about the vocabulary size); the difference between
@@ -73,7 +73,7 @@ def evaluate(
         ids = ids[:max_tokens]
     hf = load_model(spec, "lm", DTYPES[dtype], device)
     models = {"hf-sdpa": hf, "eet": eet_hf.accelerate(copy.deepcopy(hf))}
-    max_length = hf.config.n_positions if spec.family == "gpt2" else hf.config.max_position_embeddings
+    max_length = hf.config.max_position_embeddings  # GPT2Config maps it to n_positions
     stride = max_length // 2
     if spec.family == "gpt2":
         scores = {e: causal_score(m, ids, max_length, stride, device) for e, m in models.items()}
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="a datasets name (needs the hub); default: the embedded held-out text")
     parser.add_argument("--config", help="dataset config, e.g. wikitext-2-raw-v1")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--model", type=Path, action="append", help="local HF dir (gpt2/bert); default: embedded")
+    parser.add_argument("--model", type=Path, action="append", help="local HF dir (gpt2/llama/bert); default: embedded")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", help="comma list of fp32,fp16,bf16 (default: all on CUDA, fp32 on CPU)")
     parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")

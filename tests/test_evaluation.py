@@ -64,11 +64,11 @@ def test_device_slug(monkeypatch):
 
 def test_embedded_models_load_and_are_small():
     total = 0
-    for family in ("gpt2", "bert"):
+    for family in ("gpt2", "bert", "llama"):
         path = default_model_path(family)
         total += sum(f.stat().st_size for f in path.iterdir())
         assert json.loads((path / "config.json").read_text())["dtype"] == "float16"
-    assert total < 25e6
+    assert total < 30e6
     assert 10e3 < heldout_text_path().stat().st_size < 200e3
     with pytest.raises(ValueError):
         default_model_path("t5")
@@ -124,11 +124,12 @@ def test_parity_quick_passes(tmp_path):
     assert parity.main(["--quick", "--dtypes", "fp32", "--out-dir", str(tmp_path)]) == 0
     data, rows = _rows(tmp_path / f"parity-{results_io.device_slug()}.json")
     assert data["meta"]["command"].startswith("python -m evaluation.parity")
-    for model, pad in (("gpt2-tiny", "leftpad"), ("bert-tiny", "rightpad")):
+    for model, pad in (("gpt2-tiny", "leftpad"), ("bert-tiny", "rightpad"), ("llama-tiny", "leftpad")):
         assert rows[(f"{model}/fp32/explain", "eet", "accelerated_modules")]["value"] > 0
         assert rows[(f"{model}/fp32/{pad}", "eet", "max_abs_dlogit")]["value"] <= 1e-4
         assert rows[(f"{model}/fp32/{pad}", "eet", "all_finite")]["value"] == 1
     assert rows[("gpt2-tiny/fp32/greedy-8x32", "eet", "greedy_match_share")]["value"] == 1.0
+    assert rows[("llama-tiny/fp32/greedy-8x32", "eet", "greedy_match_share")]["value"] == 1.0
     assert rows[("bert-tiny/fp32/pipeline-text-classification", "eet", "pipeline_equal")]["value"] == 1.0
     assert not [r for r in data["rows"] if r.get("pass") is False]
 
@@ -164,6 +165,9 @@ def test_perplexity_short_run_agrees(tmp_path):
     hf, eet = rows[(case, "hf-sdpa", "perplexity")]["value"], rows[(case, "eet", "perplexity")]["value"]
     assert 1 < hf < 4096 and abs(eet / hf - 1) <= 1e-5
     assert rows[(case, "reference", "scored_tokens")]["value"] == 399
+    lcase = "llama-tiny/fp32/heldout"
+    assert rows[(lcase, "eet", "rel_delta_perplexity")]["pass"] is True
+    assert 1 < rows[(lcase, "hf-sdpa", "perplexity")]["value"] < 4096
     bcase = "bert-tiny/fp32/heldout"
     assert rows[(bcase, "eet", "rel_delta_masked_perplexity")]["pass"] is True
     assert rows[(bcase, "eet", "masked_accuracy")]["value"] == rows[(bcase, "hf-sdpa", "masked_accuracy")]["value"]

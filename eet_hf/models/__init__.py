@@ -1,4 +1,4 @@
-"""Embedded default models: tiny GPT-2 and BERT trained on stdlib docstrings (see TRAINING.md here).
+"""Embedded default models: tiny GPT-2, Llama and BERT trained on stdlib docstrings (see TRAINING.md here).
 
 Weights are stored in float16 (config says so); pass `dtype=torch.float32` to `from_pretrained` on CPU.
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-_FAMILIES = {"gpt2": "gpt2-tiny", "bert": "bert-tiny"}
+_FAMILIES = {"gpt2": "gpt2-tiny", "bert": "bert-tiny", "llama": "llama-tiny"}
 
 
 def default_model_path(family: str) -> Path:
-    """Directory of the embedded model for `family` ("gpt2" or "bert"), loadable with `from_pretrained`."""
+    """Directory of the embedded model for `family` ("gpt2", "llama" or "bert"), loadable with `from_pretrained`."""
     try:
         return _HERE / _FAMILIES[family]
     except KeyError:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def token_stream(tokenizer, docs: list[str], separator: int) -> list[int]:
-    """All docs as one token list, `separator` after each (no CLS/SEP template: rows are packed later)."""
+def token_stream(tokenizer, docs: list[str], separator: int, prefix: int | None = None) -> list[int]:
+    """All docs as one token list, `separator` after each and `prefix` (a BOS id) before each when given
+    (no CLS/SEP template: rows are packed later)."""
     stream: list[int] = []
+    head = [] if prefix is None else [prefix]
     for enc in tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False):
-        stream += enc.ids + [separator]
+        stream += head + enc.ids + [separator]
     return stream
 
 

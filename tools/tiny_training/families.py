@@ -1,13 +1,13 @@
-"""Per-family recipes: tokenizer, config, batches and training for the tiny GPT-2 and the tiny BERT."""
+"""Per-family recipes: tokenizer, config, batches and training for the tiny GPT-2, Llama and BERT."""
 
 from __future__ import annotations
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from .data import mask_tokens, pack, phased_batches, token_stream
 from .loop import eval_loss, train_loop
-from .tokenizer import bert_tokenizer, gpt2_tokenizer
+from .tokenizer import bert_tokenizer, gpt2_tokenizer, llama_tokenizer
 
 
 def train_gpt2(train_docs, held_docs, args) -> dict:
@@ -33,22 +33,52 @@ def train_gpt2(train_docs, held_docs, args) -> dict:
         pad_token_id=eos_id,
     )
     model = GPT2LMHeadModel(config)
+    return _train_causal(model, tokenizer, stream, held_rows, args, "gpt2")
+
+
+def train_llama(train_docs, held_docs, args) -> dict:
+    """A Llama 3-style decoder: GQA (4 query / 2 key-value heads, head_dim 64), SiLU-gated MLP, RMSNorm, rotary
+    (default theta), tied embeddings (as Llama-3.2-1B); every document starts with BOS, as the tokenizer's."""
+    tokenizer = llama_tokenizer(train_docs, args.vocab_size)
+    bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    stream = token_stream(tokenizer, train_docs, eos_id, prefix=bos_id)
+    held_rows = pack(token_stream(tokenizer, held_docs, eos_id, prefix=bos_id), 512)
+    print(f"[llama] {len(stream)} training tokens, {held_rows.numel()} held-out tokens")
+
+    torch.manual_seed(args.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=704,  # ~2.75x hidden as Llama's 8/3 rule, rounded to a multiple of 16 (kernel tiles)
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,  # Llama 3's
+        tie_word_embeddings=True,
+        attention_dropout=0.0,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    model = LlamaForCausalLM(config)
+    return _train_causal(model, tokenizer, stream, held_rows, args, "llama")
+
+
+def _train_causal(model, tokenizer, stream: list[int], held_rows: torch.Tensor, args, name: str) -> dict:
+    """Next-token training of a causal LM with the `{name}_steps / _lr / _short_len` arguments."""
+    steps, lr, short_len = (getattr(args, f"{name}_{key}") for key in ("steps", "lr", "short_len"))
     rows = phased_batches(
-        pack(stream, args.gpt2_short_len),
-        pack(stream, 512),
-        args.gpt2_steps,
-        args.long_share,
-        args.tokens_per_step,
-        args.seed,
+        pack(stream, short_len), pack(stream, 512), steps, args.long_share, args.tokens_per_step, args.seed
     )
 
     def batches(step: int) -> dict:
         x = rows(step)
         return {"input_ids": x, "labels": x}
 
-    losses = train_loop(model, batches, args.gpt2_steps, args.gpt2_lr, "gpt2")
+    losses = train_loop(model, batches, steps, lr, name)
     held = eval_loss(model, held_rows, lambda x: {"input_ids": x, "labels": x})
-    model.generation_config.pad_token_id = eos_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     return {"model": model, "tokenizer": tokenizer, "losses": losses, "heldout_loss": held, "tokens": len(stream)}
 
 

@@ -6,6 +6,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
+LLAMA_BOS, LLAMA_EOS = "<|begin_of_text|>", "<|end_of_text|>"  # Llama 3's names
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -35,6 +36,33 @@ def gpt2_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
         eos_token=EOS,
         unk_token=EOS,
         pad_token=EOS,
+        padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=512,
+    )
+
+
+def llama_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = train_bpe(docs, vocab_size, [LLAMA_BOS, LLAMA_EOS])
+    bos_id = tok.token_to_id(LLAMA_BOS)
+    # As Llama 3: every encoded text starts with BOS (training rows do too, see families.train_llama).
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{LLAMA_BOS} $A",
+                pair=f"{LLAMA_BOS} $A {LLAMA_BOS}:1 $B:1",
+                special_tokens=[(LLAMA_BOS, bos_id)],
+            ),
+        ]
+    )
+    # Llama has no pad token; pad with EOS on the left (batched generation continues the real text), as users do.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=LLAMA_BOS,
+        eos_token=LLAMA_EOS,
+        unk_token=LLAMA_EOS,
+        pad_token=LLAMA_EOS,
         padding_side="left",
         model_input_names=["input_ids", "attention_mask"],
         model_max_length=512,
