@@ -12,7 +12,7 @@ accelerated on their own. A model already accelerated is left as is. `eet_hf.exp
 non-empty afterwards for the model to count as accelerated; models where accelerate() left everything to HF are
 counted apart. An error from accelerate() propagates: the test fails with eet's error, which is a finding.
 
-At session end the plugin writes a JSON summary (--eet-summary, or the EET_HF_SUITES_SUMMARY environment variable):
+At session end the plugin writes a JSON summary (--eet-summary, or the HF_SUITES_EET_SUMMARY environment variable):
 tests run, tests with at least one accelerated model, models accelerated, and per test the counts.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import torch
 
-_SUMMARY_ENV = "EET_HF_SUITES_SUMMARY"
+_SUMMARY_ENV = "HF_SUITES_EET_SUMMARY"
 
 
 class _Tally:
