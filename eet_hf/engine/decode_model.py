@@ -53,3 +53,27 @@ class DecodeModel(Protocol):
 
 def tensor_signature(tensors: list[torch.Tensor]) -> tuple:
     return tuple((t.data_ptr(), t.dtype) for t in tensors)
+
+
+class ModelView:
+    """The DecodeModel properties of a view over an HF LM (`model`, `layers`, `lm_head` attributes): layers, vocab,
+    dtype and device from the LM head, and the storage signature of every parameter and buffer."""
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def vocab(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def storage_signature(self) -> tuple:
+        return tensor_signature([*self.model.parameters(), *self.model.buffers()])

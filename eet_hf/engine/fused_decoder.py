@@ -32,7 +32,7 @@ from eet_hf.ops import reference
 from eet_hf.patches.decoder_records import RECORDS, DecoderRecord
 
 from . import decoder_families, rotary_swap
-from .decode_model import StepBounds, tensor_signature
+from .decode_model import ModelView, StepBounds
 from .packing import pack_rows
 
 # Rotary tables per rotary module: (capacity, dtype, device, inv_freq address) -> (cos, sin) [capacity, head_dim].
@@ -64,7 +64,7 @@ class FusedLayer:
 
 
 @dataclass(frozen=True)
-class FusedDecoder:
+class FusedDecoder(ModelView):
     """A Llama-style LM as the decode engine drives it through fused ops (DecodeModel, decode_model.py)."""
 
     model: nn.Module
@@ -83,27 +83,8 @@ class FusedDecoder:
     max_positions = None
 
     @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def vocab(self) -> int:
-        return self.lm_head.weight.shape[0]
-
-    @property
     def width(self) -> int:
         return self.embed.weight.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
-    def storage_signature(self) -> tuple:
-        return tensor_signature([*self.model.parameters(), *self.model.buffers()])
 
     def forward_last_logits(self, tokens: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor,
                             bounds: StepBounds, padded: bool = True) -> torch.Tensor:

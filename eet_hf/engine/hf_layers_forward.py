@@ -22,7 +22,7 @@ from torch import nn
 from eet_hf.bounds import SeqBounds
 
 from . import rotary_swap
-from .decode_model import StepBounds, tensor_signature
+from .decode_model import ModelView, StepBounds
 
 
 class ArenaStepCache:
@@ -48,7 +48,7 @@ class ArenaStepCache:
 
 
 @dataclass(frozen=True)
-class HFDecoderStack:
+class HFDecoderStack(ModelView):
     """A decoder-only LM as the engine drives it. `embed(tokens, positions)` -> [batch, seq, hidden] is the
     model-level input part of HF's forward; `rotary` (or None) makes HF's (cos, sin) from the hidden states and
     positions; `final` is the final norm (and any output projection) before `lm_head`."""
@@ -67,25 +67,6 @@ class HFDecoderStack:
     rotary_modules: tuple[ModuleType, ...] = ()  # modeling modules whose apply_rotary_pos_emb eet's op stands in for
 
     # DecodeModel (decode_model.py)
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def vocab(self) -> int:
-        return self.lm_head.weight.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
-    def storage_signature(self) -> tuple:
-        return tensor_signature([*self.model.parameters(), *self.model.buffers()])
-
     def forward_last_logits(
         self, tokens: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor, bounds: StepBounds,
         padded: bool = True,
