@@ -148,7 +148,7 @@ def _generate(model: nn.Module, ctx: PatchContext) -> None:
         return
     fused = fused_decoder.refusal(model)
     if fused is None:
-        fused_decoder.build(model)  # packs q/k/v and gate/up now (HF's parameters become views: no extra memory)
+        fused_decoder.pack(model)  # q/k/v and gate/up packed now (HF's parameters become views: no extra memory)
         generate_engine.install(model, ctx, fused_decoder.build, decoder_families.call_refusal)
         ctx.report.accelerated.append("decoder step (eet fused: norm + packed QKV + rotary + KV write, gated MLP)")
     else:

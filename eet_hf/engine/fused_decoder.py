@@ -278,6 +278,15 @@ def kernel_check(view: FusedDecoder) -> str | None:
     return None
 
 
+def pack(model: nn.Module) -> None:
+    """Pack every layer's q/k/v and gate/up into one matrix each (HF's parameters become views; idempotent)."""
+    record = RECORDS[model.config.model_type]
+    for layer in _parts(model, record)["layers"]:
+        m = _layer_modules(layer, record)
+        pack_rows(m["qkv"])
+        pack_rows(m["gate_up"])
+
+
 def _build(model: nn.Module) -> FusedDecoder:
     record = RECORDS[model.config.model_type]
     parts = _parts(model, record)
