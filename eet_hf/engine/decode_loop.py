@@ -119,9 +119,11 @@ class DecodeEngine:
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
     def run(self, w: DecodeModel, input_ids: torch.Tensor, pads: torch.Tensor, has_padding: bool,
-            position_ids: torch.Tensor, policy: DecodePolicy, keep_scores: bool, keep_logits: bool) -> DecodeResult:
+            position_ids: torch.Tensor, policy: DecodePolicy, keep_scores: bool, keep_logits: bool,
+            weights: tuple | None = None) -> DecodeResult:
         """input_ids: [batch, prompt] left-padded; pads: int32 [batch] padding per row (has_padding: any > 0);
-        position_ids: [batch, prompt] (HF's: cumsum of the mask). Returns up to policy.max_new_tokens new tokens
+        position_ids: [batch, prompt] (HF's: cumsum of the mask); weights: the caller's signature of the tensors
+        `w` reads, when it has one (else w.storage_signature()). Returns up to policy.max_new_tokens new tokens
         per row."""
         self.stats["calls"] += 1
         device = w.device
@@ -134,7 +136,7 @@ class DecodeEngine:
         self._check_fits(w, batch, slots, capacity, device)
         generation = self.arena.generation
         kv = self.arena.view(w.num_layers, batch, w.kv_heads, capacity, w.head_dim, w.dtype, device)
-        weights = w.storage_signature()
+        weights = w.storage_signature() if weights is None else weights
         if self.arena.generation != generation or weights != self._weights:
             # They captured views of the old arena, or weights that have since moved. Their memory pool goes with
             # them: capturing into a pool whose last graph was destroyed trips an allocator assert.

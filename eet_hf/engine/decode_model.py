@@ -52,7 +52,7 @@ class DecodeModel(Protocol):
 
 
 def tensor_signature(tensors: list[torch.Tensor]) -> tuple:
-    return tuple((t.data_ptr(), t.dtype) for t in tensors)
+    return tuple((t.data_ptr(), t.dtype, t.device) for t in tensors)
 
 
 class ModelView:

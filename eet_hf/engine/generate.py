@@ -48,12 +48,18 @@ class EngineHandle:
     view: DecodeModel | None = None
     view_signature: tuple = ()
 
-    def model_view(self, model: torch.nn.Module) -> DecodeModel:
-        signature = tensor_signature([*model.parameters(), *model.buffers()])
+    def model_view(self, model: torch.nn.Module, signature: tuple) -> DecodeModel:
+        """The view for `model`, whose tensor_signature over parameters and buffers is `signature`."""
         if self.view is None or signature != self.view_signature:
             self.view = self.build(model)
-            self.view_signature = tensor_signature([*model.parameters(), *model.buffers()])  # packing moves some
+            self.view_signature = model_signature(model)  # packing moves some
         return self.view
+
+
+def model_signature(model: torch.nn.Module) -> tuple:
+    """Address, dtype and device of every parameter and buffer: one pass over the module tree per generate call
+    (part of its time to first token), shared by the view cache, the engine's graphs and the device check."""
+    return tensor_signature([*model.parameters(), *model.buffers()])
 
 
 def install(model: torch.nn.Module, ctx, build: Callable[[torch.nn.Module], DecodeModel],
@@ -111,7 +117,7 @@ def _left_padding(attention_mask: torch.Tensor | None, batch: int, prompt_len: i
     return (pads.to(torch.int32), bool(any_pad)) if is_left else None
 
 
-def _decode_refusal(model, generation_config, model_kwargs: dict) -> str | None:
+def _decode_refusal(model, generation_config, model_kwargs: dict, signature: tuple) -> str | None:
     for key, value in model_kwargs.items():
         if key not in _KNOWN_MODEL_KWARGS and value is not None:
             return f"model input `{key}`"
@@ -124,8 +130,7 @@ def _decode_refusal(model, generation_config, model_kwargs: dict) -> str | None:
         generation_config.output_attentions or generation_config.output_hidden_states
     ):
         return "output_attentions / output_hidden_states"
-    devices = {p.device for p in model.parameters()}
-    if len(devices) > 1:
+    if len({device for _, _, device in signature}) > 1:
         return "a model spread over several devices"
     return None
 
@@ -134,7 +139,8 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
                streamer=None, **model_kwargs):
     """HF's decoding-method interface (as `_sample`): eet's loop, or HF's `_sample` when it cannot translate."""
     prompt_len = input_ids.shape[1]
-    reason = _decode_refusal(self, generation_config, model_kwargs)
+    signature = model_signature(self)
+    reason = _decode_refusal(self, generation_config, model_kwargs, signature)
     policy = None
     if reason is None:
         policy = translate(logits_processor, stopping_criteria, generation_config, prompt_len)
@@ -142,7 +148,7 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
     handle: EngineHandle = self.__dict__[ENGINE_ATTR]
     if reason is None and handle.call_refusal is not None:
         reason = handle.call_refusal(self, round_capacity(prompt_len + policy.max_new_tokens))
-    w = handle.model_view(self)
+    w = handle.model_view(self, signature)
     device = w.device
     padding = None
     if reason is None:
@@ -165,7 +171,7 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
     result = handle.engine.run(
         w, input_ids, pads, has_padding, position_ids, policy,
         keep_scores=bool(want_dict and generation_config.output_scores),
-        keep_logits=bool(want_dict and generation_config.output_logits),
+        keep_logits=bool(want_dict and generation_config.output_logits), weights=handle.view_signature,
     )
     sequences = torch.cat([input_ids, result.new_tokens], dim=1)
     if not want_dict:
