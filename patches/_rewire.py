@@ -20,6 +20,7 @@ from eet_hf import ops
 from eet_hf._log import warn_once
 from eet_hf.attention import LOADED_ATTN_ATTR
 from eet_hf.errors import EetUnsupportedError
+from eet_hf.module_tensors import module_tensors
 from eet_hf.report import Report
 
 from ._config_view import attention_view
@@ -112,7 +113,7 @@ def hf_generate_while_offloaded(model: nn.Module, ctx: PatchContext) -> None:
 
     @functools.wraps(engine_generate)
     def generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if any(p.device.type == "meta" for p in self.parameters()):
+        if any(t.is_meta for t in module_tensors(self)):
             warn_once("generate: weights offloaded by accelerate hooks (meta device): HF's generate runs on eet's "
                       "fused forward")
             return type(self).generate(self, *args, **kwargs)

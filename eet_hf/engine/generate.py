@@ -20,6 +20,7 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from eet_hf._log import warn_once
+from eet_hf.module_tensors import module_tensors
 
 from .decode_loop import DecodeEngine
 from .decode_model import DecodeModel, tensor_signature
@@ -59,7 +60,7 @@ class EngineHandle:
 def model_signature(model: torch.nn.Module) -> tuple:
     """Address, dtype and device of every parameter and buffer: one pass over the module tree per generate call
     (part of its time to first token), shared by the view cache, the engine's graphs and the device check."""
-    return tensor_signature([*model.parameters(), *model.buffers()])
+    return tensor_signature(module_tensors(model))
 
 
 def install(model: torch.nn.Module, ctx, build: Callable[[torch.nn.Module], DecodeModel],
