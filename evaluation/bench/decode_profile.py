@@ -161,11 +161,13 @@ def one_case(ctx: RunContext, shape: S.ModelShape, batch: int, ceiling: float | 
 
         graph, state = _graph(model)
         # Replays advance the step's counters (slot, position): each measurement starts from the generate's last
-        # step again, so positions stay inside the cache and its rotary table.
-        counters = state.counters.clone()
-        step_us = _replay_us(graph, lambda: state.counters.copy_(counters))
-        state.counters.copy_(counters)
-        kernels = _profile(graph.replay, 10, ProfilerActivity.CUDA)
+        # step again, so positions stay inside the cache and its rotary table. The state was made under
+        # inference_mode (by generate), so it is rewound there too.
+        with torch.inference_mode():
+            counters = state.counters.clone()
+            step_us = _replay_us(graph, lambda: state.counters.copy_(counters))
+            state.counters.copy_(counters)
+            kernels = _profile(graph.replay, 10, ProfilerActivity.CUDA)
         steps = 10
         bytes_needed = step_bytes(model, batch, PROMPT + 4)
         rows += [row(case, "eet", "step_us", step_us, "us"), row(case, "eet", "step_gb", bytes_needed / 1e9, "GB")]
