@@ -1,75 +1,100 @@
-"""Bucketed prompts (eet_hf/engine/prefill_graphs.py) on CPU: the bucket arithmetic, and generate through the
-bucketed layout (the prompt left-padded to its bucket, filling cache slots [shift, bucket)) giving HF's tokens,
-scores and cache. CUDA graphs themselves: tests/gpu/test_prefill_graphs_cuda.py."""
+"""Prompts under CUDA graphs (eet_hf/engine/prefill_graphs.py): which prompts may take a graph, and the bookkeeping
+(first use eager, second use captures, later uses replay, a failed capture stays eager, an LRU bound), with the
+capture faked so it runs on CPU. Real captures: tests/gpu/test_prefill_graphs_cuda.py."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-import eet_hf
-from eet_hf.engine import prefill_graphs
-from eet_hf.engine.generate import ENGINE_ATTR
-
-from .helpers import assert_close, gpt2_config, padded_batch
-
-VOCAB = 97
+from eet_hf.engine import prefill_graphs as P
 
 
-def test_bucket_covers_the_prompt_with_little_padding():
-    previous = 0
-    for n in range(1, 5000):
-        b = prefill_graphs.bucket(n)
-        assert b >= n and b >= previous  # monotone, never shorter than the prompt
-        assert b - n < (16 if n <= 256 else n / 8), (n, b)  # at most 15 rows, or under 1/8 beyond 256
-        previous = b
-    assert {prefill_graphs.bucket(n) for n in range(113, 129)} == {128}  # one graph for a range of lengths
+def test_only_cuda_prompts_within_the_token_bound_take_graphs():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert P._graphable(2, 100, cuda) and not P._graphable(2, 100, cpu)
+    assert not P._graphable(1, 1, cuda)  # a one-token prompt is a decode-shaped forward
+    assert P._graphable(1, P.MAX_GRAPH_TOKENS, cuda) and not P._graphable(2, P.MAX_GRAPH_TOKENS // 2 + 1, cuda)
 
 
-def test_graph_length_only_buckets_cuda_prompts_within_the_token_bound():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert prefill_graphs.graph_length(1, 100, cpu) == 100
-    assert prefill_graphs.graph_length(1, 100, cuda) == 112
-    assert prefill_graphs.graph_length(1, 1, cuda) == 1  # a one-token prompt is not padded
-    too_many = prefill_graphs.MAX_GRAPH_TOKENS // 112 + 1
-    assert prefill_graphs.graph_length(too_many, 100, cuda) == 100
+class _View:
+    """A DecodeModel stand-in: counts eager forwards, returns a marker."""
+
+    def __init__(self):
+        self.eager = 0
+        self.dtype = torch.float32
+
+    def forward_last_logits(self, tokens, positions, kv, bounds, padded=True):
+        self.eager += 1
+        return torch.full((tokens.shape[0], 3), float(self.eager))
 
 
-def _llama():
-    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256)
-    return LlamaForCausalLM(config).eval()
+class _FakeCaptured:
+    def __init__(self, batch):
+        self.replays, self.loaded = 0, None
+        self.logits = torch.full((batch, 3), -1.0)
+        self.graph = self
 
+    def load(self, tokens, positions, pads):
+        self.loaded = tokens.clone()
 
-def _gpt2():
-    return GPT2LMHeadModel(gpt2_config()).eval()
+    def replay(self):
+        self.replays += 1
 
 
 @pytest.fixture
-def bucketed(monkeypatch):
-    """Every prompt runs at its bucket's length, also on the CPU (where graphs are never captured)."""
-    monkeypatch.setattr(prefill_graphs, "graph_length", lambda batch, n, device: prefill_graphs.bucket(n))
+def graphs(monkeypatch):
+    monkeypatch.setattr(P, "_graphable", lambda batch, seq, device: seq > 1)
+    made = []
+
+    def capture(self, w, key, tokens, positions, pads, kv, padded):
+        if tokens.shape[1] == 13:  # a prompt whose capture fails
+            self._remember(key, False)
+            return False
+        made.append(_FakeCaptured(tokens.shape[0]))
+        self._remember(key, made[-1])
+        return made[-1]
+
+    monkeypatch.setattr(P.PrefillGraphs, "_capture", capture)
+    return P.PrefillGraphs(), made
 
 
-@pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama-fused", "gpt2"])
-def test_bucketed_prompt_gives_hf_tokens_scores_and_cache(bucketed, make):
-    hf = make()
-    model = eet_hf.accelerate(copy.deepcopy(hf))
-    ids, mask = padded_batch(3, 9, [9, 5, 2], "left", vocab=VOCAB)  # bucket 16: 7 extra pad slots
-    kwargs = dict(attention_mask=mask, max_new_tokens=6, eos_token_id=None, do_sample=False, pad_token_id=0,
-                  return_dict_in_generate=True, output_scores=True, repetition_penalty=1.3)
-    with torch.no_grad():
-        out, expected = model.generate(ids, **kwargs), hf.generate(ids, **kwargs)
-    assert model.__dict__[ENGINE_ATTR].engine.stats["calls"] == 1, "eet's loop did not run"
-    assert torch.equal(out.sequences, expected.sequences)
-    for ours, theirs in zip(out.scores, expected.scores):  # the repetition penalty saw the prompt's ids only
-        assert_close(ours, theirs, 1e-4)
-    ours_cache, theirs_cache = out.past_key_values, expected.past_key_values
-    assert ours_cache.get_seq_length() == theirs_cache.get_seq_length() == 9 + 5
-    real = torch.cat([mask, torch.ones(3, 5, dtype=mask.dtype)], 1).bool()[:, None, :, None]
-    for ours, theirs in zip(ours_cache.layers, theirs_cache.layers):
-        assert_close(ours.keys, theirs.keys, 1e-4, where=real)  # the extra bucket padding is not in the cache
-        assert_close(ours.values, theirs.values, 1e-4, where=real)
+_KV = torch.zeros(4)  # the engine's arena view: one tensor across calls (its address is part of the key)
+
+
+def _call(g, w, batch, seq, fill=1):
+    tokens = torch.full((batch, seq), fill)
+    return g.forward(w, tokens, tokens, torch.zeros(batch, dtype=torch.int32), _KV, padded=False)
+
+
+def test_first_use_is_eager_the_second_captures_then_replays(graphs):
+    g, made = graphs
+    w = _View()
+    assert _call(g, w, 2, 10)[0, 0] == 1.0 and w.eager == 1 and not made
+    assert _call(g, w, 2, 10, fill=5)[0, 0] == -1.0 and len(made) == 1 and made[0].replays == 1
+    assert torch.equal(made[0].loaded, torch.full((2, 10), 5))  # the replay read this call's tokens
+    _call(g, w, 2, 10)
+    assert w.eager == 1 and made[0].replays == 2 and len(made) == 1
+    _call(g, w, 2, 11)  # another length: its own first, eager use
+    assert w.eager == 2 and len(made) == 1
+
+
+def test_a_failed_capture_keeps_that_prompt_eager(graphs):
+    g, made = graphs
+    w = _View()
+    for _ in range(4):
+        _call(g, w, 1, 13)
+    assert w.eager == 4 and not made
+
+
+def test_graphs_are_bounded_and_cleared(graphs):
+    g, made = graphs
+    w = _View()
+    for seq in range(2, 2 + 3 * P.MAX_GRAPHS):
+        _call(g, w, 1, seq)
+        _call(g, w, 1, seq)
+    assert len(g._graphs) <= 2 * P.MAX_GRAPHS
+    g.clear()
+    assert not g._graphs
+    _call(g, w, 1, 2)
+    assert made[0].replays == 1  # after clear() the old graph is not replayed: the length starts over, eagerly

@@ -49,16 +49,15 @@ class DecodeState:
         self.scores = torch.zeros(batch, vocab, dtype=torch.float32, device=device) if keep_scores else None
         self.logits = torch.zeros(batch, vocab, dtype=torch.float32, device=device) if keep_logits else None
 
-    def reset(self, slots: int, input_ids: torch.Tensor, pads: torch.Tensor, last_positions: torch.Tensor,
+    def reset(self, input_ids: torch.Tensor, pads: torch.Tensor, last_positions: torch.Tensor,
               seen_from: torch.Tensor | None) -> None:
-        """Set up for the first decode step after a prompt that filled cache slots [0, slots) (pads: int32 [batch],
-        left padding per row in those slots); input_ids: the prompt's own ids (HF's repetition penalty reads them)."""
+        """Set up for the first decode step after a prompt of input_ids.shape[1] tokens (pads: int32 [batch])."""
         prompt_len = input_ids.shape[1]
         self.positions.copy_(last_positions.view(-1, 1) + 1)
-        self.bounds.write_pos.fill_(slots)
+        self.bounds.write_pos.fill_(prompt_len)
         self.bounds.kv_start.copy_(pads)
-        self.bounds.kv_end.fill_(slots + 1)
-        self.bounds.q_offset.fill_(slots)
+        self.bounds.kv_end.fill_(prompt_len + 1)
+        self.bounds.q_offset.fill_(prompt_len)
         self.step.zero_()
         self.live_steps.zero_()
         self.unfinished.fill_(True)
@@ -79,7 +78,7 @@ class DecodeResult:
     new_tokens: torch.Tensor  # [batch, n] int64
     scores: list[torch.Tensor] | None  # n × [batch, vocab] fp32, processed (HF's output_scores)
     logits: list[torch.Tensor] | None  # n × [batch, vocab] fp32, raw (HF's output_logits)
-    kv: torch.Tensor  # [layers, 2, batch, kv_heads, slots, head_dim]; the first prompt_len + n - 1 slots filled
+    kv: torch.Tensor  # [layers, 2, batch, kv_heads, capacity, head_dim]; the first prompt_len + n - 1 slots filled
 
 
 class DecodeEngine:
@@ -129,11 +128,8 @@ class DecodeEngine:
         device = w.device
         batch, prompt_len = input_ids.shape
         max_new = policy.max_new_tokens
-        # The prompt runs at its graph bucket's length, left-padded further: it fills slots [shift, slots).
-        slots = prefill_graphs.graph_length(batch, prompt_len, device)
-        shift = slots - prompt_len
-        capacity = round_capacity(slots + max_new)
-        self._check_fits(w, batch, slots, capacity, device)
+        capacity = round_capacity(prompt_len + max_new)
+        self._check_fits(w, batch, prompt_len, capacity, device)
         generation = self.arena.generation
         kv = self.arena.view(w.num_layers, batch, w.kv_heads, capacity, w.head_dim, w.dtype, device)
         weights = w.storage_signature() if weights is None else weights
@@ -146,14 +142,9 @@ class DecodeEngine:
             self._weights = weights
 
         graph, state, runner = self._state_for(w, batch, capacity, device, policy, keep_scores, keep_logits)
-        # Prompt: all tokens at once, written to slots [0, slots).
-        tokens, positions = input_ids, position_ids
-        if shift:
-            tokens = torch.nn.functional.pad(input_ids, (shift, 0))
-            positions = torch.nn.functional.pad(position_ids, (shift, 0))
-            pads, has_padding = pads + shift, True
-        logits = self.prefill.forward(w, tokens, positions, pads, kv, padded=has_padding)
-        state.reset(slots, input_ids, pads, position_ids[:, -1], policy.seen_from)
+        # Prompt: all tokens at once, written to slots [0, prompt_len) (from a CUDA graph where one was captured).
+        logits = self.prefill.forward(w, input_ids, position_ids, pads, kv, padded=has_padding)
+        state.reset(input_ids, pads, position_ids[:, -1], policy.seen_from)
         scores, raw = [], []
         self._select(logits, state, runner)
         self._keep(state, scores, raw)
@@ -176,7 +167,7 @@ class DecodeEngine:
             new_tokens=state.out[:, :n].clone(),
             scores=scores[:n] if keep_scores else None,
             logits=raw[:n] if keep_logits else None,
-            kv=kv[..., shift:, :],
+            kv=kv,
         )
 
     def _all_finished(self, step: int, state: DecodeState, pending: list, device: torch.device) -> bool:

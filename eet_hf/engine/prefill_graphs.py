@@ -1,14 +1,12 @@
-"""Prompts under CUDA graphs: the prefill forward replayed from a graph per (batch, prompt-length bucket).
+"""Prompts under CUDA graphs: the prefill forward replayed from a graph per (batch, prompt length).
 
 A 128-token prompt through a 1B Llama is ~200 kernels; launched one by one from Python they cost several ms of
-host time while the GPU needs about one, so time to first token was host-bound. Prompt lengths are rounded up to
-a bucket (`bucket`) by extra left padding — the kernels see keys only within each sequence's bounds (mask fusion),
-so the real tokens compute what they would unpadded — and the forward of a (batch, bucket) is captured on its
-second use and replayed after. The eager first use runs the same shapes and kernels as the replays, so a prompt's
-answer does not depend on whether its graph existed yet.
+host time while the GPU needs about one, so time to first token was host-bound. The prefill of a (batch, length) is
+captured on its second use and replayed from then on (one-off lengths never pay a capture); its first, eager use runs
+the same shapes and kernels as the replays, so a prompt's answer does not depend on whether its graph existed yet.
 
-The caller owns the layout change: the prompt fills cache slots [bucket - prompt_len, bucket) instead of
-[0, prompt_len) (decode_loop.DecodeEngine.run).
+Lengths are not rounded up to shared buckets by further left padding (one graph per range of lengths): that gave
+wrong tokens in a GPU test, unexplained so far (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -21,27 +19,14 @@ from eet_hf._log import warn_once
 
 from .decode_model import DecodeModel, StepBounds
 
-# batch × bucket above which a prompt runs eagerly (unbucketed): there the kernels' time dwarfs their launches,
-# and a graph's activations (kept in its memory pool between calls) would grow with the prompt.
+# batch x length above which a prompt runs eagerly: there the kernels' time dwarfs their launches, and a graph's
+# activations (kept in its memory pool between calls) would grow with the prompt.
 MAX_GRAPH_TOKENS = 4096
 MAX_GRAPHS = 4
 
 
-def bucket(prompt_len: int) -> int:
-    """The padded length a prompt runs at: a multiple of 16 up to 256, then of a sixteenth of the next power of
-    two (at most ~6% extra rows there), so one graph serves a range of lengths."""
-    step = 16 if prompt_len <= 256 else (1 << (prompt_len - 1).bit_length()) // 16
-    return -(-prompt_len // step) * step
-
-
 def _graphable(batch: int, seq: int, device: torch.device) -> bool:
     return device.type == "cuda" and seq > 1 and batch * seq <= MAX_GRAPH_TOKENS
-
-
-def graph_length(batch: int, prompt_len: int, device: torch.device) -> int:
-    """The length this prompt runs at: its bucket where it may take a graph (CUDA, few enough tokens), else its own."""
-    padded = bucket(prompt_len)
-    return padded if _graphable(batch, padded, device) and prompt_len > 1 else prompt_len
 
 
 class _Captured:
@@ -80,7 +65,7 @@ class PrefillGraphs:
     def forward(self, w: DecodeModel, tokens: torch.Tensor, positions: torch.Tensor, pads: torch.Tensor,
                 kv: torch.Tensor, padded: bool) -> torch.Tensor:
         """Logits [batch, vocab] of the prompt's last position; keys and values written to slots [0, seq).
-        tokens, positions: [batch, seq] (seq a bucket); pads: int32 [batch] left padding per row."""
+        tokens, positions: [batch, seq]; pads: int32 [batch] left padding per row."""
         batch, seq = tokens.shape
         if not _graphable(batch, seq, tokens.device):
             return w.forward_last_logits(tokens, positions, kv, _bounds(pads, batch, seq), padded=padded)

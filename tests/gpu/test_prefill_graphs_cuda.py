@@ -1,4 +1,4 @@
-"""Prompts under CUDA graphs (eet_hf/engine/prefill_graphs.py): the first use of a (batch, bucket) runs eagerly, the
+"""Prompts under CUDA graphs (eet_hf/engine/prefill_graphs.py): the first use of a (batch, length) runs eagerly, the
 second captures, later ones replay — and all give the same answer, equal to HF's in fp32."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def _model(name: str, dtype: torch.dtype):
     return GPT2LMHeadModel.from_pretrained(default_model_path("gpt2"), dtype=dtype).cuda().eval()
 
 
-def _prompts(batch: int, length: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _prompts(batch: int, length: int, vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded random prompts of different lengths (row 0 full length)."""
-    generator = torch.Generator().manual_seed(batch * 1000 + length)
+    generator = torch.Generator().manual_seed(batch * 1000 + length + seed)
     ids = torch.randint(5, vocab, (batch, length), generator=generator)
     mask = torch.ones(batch, length, dtype=torch.long)
     for row in range(1, batch):
@@ -32,7 +32,7 @@ def _prompts(batch: int, length: int, vocab: int) -> tuple[torch.Tensor, torch.T
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
-@pytest.mark.parametrize("batch,length", [(1, 100), (3, 37), (2, 128)])
+@pytest.mark.parametrize("batch,length", [(1, 9), (1, 100), (3, 37), (2, 128)])
 def test_eager_capture_and_replay_agree(cuda_ops, name, batch, length):
     model = eet_hf.accelerate(_model(name, torch.float16))
     ids, mask = _prompts(batch, length, model.config.vocab_size)
@@ -55,13 +55,28 @@ def test_eager_capture_and_replay_agree(cuda_ops, name, batch, length):
 def test_replayed_prompt_gives_hf_fp32_tokens(cuda_ops, name):
     hf = _model(name, torch.float32)
     model = eet_hf.accelerate(copy.deepcopy(hf))
-    ids, mask = _prompts(4, 45, hf.config.vocab_size)  # bucket 48
+    ids, mask = _prompts(4, 45, hf.config.vocab_size)
     kwargs = dict(attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
     with torch.inference_mode():
         expected = hf.generate(ids, **kwargs)
         for _ in range(3):
             assert torch.equal(model.generate(ids, **kwargs), expected)
-        # Another prompt of the same bucket replays the same graph with its own tokens.
-        other, other_mask = _prompts(4, 47, hf.config.vocab_size)
+        # Another prompt of the same shape replays the same graph with its own tokens and padding.
+        other, other_mask = _prompts(4, 45, hf.config.vocab_size, seed=1)
+        other_mask = other_mask.roll(1, 0)
+        other = other.masked_fill(other_mask == 0, 0)
         kwargs["attention_mask"] = other_mask
         assert torch.equal(model.generate(other, **kwargs), hf.generate(other, **kwargs))
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("length", [9, 45])
+def test_single_unpadded_prompt_gives_hf_fp32_tokens(cuda_ops, name, length):
+    hf = _model(name, torch.float32)
+    model = eet_hf.accelerate(copy.deepcopy(hf))
+    ids, _ = _prompts(1, length, hf.config.vocab_size)
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)  # no mask; eos may stop it, as in HF
+    with torch.inference_mode():
+        expected = hf.generate(ids, **kwargs)
+        for _ in range(3):  # eager, capture + replay, replay
+            assert torch.equal(model.generate(ids, **kwargs), expected)
