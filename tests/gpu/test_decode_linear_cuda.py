@@ -248,15 +248,21 @@ def test_qkv_rope_append_matches_reference(cuda_ops, dtype, heads, kv_heads, hea
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fused_decoder_kernel_check_passes_and_catches_a_wrong_kernel(cuda_ops, dtype, monkeypatch):
-    from transformers import LlamaConfig, LlamaForCausalLM
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_fused_decoder_kernel_check_passes_and_catches_a_wrong_kernel(cuda_ops, dtype, family, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
     from eet_hf.engine import fused_decoder
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=1024)
-    model = LlamaForCausalLM(config).to("cuda", dtype).eval()
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=1024))
+    else:
+        model = OPTForCausalLM(OPTConfig(hidden_size=256, ffn_dim=1024, num_hidden_layers=2, num_attention_heads=4,
+                                         vocab_size=1024, max_position_embeddings=64))
+    model = model.to("cuda", dtype).eval()
+    assert fused_decoder.refusal(model) is None
     view = fused_decoder._build(model)
     assert fused_decoder.kernel_check(view) is None
     real = torch.ops.eet.decode_linear
