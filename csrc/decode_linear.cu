@@ -164,6 +164,8 @@ __device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t
         const int64_t q_rows = static_cast<int64_t>(p.heads_q) * hd, k_rows = static_cast<int64_t>(p.heads_kv) * hd;
         const int64_t j = row1 % hd;  // < half: row2 is its rotary partner j + half
         float o1 = y1, o2 = y2;
+        // No tables (OPT): q and k as projected. Identity tables (cos 1, sin 0) would round the same way, but cost two
+        // table reads per element and turn an overflowed partner into NaN (inf * 0) where HF keeps this element.
         if (p.cos != nullptr && row1 < q_rows + k_rows) {
           const T* cs = static_cast<const T*>(p.cos) + c * p.ld_cs;
           const T* sn = static_cast<const T*>(p.sin) + c * p.ld_cs;
