@@ -30,10 +30,10 @@ TORCH_LIBRARY_IMPL(eet, CUDA, m) {
   m.impl("rotary", &eet::bindings::rotary);
   // Small-batch (decode-step) linear layer, optional fused gelu_new: GPT-2's Conv1Ds at one row (gpt2_forward.py).
   m.impl("small_linear", &eet::bindings::small_linear);
-  // Decode-step linear layers over nn.Linear weights (RMSNorm prologue; residual / gated / rotary + KV epilogues):
-  // the fused Llama-family decoder step (eet_hf/engine/fused_decoder.py).
+  // Decode-step linear layers over nn.Linear weights (RMSNorm / LayerNorm prologue; residual / activation / rotary +
+  // KV epilogues): the fused decoder step of Llama-style families and OPT (eet_hf/engine/fused_decoder.py).
   m.impl("decode_linear", &eet::bindings::decode_linear);
   m.impl("decode_qkv_rope", &eet::bindings::decode_qkv_rope);
-  // [Per-head q/k RMSNorm +] rotary + KV write after the QKV projection: prompts, and Qwen3's decode steps.
+  // [Per-head q/k RMSNorm +] [rotary +] KV write after the QKV projection: prompts, and Qwen3's decode steps.
   m.impl("qkv_rope_append", &eet::bindings::qkv_rope_append);
 }

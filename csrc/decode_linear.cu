@@ -18,8 +18,12 @@
 //
 // Every warp keeps kAhead steps of W loads in flight (32 bytes per lane per step); the first ones are issued before
 // pdl_wait(), because no kernel of a step writes W, so their HBM latency overlaps the previous kernel's tail.
-// The RMSNorm prologue (norm_weight != nullptr) computes each row's 1/rms from x in the block after the wait, and
-// the x fragments are normalized as they are loaded, with HF's roundings: round(round(x * rstd) * w).
+// The norm prologue computes each row's statistics from x in the block after the wait (RMSNorm: 1/rms; LayerNorm: the
+// mean, then 1/std from the centered sum of squares, as layernorm.cu), and the x fragments are normalized as they are
+// loaded, with HF's roundings: RMSNorm round(round(x * rstd) * w), LayerNorm round((x - mean) * rstd * w + b).
+//
+// Only the (norm, epilogue) pairs the fused decoder step runs are instantiated (`dispatch` below), which keeps the JIT
+// build short; eet_hf/ops/decode.py sends every other call to its reference.
 #include <algorithm>
 
 #include "attention_ptx.cuh"
@@ -35,17 +39,24 @@ using attn::pack2;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kStepCols = 32;  // K columns a warp consumes per step (4 lanes x 8 elements per row)
+constexpr int kNormNone = static_cast<int>(DecodeNorm::kNone);
+constexpr int kNormRms = static_cast<int>(DecodeNorm::kRms);
+constexpr int kNormLayer = static_cast<int>(DecodeNorm::kLayer);
+
 // W steps in flight per warp: 4 x 32 bytes per lane, 4 KB per warp, 64 KB per SM at two blocks, which covers HBM
-// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of two blocks, and so
-// does 4 with 16 x rows and the norm (x and norm-weight rings of 12 registers per step): 3 there.
-template <int kNT, bool kNorm>
-constexpr int kAheadOf = kNT == 2 && kNorm ? 3 : 4;
+// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of two blocks. The
+// norm's rings take registers from it (x, norm weight and LayerNorm's bias, 4 registers each per step and x tile), so
+// fewer steps fit without spilling: 3 with 16 x rows and RMSNorm, 3 with 8 x rows and LayerNorm, 2 (still 32 KB per
+// SM) with 16 x rows and LayerNorm.
+template <int kNT, int kNorm>
+constexpr int kAheadOf = kNorm == kNormNone ? 4 : kNorm == kNormRms ? (kNT == 2 ? 3 : 4) : (kNT == 2 ? 2 : 3);
 
 constexpr int kEpiStore = static_cast<int>(DecodeEpilogue::kStore);
 constexpr int kEpiResidual = static_cast<int>(DecodeEpilogue::kResidual);
 constexpr int kEpiSiluMul = static_cast<int>(DecodeEpilogue::kSiluMul);
 constexpr int kEpiGeluTanhMul = static_cast<int>(DecodeEpilogue::kGeluTanhMul);
 constexpr int kEpiRotaryKv = static_cast<int>(DecodeEpilogue::kRotaryKv);
+constexpr int kEpiRelu = static_cast<int>(DecodeEpilogue::kRelu);
 
 constexpr bool paired(int epi) { return epi == kEpiSiluMul || epi == kEpiGeluTanhMul || epi == kEpiRotaryKv; }
 
@@ -81,11 +92,13 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.0f + tanhf(inner));
 }
 
-// Eight x values (one 16-byte chunk) as the two B-operand registers of each of a step's two mma, normalized first
-// when a norm weight is given: round(round(x * rstd) * w), HF Llama's RMSNorm order.
-template <typename T, bool kNorm>
-__device__ __forceinline__ void x_fragments(const uint4& raw, const uint4& nw, float rstd, uint32_t (&b)[4]) {
-  if constexpr (!kNorm) {
+// Eight x values (one 16-byte chunk) as the two B-operand registers of each of a step's two mma, normalized first:
+// RMSNorm round(round(x * rstd) * w), HF Llama's order; LayerNorm round((x - mean) * rstd * w + b), torch's
+// layer_norm kernel's expression (it contracts `... * w + b` to one fma; the intrinsics pin that order here).
+template <typename T, int kNorm>
+__device__ __forceinline__ void x_fragments(const uint4& raw, const uint4& nw, const uint4& nb, float mean, float rstd,
+                                            uint32_t (&b)[4]) {
+  if constexpr (kNorm == kNormNone) {
     b[0] = raw.x;
     b[1] = raw.y;
     b[2] = raw.z;
@@ -94,8 +107,16 @@ __device__ __forceinline__ void x_fragments(const uint4& raw, const uint4& nw, f
     const T* xv = reinterpret_cast<const T*>(&raw);
     const T* wv = reinterpret_cast<const T*>(&nw);
     float y[8];
+    if constexpr (kNorm == kNormRms) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) y[j] = round_to<T>(__fmul_rn(round_to<T>(__fmul_rn(to_float(xv[j]), rstd)), to_float(wv[j])));
+      for (int j = 0; j < 8; ++j) y[j] = round_to<T>(__fmul_rn(round_to<T>(__fmul_rn(to_float(xv[j]), rstd)), to_float(wv[j])));
+    } else {
+      const T* bv = reinterpret_cast<const T*>(&nb);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        y[j] = round_to<T>(__fmaf_rn(__fmul_rn(__fsub_rn(to_float(xv[j]), mean), rstd), to_float(wv[j]), to_float(bv[j])));
+      }
+    }
 #pragma unroll
     for (int j = 0; j < 4; ++j) b[j] = pack2<T>(y[2 * j], y[2 * j + 1]);
   }
@@ -127,6 +148,7 @@ __device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t
       if constexpr (kEpi == kEpiResidual) {
         o = __fadd_rn(to_float(static_cast<const T*>(p.residual)[c * p.ld_res + row]), y);
       }
+      if constexpr (kEpi == kEpiRelu) o = y < 0.0f ? 0.0f : y;  // torch's relu: NaN stays NaN
       out[c * p.rows + row] = from_float<T>(o);
     }
   } else {
@@ -142,7 +164,9 @@ __device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t
         const int64_t q_rows = static_cast<int64_t>(p.heads_q) * hd, k_rows = static_cast<int64_t>(p.heads_kv) * hd;
         const int64_t j = row1 % hd;  // < half: row2 is its rotary partner j + half
         float o1 = y1, o2 = y2;
-        if (row1 < q_rows + k_rows) {
+        // No tables (OPT): q and k as projected. Identity tables (cos 1, sin 0) would round the same way, but cost two
+        // table reads per element and turn an overflowed partner into NaN (inf * 0) where HF keeps this element.
+        if (p.cos != nullptr && row1 < q_rows + k_rows) {
           const T* cs = static_cast<const T*>(p.cos) + c * p.ld_cs;
           const T* sn = static_cast<const T*>(p.sin) + c * p.ld_cs;
           // HF: q * cos + rotate_half(q) * sin, each product rounded, then the sum (rotary.cu).
@@ -151,6 +175,10 @@ __device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t
                          round_to<T>(__fmul_rn(y1, to_float(sn[j + half]))));
         }
         if (row1 < q_rows) {
+          if (p.q_scale != 1.0f) {  // HF OPT's `q_proj(x) * scaling`: the rounded q times the scale in fp32, rounded
+            o1 = __fmul_rn(round_to<T>(o1), p.q_scale);
+            o2 = __fmul_rn(round_to<T>(o2), p.q_scale);
+          }
           out[c * q_rows + row1] = from_float<T>(o1);
           out[c * q_rows + row2] = from_float<T>(o2);
         } else {
@@ -170,12 +198,13 @@ __device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t
   }
 }
 
-template <typename T, int kNT, bool kNorm, int kEpi>
+template <typename T, int kNT, int kNorm, int kEpi>
 __global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const DecodeLinearParams p) {
   constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
   constexpr int kAhead = kAheadOf<kNT, kNorm>;
   __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
   __shared__ float rstd_s[kCols];
+  __shared__ float mean_s[kCols];
   __shared__ float red[kWarps][kCols];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -218,7 +247,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const Decode
 
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ nw = static_cast<const T*>(p.norm_weight);
-  if constexpr (kNorm) {
+  const T* __restrict__ nb = static_cast<const T*>(p.norm_bias);
+  if constexpr (kNorm == kNormRms) {
     for (int r = 0; r < p.m; ++r) {
       float sq = 0.0f;
       for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
@@ -239,24 +269,59 @@ __global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const Decode
     }
     __syncthreads();
   }
+  if constexpr (kNorm == kNormLayer) {
+    // Two passes over x (L1 / L2 hits after the first): the mean, then the centered sum of squares (biased variance),
+    // the statistics of layernorm.cu.
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int r = 0; r < p.m; ++r) {
+        const float mu = pass == 0 ? 0.0f : mean_s[r];
+        float sum = 0.0f;
+        for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
+          float v[8];
+          load_float<8>(x + r * p.ldx + c, v);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float d = v[j] - mu;
+            sum += pass == 0 ? v[j] : d * d;
+          }
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) red[warp][r] = sum;
+      }
+      __syncthreads();
+      if (tid < p.m) {
+        float total = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kWarps; ++i) total += red[i][tid];
+        if (pass == 0) {
+          mean_s[tid] = total / static_cast<float>(p.k);
+        } else {
+          rstd_s[tid] = rsqrtf(total / static_cast<float>(p.k) + p.eps);
+        }
+      }
+      __syncthreads();
+    }
+  }
 
   // x rows of this lane's B fragments: g (n8 tile 0) and g + 8 (tile 1); rows >= m read as zero.
   const T* xr[kNT];
   bool x_ok[kNT];
-  float rstd[kNT];
+  float rstd[kNT], mean[kNT];
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) {
     const int r = g + 8 * nt;
     x_ok[nt] = r < p.m;
     xr[nt] = x + (x_ok[nt] ? r : 0) * p.ldx + 8 * t;
-    rstd[nt] = kNorm && x_ok[nt] ? rstd_s[r] : 1.0f;
+    rstd[nt] = kNorm != kNormNone && x_ok[nt] ? rstd_s[r] : 1.0f;
+    mean[nt] = kNorm == kNormLayer && x_ok[nt] ? mean_s[r] : 0.0f;
   }
-  uint4 x_v[kAhead][kNT], n_v[kAhead];
+  uint4 x_v[kAhead][kNT], n_v[kAhead], b_v[kAhead];
   auto load_x = [&](int i, int64_t s) {
     const bool ok = s < s_end && col_ok(s);
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
-    if constexpr (kNorm) n_v[i] = ok ? ldg_keep(nw + s * kStepCols + 8 * t) : zero;
+    if constexpr (kNorm != kNormNone) n_v[i] = ok ? ldg_keep(nw + s * kStepCols + 8 * t) : zero;
+    if constexpr (kNorm == kNormLayer) b_v[i] = ok && nb != nullptr ? ldg_keep(nb + s * kStepCols + 8 * t) : zero;
   };
 
 #pragma unroll
@@ -276,7 +341,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const Decode
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
             uint32_t b[4];
-            x_fragments<T, kNorm>(x_v[i][nt], n_v[i], rstd[nt], b);
+            x_fragments<T, kNorm>(x_v[i][nt], n_v[i], b_v[i], mean[nt], rstd[nt], b);
             mma_16816<T>(acc[nt], a0, b[0], b[1]);
             mma_16816<T>(acc[nt], a1, b[2], b[3]);
           }
@@ -309,32 +374,49 @@ __global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const Decode
   }
 }
 
-template <typename T, int kNT, bool kNorm>
-cudaError_t launch_epilogue(const DecodeLinearParams& p, cudaStream_t stream) {
-  // A persistent grid: at most two blocks per SM (what __launch_bounds__ fits), each walking tiles.
-  const int64_t blocks = std::min<int64_t>(p.rows / 16, 2 * static_cast<int64_t>(p.num_sms));
+// One (norm, epilogue) pair's kernel on a persistent grid: at most two blocks per SM (what __launch_bounds__ fits),
+// each walking tiles. p == nullptr only asks whether the pair is built (decode_linear_has_kernel).
+template <typename T, int kNT, int kNorm, int kEpi>
+cudaError_t launch(const DecodeLinearParams* p, cudaStream_t stream) {
+  if (p == nullptr) return cudaSuccess;
+  const int64_t blocks = std::min<int64_t>(p->rows / 16, 2 * static_cast<int64_t>(p->num_sms));
   const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
-  switch (p.epilogue) {
-    case DecodeEpilogue::kStore:
-      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiStore>, grid, block, 0, stream, 1, p);
-    case DecodeEpilogue::kResidual:
-      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiResidual>, grid, block, 0, stream, 1, p);
-    case DecodeEpilogue::kSiluMul:
-      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiSiluMul>, grid, block, 0, stream, 1, p);
-    case DecodeEpilogue::kGeluTanhMul:
-      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiGeluTanhMul>, grid, block, 0, stream, 1, p);
-    case DecodeEpilogue::kRotaryKv:
-      return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpiRotaryKv>, grid, block, 0, stream, 1, p);
-    default:
-      return cudaErrorInvalidValue;
+  return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpi>, grid, block, 0, stream, 1, *p);
+}
+
+// The (norm, epilogue) pairs with a kernel, listed once: those the fused decoder step runs
+// (eet_hf/engine/fused_decoder.py; eet_hf/ops/decode.py KERNEL_PAIRS mirrors this list).
+template <typename T, int kNT>
+cudaError_t dispatch(DecodeNorm norm, DecodeEpilogue epilogue, const DecodeLinearParams* p, cudaStream_t stream) {
+  switch (norm) {
+    case DecodeNorm::kNone:  // o_proj / down_proj / out_proj / fc2 with the residual add
+      switch (epilogue) {
+        case DecodeEpilogue::kResidual: return launch<T, kNT, kNormNone, kEpiResidual>(p, stream);
+        default: return cudaErrorInvalidValue;
+      }
+    case DecodeNorm::kRms:  // Llama-style: packed QKV + rotary + KV write, gate/up + act, the LM head, Qwen3's QKV
+      switch (epilogue) {
+        case DecodeEpilogue::kStore: return launch<T, kNT, kNormRms, kEpiStore>(p, stream);
+        case DecodeEpilogue::kSiluMul: return launch<T, kNT, kNormRms, kEpiSiluMul>(p, stream);
+        case DecodeEpilogue::kGeluTanhMul: return launch<T, kNT, kNormRms, kEpiGeluTanhMul>(p, stream);
+        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormRms, kEpiRotaryKv>(p, stream);
+        default: return cudaErrorInvalidValue;
+      }
+    case DecodeNorm::kLayer:  // OPT: packed QKV + q scale + KV write (no rotary), fc1 + ReLU, the LM head
+      switch (epilogue) {
+        case DecodeEpilogue::kStore: return launch<T, kNT, kNormLayer, kEpiStore>(p, stream);
+        case DecodeEpilogue::kRelu: return launch<T, kNT, kNormLayer, kEpiRelu>(p, stream);
+        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormLayer, kEpiRotaryKv>(p, stream);
+        default: return cudaErrorInvalidValue;
+      }
+    default: return cudaErrorInvalidValue;
   }
 }
 
 template <typename T>
 cudaError_t launch_typed(const DecodeLinearParams& p, cudaStream_t stream) {
-  const bool norm = p.norm_weight != nullptr;
-  if (p.m <= 8) return norm ? launch_epilogue<T, 1, true>(p, stream) : launch_epilogue<T, 1, false>(p, stream);
-  return norm ? launch_epilogue<T, 2, true>(p, stream) : launch_epilogue<T, 2, false>(p, stream);
+  if (p.m <= 8) return dispatch<T, 1>(p.norm, p.epilogue, &p, stream);
+  return dispatch<T, 2>(p.norm, p.epilogue, &p, stream);
 }
 
 }  // namespace
@@ -351,16 +433,24 @@ int64_t decode_linear_out_cols(const DecodeLinearParams& p) {
   }
 }
 
+bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue) {
+  return dispatch<__half, 1>(norm, epilogue, nullptr, nullptr) == cudaSuccess;
+}
+
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > kDecodeLinearMaxRows || p.k <= 0 || p.k % 8 != 0 || p.rows <= 0 || p.rows % 16 != 0 ||
       p.ldx % 8 != 0 || p.ldw % 8 != 0 || !is_aligned(p.x, 16) || !is_aligned(p.weight, 16) ||
-      !is_aligned(p.norm_weight, 16) || p.num_sms <= 0) {
+      !is_aligned(p.norm_weight, 16) || !is_aligned(p.norm_bias, 16) || p.num_sms <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if ((p.norm == DecodeNorm::kNone) != (p.norm_weight == nullptr) ||
+      (p.norm_bias != nullptr && p.norm != DecodeNorm::kLayer) || !decode_linear_has_kernel(p.norm, p.epilogue)) {
     return cudaErrorInvalidValue;
   }
   const bool gated = p.epilogue == DecodeEpilogue::kSiluMul || p.epilogue == DecodeEpilogue::kGeluTanhMul;
   if (gated && (p.rows / 2) % 8 != 0) return cudaErrorInvalidValue;
   if (p.epilogue == DecodeEpilogue::kRotaryKv &&
-      (p.head_dim % 16 != 0 || p.heads_q <= 0 || p.heads_kv <= 0 ||
+      (p.head_dim % 16 != 0 || p.heads_q <= 0 || p.heads_kv <= 0 || (p.cos == nullptr) != (p.sin == nullptr) ||
        p.rows != static_cast<int64_t>(p.heads_q + 2 * p.heads_kv) * p.head_dim)) {
     return cudaErrorInvalidValue;
   }

@@ -5,8 +5,9 @@
 //
 // One block per (head, token): q heads, then k heads, then v heads of a [rows, (heads_q + 2 heads_kv) * head_dim]
 // input. HF's order and roundings: n = round(round(x * rsqrt(mean(x^2) + eps)) * w) (Qwen3RMSNorm, as Llama's; n = x
-// without norms), then apply_rotary_pos_emb on the rounded n (rotary.cu); v is copied. Token s of sequence b is row b * seq + s and goes to
-// cache slot write_pos[b] + s; slots outside the cache are skipped.
+// without norms), then apply_rotary_pos_emb on the rounded n (rotary.cu; none without cos / sin: OPT), then q times
+// q_scale when it is not 1 (OPT's `q_proj(x) * scaling`: round(round(q) * q_scale)); v is copied. Token s of sequence
+// b is row b * seq + s and goes to cache slot write_pos[b] + s; slots outside the cache are skipped.
 #include "common.cuh"
 #include "qkv_rope_append.h"
 
@@ -36,7 +37,9 @@ __global__ void __launch_bounds__(kMaxHeadDim) qkv_rope_append_kernel(const QkvR
       normed[tid] = v;
     }
     __syncthreads();
-    if (tid < d) {
+    if (tid < d && p.cos == nullptr) {
+      v = normed[tid];
+    } else if (tid < d) {
       const T* cs = static_cast<const T*>(p.cos) + row * p.ld_cs;
       const T* sn = static_cast<const T*>(p.sin) + row * p.ld_cs;
       const float partner = tid < half ? -normed[tid + half] : normed[tid - half];
@@ -46,6 +49,7 @@ __global__ void __launch_bounds__(kMaxHeadDim) qkv_rope_append_kernel(const QkvR
   }
   if (tid >= d) return;
   if (is_q) {
+    if (p.q_scale != 1.0f) v = __fmul_rn(round_to<T>(v), p.q_scale);
     // q_out [batch, heads_q, seq, head_dim]
     static_cast<T*>(p.q_out)[((b * p.heads_q + head) * p.seq + s) * d + tid] = from_float<T>(v);
     return;

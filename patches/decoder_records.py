@@ -1,9 +1,10 @@
 """Decoder families eet's fused decoder step serves, described as data (eet_hf/engine/fused_decoder.py runs them).
 
 A record names where a family keeps each part of a pre-norm decoder block — the attention projections, the two
-norms, the gated MLP — and what arithmetic it uses (norm kind, MLP activation, rotary form). The engine checks the
-names against the model's module tree and verifies norm, MLP and rotary numerically against HF's own modules
-before it takes a model; anything that does not match keeps HF's layers in the engine (logged, `explain()`).
+norms, the MLP — and what arithmetic it uses (norm kind, MLP activation, rotary or not, where q is scaled). The engine
+checks the names against the model's module tree and verifies the arithmetic numerically against HF's own modules
+before it takes a model; anything that does not match keeps HF's layers in the engine (logged, `explain()`). What runs
+before the first layer (token and position embeddings) is the family's entry in eet_hf/engine/decoder_families.py.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DecoderRecord:
-    base: str = "model"  # the LM's attribute holding the decoder
-    embed: str = "embed_tokens"
+    base: str = "model"  # the decoder's path from the LM (dotted)
     layers: str = "layers"
-    final_norm: str = "norm"
-    rotary: str = "rotary_emb"  # module making (cos, sin) from the hidden states and position ids
+    final_norm: str = "norm"  # the decoder's norm before the LM head
+    rotary: str | None = "rotary_emb"  # module making (cos, sin) from the hidden states and position ids; None: none
     attention: str = "self_attn"
     q: str = "q_proj"
     k: str = "k_proj"
@@ -26,22 +26,35 @@ class DecoderRecord:
     o: str = "o_proj"
     q_norm: str | None = None  # per-head RMSNorm of q and k before rotary (Qwen3)
     k_norm: str | None = None
+    q_scale: bool = False  # q = q_proj(x) * attention.scaling, then attention with scale 1.0 (OPT)
     input_norm: str = "input_layernorm"
     post_attention_norm: str = "post_attention_layernorm"
-    mlp: str = "mlp"
-    gate: str = "gate_proj"
+    mlp: str | None = "mlp"  # the module holding the MLP's projections; None: the layer itself (OPT's fc1 / fc2)
+    gate: str | None = "gate_proj"  # None (and no gate_up): an ungated MLP, down(act(up(x)))
     up: str = "up_proj"
     gate_up: str | None = None  # one packed gate|up projection instead of gate, up (Phi-3)
     down: str = "down_proj"
-    norm: str = "rms"  # RMSNorm in HF Llama order: round(round(x * rsqrt(mean(x^2) + eps)) * w)
-    activation: str = "silu"  # MLP: down(act(gate(x)) * up(x)); 'silu' or 'gelu_tanh'
-    rotary_form: str = "rotate_half"  # apply_rotary_pos_emb over the whole head
+    act: str | None = None  # the layer's activation module when the MLP is inline (mlp None), checked numerically
+    norm: str = "rms"  # 'rms': HF Llama's RMSNorm, round(round(x * rsqrt(mean(x^2) + eps)) * w); 'layer': nn.LayerNorm
+    activation: str = "silu"  # 'silu' / 'gelu_tanh' (gated: down(act(gate(x)) * up(x))) or 'relu' (ungated)
+    rotary_form: str = "rotate_half"  # apply_rotary_pos_emb over the whole head (with rotary)
+    config: tuple[tuple[str, object], ...] = ()  # config values the layout above assumes
+    absent: tuple[str, ...] = ()  # modules of the decoder that must be None: parts the fused step has no place for
 
 
 # Llama, Mistral and Qwen2 (q/k/v biases) share the layout; the engine reads biases where the modules have them.
 LLAMA = DecoderRecord()
 QWEN3 = DecoderRecord(q_norm="q_norm", k_norm="k_norm")
 PHI3 = DecoderRecord(qkv="qkv_proj", gate_up="gate_up_proj")
+# OPT (pre-LN: 125m, 1.3b, 2.7b and up): learned positions (the family's embedding), no rotary, q scaled after its
+# projection, LayerNorms with biases, fc1 -> ReLU -> fc2 on the layer itself. Biases are read where the modules have
+# them (enable_bias=False has none). OPT-350m (post-LN, project_in / project_out) is refused by `config` / `absent`.
+OPT = DecoderRecord(
+    base="model.decoder", final_norm="final_layer_norm", rotary=None, o="out_proj", q_scale=True,
+    input_norm="self_attn_layer_norm", post_attention_norm="final_layer_norm", mlp=None, gate=None, up="fc1",
+    down="fc2", act="activation_fn", norm="layer", activation="relu",
+    config=(("do_layer_norm_before", True),), absent=("project_in", "project_out"),
+)
 
 RECORDS: dict[str, DecoderRecord] = {
     "llama": LLAMA,
@@ -49,4 +62,5 @@ RECORDS: dict[str, DecoderRecord] = {
     "qwen2": LLAMA,
     "qwen3": QWEN3,
     "phi3": PHI3,
+    "opt": OPT,
 }

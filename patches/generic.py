@@ -150,7 +150,7 @@ def _generate(model: nn.Module, ctx: PatchContext) -> None:
     if fused is None:
         fused_decoder.pack(model)  # q/k/v and gate/up packed now (HF's parameters become views: no extra memory)
         generate_engine.install(model, ctx, fused_decoder.build, decoder_families.call_refusal)
-        ctx.report.accelerated.append("decoder step (eet fused: norm + packed QKV + rotary + KV write, gated MLP)")
+        ctx.report.accelerated.append(fused_decoder.describe(model))
     else:
         reason = decoder_families.model_refusal(model)
         if reason is not None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from evaluation.bench import decode_profile as P
 
 
 def test_kernel_names_map_to_their_class():
-    name = "void eet::(anonymous namespace)::decode_linear_kernel<__half, 1, true, 4>(eet::DecodeLinearParams)"
+    # decode_linear_kernel<T, kNT, kNorm (0 none, 1 RMSNorm, 2 LayerNorm), kEpi (DecodeEpilogue)>
+    name = "void eet::(anonymous namespace)::decode_linear_kernel<__half, 1, 1, 4>(eet::DecodeLinearParams)"
     assert P.classify(name) == "qkv+rope+kv"
-    assert P.classify(name.replace("true, 4", "false, 1")) == "o|down+residual"
-    assert P.classify(name.replace("true, 4", "true, 2")) == "gate_up+act"
-    assert P.classify(name.replace("true, 4", "true, 0")) == "lm_head"
+    assert P.classify(name.replace("1, 4>", "0, 1>")) == "o|down+residual"
+    assert P.classify(name.replace("1, 4>", "1, 2>")) == "gate_up+act"
+    assert P.classify(name.replace("1, 4>", "1, 0>")) == "lm_head"
+    assert P.classify(name.replace("1, 4>", "2, 5>")) == "gate_up+act"  # OPT: LayerNorm + fc1 + ReLU
+    assert P.classify(name.replace("1, 4>", "2, 4>")) == "qkv+rope+kv"  # OPT: LayerNorm + QKV + q scale + KV write
+    assert P.classify(name.replace("1, 1, 4>", "2, true, 4>")) == "qkv+rope+kv"  # profiles from before kNorm was int
     assert P.classify("void eet::attn::(anonymous namespace)::decode_kernel<__half, 64>(eet::AttentionParams)") == (
         "attention")
     assert P.classify("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<c10::Half, ArgMaxOps") == (
@@ -32,3 +36,11 @@ def test_step_bytes_count_tied_head_twice_and_the_kv_cache():
     assert weights["qkv+rope+kv"] == 2 * (64 * 64 + 2 * 32 * 64) * 4
     assert weights["gate_up+act"] == 2 * 2 * 96 * 64 * 4 and weights["lm_head"] == 100 * 64 * 4
     assert torch.is_tensor(model.lm_head.weight)
+
+
+def test_opt_weights_map_to_the_projection_classes():
+    config = OPTConfig(hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+                       word_embed_proj_dim=64)
+    weights = P.class_bytes(OPTForCausalLM(config))
+    assert weights["qkv+rope+kv"] == 2 * 3 * 64 * 64 * 4
+    assert weights["gate_up+act"] == 2 * 96 * 64 * 4 and weights["o|down+residual"] == 2 * (64 * 64 + 64 * 96) * 4

@@ -1,14 +1,17 @@
 """The decode step's linear layers over nn.Linear weights, with their neighbours fused (csrc/decode_linear.cu).
 
-`decode_linear`: epilogue(rms_norm(x) @ W^T + bias) — the o / down projections with the residual add, the packed
-gate/up projection with the RMSNorm before it and SiLU(gate) * up after it, the LM head with the final norm.
-`decode_qkv_rope`: the packed QKV projection with the RMSNorm before it, rotary on q and k and the KV-cache write
-after it. `qkv_rope_append`: that rotary + KV write alone, after a projection (prompts; Qwen3's per-head q/k norms).
+`decode_linear`: epilogue(norm(x) @ W^T + bias) — the o / down projections with the residual add, the packed
+gate/up projection with the RMSNorm before it and SiLU(gate) * up after it, OPT's fc1 with the LayerNorm before it
+and ReLU after it, the LM head with the final norm. `decode_qkv_rope`: the packed QKV projection with the norm before
+it, rotary on q and k (none for OPT, whose q is scaled instead) and the KV-cache write after it. `qkv_rope_append`:
+that rotary + KV write alone, after a projection (prompts; Qwen3's per-head q/k norms).
 
-On CUDA, fp16/bf16, 1-16 rows (decode steps), a tensor-core kernel streams W once and does the rest in its
-prologue and epilogue. Everything else (CPU, fp32, prompts) runs the reference below: HF's own arithmetic in the
-storage dtype, in the order HF's modeling code computes it (the norm and rotary through eet's rms_norm and rotary
-ops, which reproduce HF's roundings), so on CUDA prompts run on cuBLAS and on CPU it is what HF computes.
+Norms (`norm`, the kind of `norm_weight`): 'rms', HF Llama's RMSNorm; 'layer', HF's nn.LayerNorm (with `norm_bias`).
+On CUDA, fp16/bf16, 1-16 rows (decode steps) and a (norm, epilogue) pair in KERNEL_PAIRS, a tensor-core kernel streams
+W once and does the rest in its prologue and epilogue. Everything else (CPU, fp32, prompts, other pairs) runs the
+reference below: HF's own arithmetic in the storage dtype, in the order HF's modeling code computes it (RMSNorm and
+rotary through eet's rms_norm and rotary ops, which reproduce HF's roundings; LayerNorm through torch's layer_norm, as
+nn.LayerNorm), so on CUDA prompts run on cuBLAS and on CPU it is what HF computes.
 """
 
 from __future__ import annotations
@@ -25,34 +28,65 @@ from ._build import ensure_loaded
 _LIB = torch.library.Library("eet", "FRAGMENT")
 _LIB.define(
     "decode_linear(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float eps, Tensor? residual, "
-    "str epilogue) -> Tensor"
+    "str epilogue, Tensor? norm_bias=None, str norm='rms') -> Tensor"
 )
 _LIB.define(
-    "qkv_rope_append(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor cos, Tensor sin, Tensor(a!) k_cache, "
-    "Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv) -> Tensor"
+    "qkv_rope_append(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor? cos, Tensor? sin, "
+    "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv, float q_scale=1.0) -> Tensor"
 )
 _LIB.define(
-    "decode_qkv_rope(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float eps, Tensor cos, Tensor sin, "
-    "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv) -> Tensor"
+    "decode_qkv_rope(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float eps, Tensor? cos, Tensor? sin, "
+    "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv, Tensor? norm_bias=None, "
+    "str norm='rms', float q_scale=1.0) -> Tensor"
 )
 
-EPILOGUES = ("none", "residual", "silu_mul", "gelu_tanh_mul")
+EPILOGUES = ("none", "residual", "silu_mul", "gelu_tanh_mul", "relu")
+GATED = ("silu_mul", "gelu_tanh_mul")
+NORMS = ("rms", "layer")
+# (norm kind, epilogue) pairs the CUDA kernel is built for: the ones the fused decoder step runs (csrc/decode_linear.cu
+# `dispatch` lists the same). 'rotary_kv' is decode_qkv_rope's epilogue. Every other pair runs the reference.
+KERNEL_PAIRS = frozenset({
+    ("none", "residual"),
+    ("rms", "none"), ("rms", "silu_mul"), ("rms", "gelu_tanh_mul"), ("rms", "rotary_kv"),
+    ("layer", "none"), ("layer", "relu"), ("layer", "rotary_kv"),
+})
 MAX_KERNEL_ROWS = 16  # csrc/decode_linear.h kDecodeLinearMaxRows
 
 
-def decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue):
-    """HF's arithmetic: [RMSNorm ->] linear [-> residual + y | act(gate) * up]. x: [rows, in]; weight: [out, in]
-    ([gate; up] for the gated epilogues); residual: [rows, out]. Returns [rows, out] ([rows, out / 2] gated)."""
+def _check_norm(op: str, norm_weight, norm_bias, norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"eet::{op}: norm must be one of {NORMS}, got {norm!r}")
+    if norm_bias is not None and (norm_weight is None or norm != "layer"):
+        raise ValueError(f"eet::{op}: norm_bias goes with a norm_weight and norm 'layer'")
+
+
+def norm_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                   norm: str) -> torch.Tensor:
+    """The prologue's norm as HF computes it, in x's dtype: 'rms' is LlamaRMSNorm (eet's rms_norm op, which rounds
+    where HF rounds), 'layer' is nn.LayerNorm (torch's layer_norm: fp32 inside, one rounding). No weight: x."""
+    if weight is None:
+        return x
+    if norm == "layer":
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return torch.ops.eet.rms_norm(x, weight, eps)
+
+
+def decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias=None, norm="rms"):
+    """HF's arithmetic: [RMSNorm | LayerNorm ->] linear [-> residual + y | relu(y) | act(gate) * up]. x: [rows, in];
+    weight: [out, in] ([gate; up] for the gated epilogues); residual: [rows, out]. Returns [rows, out] ([rows, out / 2]
+    gated)."""
     if epilogue not in EPILOGUES:
         raise ValueError(f"eet::decode_linear: epilogue must be one of {EPILOGUES}, got {epilogue!r}")
     if (epilogue == "residual") != (residual is not None):
         raise ValueError("eet::decode_linear: residual is required by epilogue 'residual' and only by it")
-    h = x if norm_weight is None else torch.ops.eet.rms_norm(x, norm_weight, eps)
-    y = F.linear(h, weight, bias)
+    _check_norm("decode_linear", norm_weight, norm_bias, norm)
+    y = F.linear(norm_reference(x, norm_weight, norm_bias, eps, norm), weight, bias)
     if epilogue == "none":
         return y
     if epilogue == "residual":
         return residual + y
+    if epilogue == "relu":
+        return F.relu(y)
     gate, up = y.chunk(2, dim=-1)
     act = F.silu(gate) if epilogue == "silu_mul" else F.gelu(gate, approximate="tanh")
     return act * up
@@ -81,28 +115,36 @@ def _write_cache(k_cache, v_cache, k, v, write_pos) -> None:
 
 
 def decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos, heads_q,
-                              heads_kv):
-    """HF's attention prologue on a packed QKV weight [(heads_q + 2 heads_kv) * head_dim, hidden]: [RMSNorm ->]
-    q, k, v projections, apply_rotary_pos_emb on q and k, k and v stored at cache slots write_pos[b] + s (slots
-    outside the cache skipped). x: [batch, seq, hidden]; cos, sin: [batch, seq, head_dim]; caches [batch, heads_kv,
-    capacity, head_dim], mutated. Returns q [batch, heads_q, seq, head_dim]."""
-    batch, seq, _ = x.shape
-    h = x if norm_weight is None else torch.ops.eet.rms_norm(x, norm_weight, eps)
+                              heads_kv, norm_bias=None, norm="rms", q_scale=1.0):
+    """HF's attention prologue on a packed QKV weight [(heads_q + 2 heads_kv) * head_dim, hidden]: [RMSNorm |
+    LayerNorm ->] q, k, v projections, apply_rotary_pos_emb on q and k (cos, sin None: none), q * q_scale (OPT's
+    `q_proj(x) * scaling`), k and v stored at cache slots write_pos[b] + s (slots outside the cache skipped).
+    x: [batch, seq, hidden]; cos, sin: [batch, seq, head_dim]; caches [batch, heads_kv, capacity, head_dim], mutated.
+    Returns q [batch, heads_q, seq, head_dim]."""
+    _check_norm("decode_qkv_rope", norm_weight, norm_bias, norm)
+    h = norm_reference(x, norm_weight, norm_bias, eps, norm)
     return qkv_rope_append(F.linear(h, weight, bias), None, None, 0.0, cos, sin, k_cache, v_cache, write_pos,
-                           heads_q, heads_kv)
+                           heads_q, heads_kv, q_scale)
 
 
-def qkv_rope_append_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv):
+def qkv_rope_append_reference(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv,
+                              q_scale=1.0):
     """HF's attention prologue after the QKV projection: [per-head RMSNorm of q and k (q_norm, k_norm [head_dim]:
-    Qwen3) ->] apply_rotary_pos_emb, k and v stored at slots write_pos[b] + s. qkv: [batch, seq, (heads_q + 2
-    heads_kv) * head_dim]; cos, sin: [batch, seq, head_dim]. Returns q [batch, heads_q, seq, head_dim]."""
+    Qwen3) ->] apply_rotary_pos_emb (cos, sin None: none) [-> q * q_scale], k and v stored at slots write_pos[b] + s.
+    qkv: [batch, seq, (heads_q + 2 heads_kv) * head_dim]; cos, sin: [batch, seq, head_dim]. Returns q [batch,
+    heads_q, seq, head_dim]."""
+    if (cos is None) != (sin is None):
+        raise ValueError("eet::qkv_rope_append: cos and sin go together (both None: no rotary)")
     batch, seq, width = qkv.shape
     head_dim = width // (heads_q + 2 * heads_kv)
     heads = qkv.view(batch, seq, heads_q + 2 * heads_kv, head_dim).transpose(1, 2)
     q, k, v = heads.split([heads_q, heads_kv, heads_kv], dim=1)
     if q_norm is not None:
         q, k = torch.ops.eet.rms_norm(q, q_norm, eps), torch.ops.eet.rms_norm(k, k_norm, eps)
-    q, k = torch.ops.eet.rotary(q, k, cos, sin)
+    if cos is not None:
+        q, k = torch.ops.eet.rotary(q, k, cos, sin)
+    if q_scale != 1.0:
+        q = q * q_scale  # a tensor times a Python float: in x's dtype, rounded once, as HF's `q_proj(x) * scaling`
     _write_cache(k_cache, v_cache, k, v, write_pos)
     return q.contiguous()
 
@@ -113,20 +155,21 @@ _LIB.impl("decode_qkv_rope", decode_qkv_rope_reference, "CompositeExplicitAutogr
 
 
 @torch.library.register_fake("eet::decode_linear")
-def _decode_linear_fake(x, weight, bias, norm_weight, eps, residual, epilogue):
-    cols = weight.shape[0] // 2 if epilogue in ("silu_mul", "gelu_tanh_mul") else weight.shape[0]
+def _decode_linear_fake(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias=None, norm="rms"):
+    cols = weight.shape[0] // 2 if epilogue in GATED else weight.shape[0]
     return x.new_empty((x.shape[0], cols))
 
 
 @torch.library.register_fake("eet::qkv_rope_append")
-def _qkv_rope_append_fake(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv):
+def _qkv_rope_append_fake(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv,
+                          q_scale=1.0):
     batch, seq, width = qkv.shape
     return qkv.new_empty((batch, heads_q, seq, width // (heads_q + 2 * heads_kv)))
 
 
 @torch.library.register_fake("eet::decode_qkv_rope")
 def _decode_qkv_rope_fake(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos, heads_q,
-                          heads_kv):
+                          heads_kv, norm_bias=None, norm="rms", q_scale=1.0):
     batch, seq, _ = x.shape
     return x.new_empty((batch, heads_q, seq, weight.shape[0] // (heads_q + 2 * heads_kv)))
 
@@ -149,49 +192,57 @@ def _aligned(t: torch.Tensor) -> bool:
     return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.dim() == 1 or t.stride(-2) % 8 == 0)
 
 
-def _kernel_takes(x2d: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None) -> bool:
+def _kernel_takes(x2d: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None,
+                  norm_bias: torch.Tensor | None, norm: str, epilogue: str) -> bool:
     """Does the tensor-core kernel take this call? Checked on shapes and addresses only (no device sync)."""
     if _REFERENCE_ONLY.get():
+        return False
+    if ("none" if norm_weight is None else norm, epilogue) not in KERNEL_PAIRS:
         return False
     if not (x2d.is_cuda and x2d.dtype in (torch.float16, torch.bfloat16) and 1 <= x2d.shape[0] <= MAX_KERNEL_ROWS):
         return False
     if x2d.shape[-1] % 8 or weight.shape[0] % 16 or weight.dtype != x2d.dtype:
         return False
-    if not (_aligned(x2d) and _aligned(weight) and (norm_weight is None or _aligned(norm_weight))):
+    if not all(t is None or _aligned(t) for t in (x2d, weight, norm_weight, norm_bias)):
         return False
     return ensure_loaded()
 
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   norm_weight: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
-                  epilogue: str = "none") -> torch.Tensor:
-    """epilogue(rms_norm(x) @ weight^T + bias); see decode_linear_reference. x: [rows, in]; weight: [out, in]."""
-    if _kernel_takes(x, weight, norm_weight):
-        return torch.ops.eet.decode_linear(x, weight, bias, norm_weight, eps, residual, epilogue)
-    return decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue)
+                  epilogue: str = "none", norm_bias: torch.Tensor | None = None, norm: str = "rms") -> torch.Tensor:
+    """epilogue(norm(x) @ weight^T + bias); see decode_linear_reference. x: [rows, in]; weight: [out, in]; norm:
+    'rms' or 'layer', the kind of norm_weight (with norm_bias for 'layer')."""
+    if _kernel_takes(x, weight, norm_weight, norm_bias, norm, epilogue):
+        return torch.ops.eet.decode_linear(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm)
+    return decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm)
 
 
 def decode_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
-                    eps: float, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    write_pos: torch.Tensor, heads_q: int, heads_kv: int) -> torch.Tensor:
-    """q of HF's attention prologue, k/v into the caches; see decode_qkv_rope_reference. x: [batch, seq, hidden]."""
+                    eps: float, cos: torch.Tensor | None, sin: torch.Tensor | None, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, write_pos: torch.Tensor, heads_q: int, heads_kv: int,
+                    norm_bias: torch.Tensor | None = None, norm: str = "rms", q_scale: float = 1.0) -> torch.Tensor:
+    """q of HF's attention prologue, k/v into the caches; see decode_qkv_rope_reference. x: [batch, seq, hidden];
+    cos, sin: [batch, seq, head_dim] or None (no rotary)."""
     head_dim = weight.shape[0] // (heads_q + 2 * heads_kv)
-    kernel = (x.shape[1] == 1 and head_dim % 16 == 0 and cos.shape[-1] == head_dim and cos.stride(-1) == 1
-              and sin.stride() == cos.stride() and _kernel_takes(x[:, 0], weight, norm_weight))
+    tables = cos is None or (cos.shape[-1] == head_dim and cos.stride(-1) == 1 and sin.stride() == cos.stride())
+    kernel = (x.shape[1] == 1 and head_dim % 16 == 0 and tables
+              and _kernel_takes(x[:, 0], weight, norm_weight, norm_bias, norm, "rotary_kv"))
     if kernel:
         return torch.ops.eet.decode_qkv_rope(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache,
-                                             write_pos, heads_q, heads_kv)
+                                             write_pos, heads_q, heads_kv, norm_bias, norm, q_scale)
     return decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos,
-                                     heads_q, heads_kv)
+                                     heads_q, heads_kv, norm_bias, norm, q_scale)
 
 
 def qkv_rope_append(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float,
-                    cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    write_pos: torch.Tensor, heads_q: int, heads_kv: int) -> torch.Tensor:
-    """[Per-head q/k RMSNorm +] rotary + KV write; see qkv_rope_append_reference. qkv: [batch, seq, width]."""
+                    cos: torch.Tensor | None, sin: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    write_pos: torch.Tensor, heads_q: int, heads_kv: int, q_scale: float = 1.0) -> torch.Tensor:
+    """[Per-head q/k RMSNorm +] [rotary +] KV write; see qkv_rope_append_reference. qkv: [batch, seq, width]."""
     head_dim = qkv.shape[-1] // (heads_q + 2 * heads_kv)
-    kernel = (not _REFERENCE_ONLY.get() and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16, torch.float32) and qkv.is_contiguous()
-              and head_dim <= 256 and head_dim % 2 == 0 and cos.shape[-1] == head_dim and cos.is_contiguous()
-              and sin.is_contiguous() and qkv.shape[0] * qkv.shape[1] <= 65535 and ensure_loaded())
+    tables = cos is None or (cos.shape[-1] == head_dim and cos.is_contiguous() and sin.is_contiguous())
+    kernel = (not _REFERENCE_ONLY.get() and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16, torch.float32)
+              and qkv.is_contiguous() and head_dim <= 256 and head_dim % 2 == 0 and tables
+              and qkv.shape[0] * qkv.shape[1] <= 65535 and ensure_loaded())
     op = torch.ops.eet.qkv_rope_append if kernel else qkv_rope_append_reference
-    return op(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv)
+    return op(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv, q_scale)

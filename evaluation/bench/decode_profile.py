@@ -26,8 +26,11 @@ NAME = "decode-profile"
 HEADLINE = ["step_us", "kernels_per_step", "copy_share", "gbps:qkv+rope+kv", "gbps:gate_up+act", "gbps:o|down+residual"]
 LOG_METRICS = ("step_us", "kernels_per_step", "copy_share")
 PROMPT = 128
-# decode_linear_kernel<T, kNT, kNorm, kEpi> (csrc/decode_linear.cu): the epilogue id names the projection.
-_EPILOGUE_CLASS = {"0": "lm_head", "1": "o|down+residual", "2": "gate_up+act", "3": "gate_up+act", "4": "qkv+rope+kv"}
+# decode_linear_kernel<T, kNT, kNorm, kEpi> (csrc/decode_linear.cu; kNorm was a bool before OPT's LayerNorm): the
+# epilogue id (DecodeEpilogue) names the projection. Class names are Llama's; OPT's fc1 + ReLU (5) counts as the MLP's
+# input projection + activation, its QKV (4, no rotary) as qkv+rope+kv.
+_EPILOGUE_CLASS = {"0": "lm_head", "1": "o|down+residual", "2": "gate_up+act", "3": "gate_up+act", "4": "qkv+rope+kv",
+                   "5": "gate_up+act"}
 _CLASSES = [  # (class, pattern on the kernel name), first match wins
     ("attention", re.compile(r"attn|attention|decode_kernel|flash", re.I)),
     ("qkv_rope_append", re.compile(r"qkv_rope_append")),
@@ -50,22 +53,22 @@ def _plan(quick: bool) -> list[tuple[S.ModelShape, list[int]]]:
 
 
 def classify(name: str) -> str:
-    match = re.search(r"decode_linear_kernel<[^,]+, \d+, (?:true|false), (\d)>", name)
+    match = re.search(r"decode_linear_kernel<[^,]+, \d+, (?:true|false|\d+), (\d+)>", name)
     if match:
         return _EPILOGUE_CLASS[match.group(1)]
     return next((label for label, pattern in _CLASSES if pattern.search(name)), "other")
 
 
 def class_bytes(model: torch.nn.Module) -> dict[str, int]:
-    """Weight bytes each projection class streams per step (Llama-style names; other families: none)."""
+    """Weight bytes each projection class streams per step (Llama-style and OPT names; other families: none)."""
     out: dict[str, int] = collections.Counter()
     for name, param in model.named_parameters():
         size = param.numel() * param.element_size()
         if re.search(r"\.(q_proj|k_proj|v_proj|qkv_proj)\.weight$", name):
             out["qkv+rope+kv"] += size
-        elif re.search(r"\.(gate_proj|up_proj|gate_up_proj)\.weight$", name):
+        elif re.search(r"\.(gate_proj|up_proj|gate_up_proj|fc1)\.weight$", name):
             out["gate_up+act"] += size
-        elif re.search(r"\.(o_proj|down_proj)\.weight$", name):
+        elif re.search(r"\.(o_proj|down_proj|out_proj|fc2)\.weight$", name):
             out["o|down+residual"] += size
     head = model.get_output_embeddings()
     if head is not None:

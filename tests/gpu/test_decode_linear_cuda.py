@@ -2,7 +2,10 @@
 
 Outputs are poisoned before every launch (NaN bytes in the block the op allocates, NaN caches outside the written
 slots). Tolerance: the kernel's error against an fp64 evaluation of the same formula is at most twice the error of
-torch's own fp16/bf16 path (cuBLAS) against it, plus one storage-type ulp of slack for the roundings both take.
+torch's own fp16/bf16 path (cuBLAS, torch's layer_norm) against it, plus one storage-type ulp of slack for the
+roundings both take. Only the (norm, epilogue) pairs in KERNEL_PAIRS have a kernel; the others must be refused by the
+op and run the reference through the wrapper. Epilogues that only round (ReLU, OPT's q scale) are checked bit for bit
+against the kernel's own output without them.
 """
 
 from __future__ import annotations
@@ -18,18 +21,26 @@ DTYPES = [torch.float16, torch.bfloat16]
 # (rows of x, in_features, out_features): decode batches 1-16, odd K chunks, a vocab-sized N, K not a multiple of 32.
 SHAPES = quick_sample([(1, 64, 16), (1, 2048, 3072), (3, 2048, 2048), (8, 8192, 2048), (9, 1024, 512),
                        (16, 2048, 4096), (5, 136, 48), (1, 2048, 32768), (2, 4104, 256)], 4)
-EPILOGUES = ["none", "residual", "silu_mul", "gelu_tanh_mul"]
+# decode_linear's (norm kind, epilogue) pairs with a kernel ('rotary_kv' is decode_qkv_rope's, tested below).
+PAIRS = sorted(pair for pair in D.KERNEL_PAIRS if pair[1] != "rotary_kv")
+UNBUILT = [(n, e) for n in ("none", "rms", "layer") for e in D.EPILOGUES if (n, e) not in D.KERNEL_PAIRS]
 
 
-def _fp64_linear(x, weight, bias, norm_weight, eps, residual, epilogue):
+def _fp64_linear(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias=None, norm="rms"):
     """The op's formula without intermediate roundings, in float64 (the oracle both paths are measured against)."""
     h = x.double()
-    if norm_weight is not None:
+    if norm_weight is not None and norm == "layer":
+        centered = h - h.mean(-1, keepdim=True)
+        h = centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.double()
+        h = h + (0 if norm_bias is None else norm_bias.double())
+    elif norm_weight is not None:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.double()
     y = h @ weight.double().t() + (0 if bias is None else bias.double())
     if epilogue == "residual":
         return residual.double() + y
-    if epilogue in ("silu_mul", "gelu_tanh_mul"):
+    if epilogue == "relu":
+        return y.clamp_min(0)
+    if epilogue in D.GATED:
         gate, up = y.chunk(2, dim=-1)
         act = torch.nn.functional.silu(gate) if epilogue == "silu_mul" else torch.nn.functional.gelu(
             gate, approximate="tanh")
@@ -37,37 +48,78 @@ def _fp64_linear(x, weight, bias, norm_weight, eps, residual, epilogue):
     return y
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("epilogue", EPILOGUES)
-@pytest.mark.parametrize("norm", [False, True])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_decode_linear_matches_reference(cuda_ops, dtype, shape, epilogue, norm, with_bias):
+def _linear_inputs(dtype, shape, norm, epilogue, with_bias):
+    """x, weight, bias, norm_weight, norm_bias, residual for one case; fresh random values each call. LayerNorm's x
+    has a per-row offset (OPT's hidden states are far from centered), so the kernel's mean matters."""
     rows, k, n = shape
-    if epilogue in ("silu_mul", "gelu_tanh_mul"):
+    if epilogue in D.GATED:
         n = 2 * n  # [gate; up]
     x = torch.randn(rows, k, device="cuda", dtype=dtype)
+    if norm == "layer":
+        x = x + 4 * torch.randn(rows, 1, device="cuda", dtype=dtype)
     weight = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
     bias = torch.randn(n, device="cuda", dtype=dtype) if with_bias else None
-    norm_weight = (1 + 0.1 * torch.randn(k, device="cuda", dtype=dtype)) if norm else None
-    out_cols = n // 2 if epilogue in ("silu_mul", "gelu_tanh_mul") else n
+    norm_weight = (1 + 0.1 * torch.randn(k, device="cuda", dtype=dtype)) if norm != "none" else None
+    norm_bias = 0.5 * torch.randn(k, device="cuda", dtype=dtype) if norm == "layer" else None
+    out_cols = n // 2 if epilogue in D.GATED else n
     residual = torch.randn(rows, out_cols, device="cuda", dtype=dtype) if epilogue == "residual" else None
+    return x, weight, bias, norm_weight, norm_bias, residual
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("norm,epilogue", PAIRS)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_decode_linear_matches_reference(cuda_ops, dtype, shape, norm, epilogue, with_bias):
+    x, weight, bias, norm_weight, norm_bias, residual = _linear_inputs(dtype, shape, norm, epilogue, with_bias)
+    rows, out_cols = x.shape[0], weight.shape[0] // (2 if epilogue in D.GATED else 1)
+    args = (x, weight, bias, norm_weight, 1e-5, residual, epilogue, norm_bias, "rms" if norm == "none" else norm)
     poison_next_alloc(rows * out_cols, dtype)
-    got = torch.ops.eet.decode_linear(x, weight, bias, norm_weight, 1e-6, residual, epilogue)
+    got = torch.ops.eet.decode_linear(*args)
     torch.cuda.synchronize()
     assert got.shape == (rows, out_cols)
     assert torch.isfinite(got).all(), "an output element was not written (NaN poison left)"
-    expected = D.decode_linear_reference(x, weight, bias, norm_weight, 1e-6, residual, epilogue)
-    exact = _fp64_linear(x, weight, bias, norm_weight, 1e-6, residual, epilogue)
+    expected = D.decode_linear_reference(*args)
+    exact = _fp64_linear(*args)
     ulp = 2.0 ** (-8 if dtype == torch.bfloat16 else -11)
     assert rel_err(got, exact) <= 2 * rel_err(expected, exact) + ulp, (rel_err(got, exact), rel_err(expected, exact))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 64), (32, 8, 64), (12, 2, 128), (3, 1, 16)])
+@pytest.mark.parametrize("shape", quick_sample([(1, 2048, 8192), (7, 136, 48), (16, 1024, 512)], 2))
+def test_layer_norm_prologue_without_bias_and_relu_bit_for_bit(cuda_ops, dtype, shape):
+    """LayerNorm without a bias (nn.LayerNorm(bias=False)) against the reference; ReLU is exactly relu() of the same
+    kernel's plain output (HF: relu(round(fc1(x))), so the epilogue adds no rounding of its own), NaN poison gone."""
+    x, weight, bias, norm_weight, _, _ = _linear_inputs(dtype, shape, "layer", "relu", True)
+    plain = torch.ops.eet.decode_linear(x, weight, bias, norm_weight, 1e-5, None, "none", None, "layer")
+    expected = D.decode_linear_reference(x, weight, bias, norm_weight, 1e-5, None, "none", None, "layer")
+    exact = _fp64_linear(x, weight, bias, norm_weight, 1e-5, None, "none", None, "layer")
+    ulp = 2.0 ** (-8 if dtype == torch.bfloat16 else -11)
+    assert rel_err(plain, exact) <= 2 * rel_err(expected, exact) + ulp
+    poison_next_alloc(plain.numel(), dtype)
+    relu = torch.ops.eet.decode_linear(x, weight, bias, norm_weight, 1e-5, None, "relu", None, "layer")
+    torch.cuda.synchronize()
+    assert torch.equal(relu, torch.relu(plain)) and bool((relu == 0).any()) and bool((relu > 0).any())
+
+
+@pytest.mark.parametrize("norm,epilogue", UNBUILT)
+def test_pairs_without_a_kernel_are_refused_and_run_the_reference(cuda_ops, norm, epilogue):
+    x, weight, bias, norm_weight, norm_bias, residual = _linear_inputs(torch.float16, (3, 256, 128), norm, epilogue,
+                                                                       True)
+    args = (x, weight, bias, norm_weight, 1e-5, residual, epilogue, norm_bias, "rms" if norm == "none" else norm)
+    with pytest.raises(RuntimeError, match="no kernel is built"):
+        torch.ops.eet.decode_linear(*args)
+    assert torch.equal(D.decode_linear(*args), D.decode_linear_reference(*args))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 64), (32, 8, 64), (12, 2, 128), (3, 1, 16), (4, 4, 80)])
 @pytest.mark.parametrize("batch", [1, 5, 16])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_decode_qkv_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, with_bias):
+@pytest.mark.parametrize("mode", ["rms-rotary", "layer-q-scale"])
+def test_decode_qkv_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, with_bias, mode):
+    """Llama's prologue (RMSNorm, rotary) and OPT's (LayerNorm, no rotary, q * head_dim**-0.5: 1/sqrt(80) is not a
+    power of two, so its rounding shows)."""
     hidden = 256
     rows = (heads + 2 * kv_heads) * head_dim
     capacity = 40
@@ -75,9 +127,15 @@ def test_decode_qkv_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, hea
     weight = torch.randn(rows, hidden, device="cuda", dtype=dtype) / hidden**0.5
     bias = torch.randn(rows, device="cuda", dtype=dtype) if with_bias else None
     norm_weight = 1 + 0.1 * torch.randn(hidden, device="cuda", dtype=dtype)
-    angles = torch.rand(batch, 1, head_dim // 2, device="cuda") * 100
-    cos = torch.cat([angles.cos()] * 2, -1).to(dtype)
-    sin = torch.cat([angles.sin()] * 2, -1).to(dtype)
+    if mode == "rms-rotary":
+        angles = torch.rand(batch, 1, head_dim // 2, device="cuda") * 100
+        cos = torch.cat([angles.cos()] * 2, -1).to(dtype)
+        sin = torch.cat([angles.sin()] * 2, -1).to(dtype)
+        extra = (None, "rms", 1.0)
+    else:
+        x = x + 4 * torch.randn(batch, 1, 1, device="cuda", dtype=dtype)
+        cos = sin = None
+        extra = (0.5 * torch.randn(hidden, device="cuda", dtype=dtype), "layer", head_dim**-0.5)
     # Slots: inside, the last one, and outside the cache (skipped, never written).
     write_pos = torch.tensor([[3, capacity - 1, capacity, -1][i % 4] for i in range(batch)], device="cuda",
                              dtype=torch.int32)
@@ -85,9 +143,9 @@ def test_decode_qkv_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, hea
               for _ in range(4)]
     poison_next_alloc(batch * heads * head_dim, dtype)
     q = torch.ops.eet.decode_qkv_rope(x, weight, bias, norm_weight, 1e-5, cos, sin, caches[0], caches[1], write_pos,
-                                      heads, kv_heads)
+                                      heads, kv_heads, *extra)
     q_ref = D.decode_qkv_rope_reference(x, weight, bias, norm_weight, 1e-5, cos, sin, caches[2], caches[3],
-                                        write_pos, heads, kv_heads)
+                                        write_pos, heads, kv_heads, *extra)
     torch.cuda.synchronize()
     assert q.shape == (batch, heads, 1, head_dim) and torch.isfinite(q).all()
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
@@ -98,15 +156,49 @@ def test_decode_qkv_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, hea
         assert rel_err(got[written], ref[written]) <= tol
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 9])
+def test_q_scale_is_hf_rounding_of_the_kernels_q(cuda_ops, dtype, batch):
+    """q_scale multiplies the kernel's rounded q in fp32 and rounds, as HF OPT's `q_proj(x) * scaling` does on the
+    rounded projection: bit for bit against the same kernel without the scale; k and v are not scaled."""
+    heads, head_dim, hidden, capacity = 4, 80, 320, 8
+    x = torch.randn(batch, 1, hidden, device="cuda", dtype=dtype) + 2
+    weight = torch.randn(3 * heads * head_dim, hidden, device="cuda", dtype=dtype) / hidden**0.5
+    bias = torch.randn(3 * heads * head_dim, device="cuda", dtype=dtype)
+    norm_weight, norm_bias = torch.randn(hidden, device="cuda", dtype=dtype), torch.randn(hidden, device="cuda",
+                                                                                         dtype=dtype)
+    write_pos = torch.full((batch,), 2, device="cuda", dtype=torch.int32)
+    caches = [torch.full((batch, heads, capacity, head_dim), float("nan"), device="cuda", dtype=dtype)
+              for _ in range(4)]
+    scale = head_dim**-0.5
+    plain = torch.ops.eet.decode_qkv_rope(x, weight, bias, norm_weight, 1e-5, None, None, caches[0], caches[1],
+                                          write_pos, heads, heads, norm_bias, "layer", 1.0)
+    scaled = torch.ops.eet.decode_qkv_rope(x, weight, bias, norm_weight, 1e-5, None, None, caches[2], caches[3],
+                                           write_pos, heads, heads, norm_bias, "layer", scale)
+    torch.cuda.synchronize()
+    assert torch.equal(scaled, plain * scale)  # a half tensor times a float: fp32 product, one rounding (HF's)
+    written = ~torch.isnan(caches[0])
+    assert bool(written[:, :, 2].all()) and not bool(written[:, :, 3:].any())
+    for got, want in ((caches[2], caches[0]), (caches[3], caches[1])):  # k and v as without the scale
+        assert torch.equal(torch.isnan(got), ~written) and torch.equal(got[written], want[written])
+
+
 def test_decode_linear_rejects_what_the_kernel_cannot_take(cuda_ops):
     x = torch.randn(17, 64, device="cuda", dtype=torch.float16)
     w = torch.randn(32, 64, device="cuda", dtype=torch.float16)
+    n = torch.randn(64, device="cuda", dtype=torch.float16)
     with pytest.raises(RuntimeError, match="1 to 16 are supported"):
         torch.ops.eet.decode_linear(x, w, None, None, 0.0, None, "none")
     with pytest.raises(RuntimeError, match="epilogue must be"):
-        torch.ops.eet.decode_linear(x[:2], w, None, None, 0.0, None, "relu")
+        torch.ops.eet.decode_linear(x[:2], w, None, None, 0.0, None, "gelu")
     with pytest.raises(RuntimeError, match="float16 or bfloat16"):
         torch.ops.eet.decode_linear(x[:2].float(), w.float(), None, None, 0.0, None, "none")
+    with pytest.raises(RuntimeError, match="norm must be 'rms' or 'layer'"):
+        torch.ops.eet.decode_linear(x[:2], w, None, n, 0.0, None, "none", None, "layernorm")
+    with pytest.raises(RuntimeError, match="norm_bias goes with"):
+        torch.ops.eet.decode_linear(x[:2], w, None, n, 0.0, None, "none", n, "rms")
+    with pytest.raises(RuntimeError, match="no kernel is built for norm 'none' with epilogue 'relu'"):
+        torch.ops.eet.decode_linear(x[:2], w, None, None, 0.0, None, "relu")
 
 
 def test_decode_linear_wrapper_routes_large_batches_to_torch(cuda_ops):
@@ -121,27 +213,34 @@ def test_decode_linear_wrapper_routes_large_batches_to_torch(cuda_ops):
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 8, 128), (4, 1, 64), (2, 2, 256), (3, 1, 40)])
 @pytest.mark.parametrize("batch,seq", [(1, 1), (5, 1), (2, 7)])
 @pytest.mark.parametrize("norm", [True, False])
-def test_qkv_rope_append_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, seq, norm):
+@pytest.mark.parametrize("rotary", [True, False])
+def test_qkv_rope_append_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, seq, norm, rotary):
+    """With rotary (Llama-style prompts) and without it but with OPT's q scale (OPT prompts)."""
     capacity = 12
     qkv = torch.randn(batch, seq, (heads + 2 * kv_heads) * head_dim, device="cuda", dtype=dtype)
     q_norm = 1 + 0.1 * torch.randn(head_dim, device="cuda", dtype=dtype) if norm else None
     k_norm = 1 + 0.1 * torch.randn(head_dim, device="cuda", dtype=dtype) if norm else None
-    angles = torch.rand(batch, seq, head_dim // 2, device="cuda") * 100
-    cos = torch.cat([angles.cos()] * 2, -1).to(dtype)
-    sin = torch.cat([angles.sin()] * 2, -1).to(dtype)
+    cos = sin = None
+    if rotary:
+        angles = torch.rand(batch, seq, head_dim // 2, device="cuda") * 100
+        cos = torch.cat([angles.cos()] * 2, -1).to(dtype)
+        sin = torch.cat([angles.sin()] * 2, -1).to(dtype)
+    q_scale = 1.0 if rotary else head_dim**-0.5
     write_pos = torch.tensor([[0, capacity - seq, capacity - 1, -2, 4][i % 5] for i in range(batch)], device="cuda",
                              dtype=torch.int32)
     caches = [torch.full((batch, kv_heads, capacity, head_dim), float("nan"), device="cuda", dtype=dtype)
               for _ in range(4)]
     poison_next_alloc(batch * heads * seq * head_dim, dtype)
     q = torch.ops.eet.qkv_rope_append(qkv, q_norm, k_norm, 1e-6, cos, sin, caches[0], caches[1], write_pos, heads,
-                                   kv_heads)
+                                   kv_heads, q_scale)
     q_ref = D.qkv_rope_append_reference(qkv, q_norm, k_norm, 1e-6, cos, sin, caches[2], caches[3], write_pos, heads,
-                                     kv_heads)
+                                     kv_heads, q_scale)
     torch.cuda.synchronize()
     # Same roundings as the reference; the only difference is the order of the head_dim-long sum of squares.
     tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6}[dtype]
     assert torch.isfinite(q).all() and rel_err(q, q_ref) <= tol
+    if not norm and not rotary:  # OPT's prompts: q * scale rounded once, k and v copied, exactly as HF's
+        assert torch.equal(q, q_ref)
     for got, ref in ((caches[0], caches[2]), (caches[1], caches[3])):
         assert torch.equal(torch.isnan(got), torch.isnan(ref))
         written = ~torch.isnan(ref)
@@ -149,15 +248,21 @@ def test_qkv_rope_append_matches_reference(cuda_ops, dtype, heads, kv_heads, hea
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fused_decoder_kernel_check_passes_and_catches_a_wrong_kernel(cuda_ops, dtype, monkeypatch):
-    from transformers import LlamaConfig, LlamaForCausalLM
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_fused_decoder_kernel_check_passes_and_catches_a_wrong_kernel(cuda_ops, dtype, family, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
     from eet_hf.engine import fused_decoder
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=1024)
-    model = LlamaForCausalLM(config).to("cuda", dtype).eval()
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=1024))
+    else:
+        model = OPTForCausalLM(OPTConfig(hidden_size=256, ffn_dim=1024, num_hidden_layers=2, num_attention_heads=4,
+                                         vocab_size=1024, max_position_embeddings=64))
+    model = model.to("cuda", dtype).eval()
+    assert fused_decoder.refusal(model) is None
     view = fused_decoder._build(model)
     assert fused_decoder.kernel_check(view) is None
     real = torch.ops.eet.decode_linear
@@ -169,3 +274,27 @@ def test_fused_decoder_kernel_check_passes_and_catches_a_wrong_kernel(cuda_ops, 
     monkeypatch.setattr(torch.ops.eet, "decode_linear", off_by_a_bit)
     reason = fused_decoder.kernel_check(view)
     assert reason is not None and "differ" in reason
+
+
+@pytest.mark.parametrize("case", ["layer-relu", "layer-store", "none-residual", "qkv-layer-q-scale", "append-q-scale"])
+def test_opcheck(cuda_ops, case):
+    """The schemas (defaults, optional cos / sin, mutated caches) against the CUDA kernels."""
+    dtype, dev = torch.float16, "cuda"
+    x, w, b = (torch.randn(3, 64, device=dev, dtype=dtype), torch.randn(32, 64, device=dev, dtype=dtype),
+               torch.randn(32, device=dev, dtype=dtype))
+    nw, nb = torch.randn(64, device=dev, dtype=dtype), torch.randn(64, device=dev, dtype=dtype)
+    caches = [torch.zeros(3, 2, 8, 16, device=dev, dtype=dtype) for _ in range(2)]
+    pos = torch.tensor([0, 3, 7], device=dev, dtype=torch.int32)
+    cases = {
+        "layer-relu": (torch.ops.eet.decode_linear, (x, w, b, nw, 1e-5, None, "relu", nb, "layer")),
+        "layer-store": (torch.ops.eet.decode_linear, (x, w, None, nw, 1e-5, None, "none", nb, "layer")),
+        "none-residual": (torch.ops.eet.decode_linear, (x, w, b, None, 0.0, torch.randn(3, 32, device=dev,
+                                                                                        dtype=dtype), "residual")),
+        "qkv-layer-q-scale": (torch.ops.eet.decode_qkv_rope, (
+            x.view(3, 1, 64), torch.randn(96, 64, device=dev, dtype=dtype), None, nw, 1e-5, None, None, *caches, pos,
+            2, 2, nb, "layer", 0.25)),
+        "append-q-scale": (torch.ops.eet.qkv_rope_append, (
+            torch.randn(3, 2, 96, device=dev, dtype=dtype), None, None, 0.0, None, None, *caches, pos, 2, 2, 0.25)),
+    }
+    op, args = cases[case]
+    torch.library.opcheck(op.default, args)
