@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
 import eet_hf
-import eet_hf.encoder.bert_forward as bert_forward
+import eet_hf.encoder.packed as packed
 from eet_hf import ops
 
 from ..helpers import padded_batch
@@ -105,13 +105,13 @@ def _max_err(a, b, mask):
 @pytest.fixture
 def packed_calls(monkeypatch):
     calls = []
-    original = bert_forward.packed_forward
+    original = packed.packed_forward
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(bert_forward, "packed_forward", counting)
+    monkeypatch.setattr(packed, "packed_forward", counting)
     return calls
 
 
