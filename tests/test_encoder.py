@@ -23,7 +23,6 @@ from transformers import (
 )
 
 import eet_hf
-import eet_hf.encoder.packed as packed
 from eet_hf import ops
 from eet_hf.encoder import packed_qkv
 from eet_hf.encoder.packing import capacity_for
@@ -80,20 +79,6 @@ def test_attention_varlen_opcheck():
 
 
 # ------------------------------------------------------------------------------------------------ models
-
-
-@pytest.fixture
-def packed_calls(monkeypatch):
-    """Counts calls of the packed encoder forward."""
-    calls = []
-    original = packed.packed_forward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(packed, "packed_forward", counting)
-    return calls
 
 
 def _compare(out, expected, mask):
