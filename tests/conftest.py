@@ -5,6 +5,8 @@ import torch
 
 import eet_hf.encoder.packed as packed
 
+from .helpers import count_calls
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -12,14 +14,6 @@ def _seed():
 
 
 @pytest.fixture
-def packed_calls(monkeypatch):
+def packed_calls(monkeypatch) -> list[int]:
     """Counts calls of the packed encoder forward (eet_hf/encoder/packed.py): one per forward that took it."""
-    calls = []
-    original = packed.packed_forward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(packed, "packed_forward", counting)
-    return calls
+    return count_calls(monkeypatch, packed, "packed_forward")

@@ -19,7 +19,7 @@ from eet_hf import patches
 from eet_hf.encoder import model_graphs, packed_qkv
 
 from .helpers import assert_close, make_tokenizer, padded_batch
-from .test_encoder_model_graphs import FakeGraphs
+from .test_encoder_model_graphs import FakeGraphs, _compare
 
 FP32_ATOL = 1e-4  # the project's fp32 logits contract
 RECORDS = patches.encoder_records.RECORDS
@@ -72,19 +72,6 @@ def _inputs(model, lengths: list[int], seq: int, side: str = "right", choices: i
     if choices:  # multiple choice heads: [batch, choices, seq]
         inputs = {k: v.view(len(lengths) // choices, choices, seq) for k, v in inputs.items()}
     return inputs
-
-
-def _compare(out, expected, mask: torch.Tensor) -> None:
-    """Every tensor field of HF's output within FP32_ATOL; [batch, seq, ...] fields on real tokens only."""
-    flat = mask.reshape(-1, mask.shape[-1])
-    fields = [k for k, v in expected.items() if isinstance(v, torch.Tensor)]
-    assert fields and set(out.keys()) == set(expected.keys()), (sorted(out.keys()), sorted(expected.keys()))
-    for key in fields:
-        value = expected[key]
-        real = None
-        if value.dim() >= 2 and value.shape[:2] == flat.shape:
-            real = flat.bool().view(*flat.shape, *([1] * (value.dim() - 2)))
-        assert_close(out[key], value, FP32_ATOL, where=real)
 
 
 def _parts(model) -> list:

@@ -12,6 +12,7 @@ at most twice HF's own error in that dtype plus 1e-3 (flash-attention's rule). L
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import random
 
@@ -24,7 +25,7 @@ from eet_hf import patches
 from eet_hf.encoder import graphs, model_graphs
 from eet_hf.encoder.packing import capacity_for, host_summary
 
-from .conftest import poison_next_alloc, rel_err
+from .conftest import check_outputs, poison_next_alloc, rel_err
 
 SEED = int(os.environ.get("EET_TEST_SEED", random.randrange(1 << 31)))
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -83,26 +84,7 @@ def _lengths(rng: random.Random, batch: int, seq: int) -> list[int]:
     return lengths
 
 
-def _max_err(a: torch.Tensor, b: torch.Tensor, real: torch.Tensor | None) -> float:
-    diff = (a.double() - b.double()).abs()
-    return (diff[real] if real is not None else diff).max().item()
-
-
-def _check(got, base, truth, mask: torch.Tensor, dtype, where: str) -> None:
-    """Every tensor field: finite everywhere (padding rows included); fp32 within 1e-4 of HF; fp16 / bf16 within the
-    flash-attention rule. [batch, seq, ...] fields are compared on real tokens (eet's padding positions are zeros)."""
-    assert type(got) is type(base), (type(got), type(base), where)
-    assert set(got.keys()) == set(base.keys()), (sorted(got.keys()), sorted(base.keys()), where)
-    flat = mask.reshape(-1, mask.shape[-1]).bool()
-    for key, value in got.items():
-        assert torch.isfinite(value).all(), f"{key}: NaN/Inf ({where}, seed {SEED})"
-        real = flat if value.dim() >= 2 and value.shape[:2] == flat.shape else None
-        if dtype == torch.float32:
-            err = _max_err(value, base[key], real)
-            assert err <= 1e-4, f"{key}: max |eet - HF| {err:.3g} > 1e-4 ({where}, seed {SEED})"
-        else:
-            err, hf_err = _max_err(value, truth[key], real), _max_err(base[key], truth[key], real)
-            assert err <= 2 * hf_err + 1e-3, f"{key}: {err=:.3g} vs HF {hf_err:.3g} ({where}, seed {SEED})"
+_check = functools.partial(check_outputs, seed=SEED)
 
 
 def _call_all(models, inputs, *args):
