@@ -178,8 +178,10 @@ def apply(model: nn.Module, ctx: PatchContext) -> None:
     record = RECORDS[config.model_type]
     found = encoder_match.match(model, record, fuse_gelu=bool(ctx.options["mlp"]))
     if isinstance(found, str):
-        ctx.fallback("packed encoder", f"the {config.model_type} encoder record does not match this model ({found}): "
-                     "the generic adapter's per-module swaps run instead")
+        reason = (f"the {config.model_type} encoder record does not match this model ({found}): the generic adapter's "
+                  "per-module swaps run instead")
+        ctx.fallback("packed encoder", reason)
+        warn_once(f"{type(model).__name__}: no packed encoder: {reason} (eet_hf.explain(model) lists them)")
         generic.swap_modules(model, ctx)
         return
     fused_norms = _fuse_layers(config, found, record, ctx)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import pytest
 import torch
@@ -285,13 +286,15 @@ def _subclass_layer_attention(model) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_model_the_record_does_not_describe_keeps_generic_swaps(family, packed_calls):
+def test_a_model_the_record_does_not_describe_keeps_generic_swaps(family, packed_calls, caplog):
     model, ref = _pair(family)
     _subclass_layer_attention(model)
     with pytest.raises(eet_hf.EetUnsupportedError, match="record does not match"):
         eet_hf.accelerate(model, strict=True)
     assert all("forward" not in m.__dict__ for m in model.modules()), "a refused accelerate must undo its changes"
-    eet_hf.accelerate(model)
+    with caplog.at_level(logging.WARNING, logger="eet_hf"):
+        eet_hf.accelerate(model)
+    assert f"{type(model).__name__}: no packed encoder" in caplog.text
     report = eet_hf.explain(model)
     assert "layer 1" in report.fallbacks["packed encoder"] and "MyAttention" in report.fallbacks["packed encoder"]
     assert "_eet_encoder" not in _encoder(model).__dict__ and model_graphs.ATTR not in model.__dict__
