@@ -118,14 +118,15 @@ def _fuse_layers(config, found: encoder_match.EncoderMatch, record: EncoderRecor
     """HF's own layer loop (the per-layer path) runs the record's blocks fused; returns the LayerNorms fused there."""
     fused_norms = set()
     residuals = ((record.attn_out, record.attn_norm), (record.ffn_out, record.ffn_norm)) if record.residual_blocks else ()
-    first, second = encoder_match.block_children(record, record.mlp_block, record.ffn_in, record.ffn_out)
+    first, second = encoder_match.block_children(record.mlp_block, record.ffn_in, record.ffn_out)
     for layer, parts in zip(found.layers, found.parts):
         for dense, norm in residuals:
             path = dense.rsplit(".", 1)[0]
             block = layer.get_submodule(path)
-            ctx.set_attr(block, "_eet_residual", tuple(encoder_match.block_children(record, path, dense, norm)))
+            ctx.set_attr(block, "_eet_residual", tuple(encoder_match.block_children(path, dense, norm)))
             ctx.rewire(block, residual_norm_forward)
-            fused_norms.add(getattr(block, norm.rsplit(".", 1)[1]))
+        if residuals:
+            fused_norms.update((parts.attn_norm, parts.ffn_norm))
         if not ctx.options["mlp"]:
             continue
         block = layer.get_submodule(record.mlp_block)

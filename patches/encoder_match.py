@@ -112,7 +112,7 @@ def fused_gelu(activation: nn.Module) -> str | None:
     return None if type(activation).__name__ == "FastGELUActivation" else gelu_kind(activation)
 
 
-def block_children(record: EncoderRecord, block: str, *paths: str) -> list[str | None]:
+def block_children(block: str, *paths: str) -> list[str | None]:
     """The child names under `block` of each of `paths` (layer-relative), None for a path outside it."""
     return [p[len(block) + 1:] if p.startswith(block + ".") and "." not in p[len(block) + 1:] else None
             for p in paths]
@@ -129,7 +129,7 @@ def _blocks_reason(layer: nn.Module, record: EncoderRecord) -> str | None:
         block = submodule(layer, path)
         if block is None or type(block).__module__ != record.modeling:
             return f"{path} is {type(block).__name__}, not a {record.modeling} module"
-        if None in block_children(record, path, *children):
+        if None in block_children(path, *children):
             return f"{path} does not hold {' and '.join(children)} as its children"
     return None
 
