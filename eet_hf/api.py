@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import attention, copies, distributed, ops
+from . import attention, copies, distributed, ops, wrappers
 from ._log import warn_once
 from .errors import EetUnsupportedError
 from .patches import PatchContext, adapter_for
@@ -55,6 +55,9 @@ def _kernels(model: torch.nn.Module) -> str:
 def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
     """Rewire a transformers model in place to run on eet's fused ops; returns the same object.
 
+    `model` may also hold transformers models without being one (a sentence-transformers SentenceTransformer or
+    CrossEncoder, your own wrapper module): each outermost transformers model inside is accelerated with these
+    options, and the wrapper itself (its forward, tokenizer, pooling) stays as it is (eet_hf/wrappers.py).
     Options: attention (bool), mlp (bool), generate (bool: eet's decode loop behind model.generate),
     strict (bool: raise instead of falling back to HF code), tensor_parallel (None, True for the default
     torch.distributed group, or a ProcessGroup: GPT-2's heads and MLP columns split over the group's ranks,
@@ -62,6 +65,9 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
     Calling it again with the same options does nothing; with other options it re-applies them.
     """
     _check_model(model, "accelerate")
+    held = wrappers.held_models(model)
+    if held:
+        return _accelerate_held(model, [inner for _, inner in held], options)
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise TypeError(f"eet_hf.accelerate: unknown option(s) {unknown}; known options: {sorted(DEFAULT_OPTIONS)}")
@@ -97,6 +103,19 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
     return model
 
 
+def _accelerate_held(wrapper: torch.nn.Module, models: list[torch.nn.Module], options: dict[str, Any]) -> torch.nn.Module:
+    """accelerate() of each transformers model a wrapper holds; a refusal undoes the ones this call accelerated."""
+    newly = [m for m in models if STATE_ATTR not in m.__dict__]
+    try:
+        for inner in models:
+            accelerate(inner, **options)
+    except BaseException:
+        for inner in newly:
+            restore(inner)
+        raise
+    return wrapper
+
+
 def _apply(model: torch.nn.Module, ctx: PatchContext, adapter) -> None:
     if model.training:
         warn_once("model is in training mode: HF's forwards run until model.eval()")
@@ -112,9 +131,15 @@ def _apply(model: torch.nn.Module, ctx: PatchContext, adapter) -> None:
 
 
 def restore(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo accelerate(): HF's own forwards, attention and config again. Harmless on a plain model.
-    Raises EetUnsupportedError, changing nothing, on a model split by accelerate(tensor_parallel=...)."""
+    """Undo accelerate(): HF's own forwards, attention and config again (on a wrapper: of each transformers model it
+    holds). Harmless on a plain model. Raises EetUnsupportedError, changing nothing, on a model split by
+    accelerate(tensor_parallel=...)."""
     _check_model(model, "restore")
+    held = wrappers.held_models(model)
+    if held:
+        for _, inner in held:
+            restore(inner)
+        return model
     distributed.refuse_restore(model)
     state = model.__dict__.pop(STATE_ATTR, None)
     if state is not None:
@@ -123,8 +148,13 @@ def restore(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def explain(model: torch.nn.Module) -> Report:
-    """What accelerate() rewired (`.accelerated`) and what it left to HF (`.fallbacks`, path -> reason)."""
+    """What accelerate() rewired (`.accelerated`) and what it left to HF (`.fallbacks`, path -> reason). On a wrapper
+    (a SentenceTransformer, ...): the report of the transformers model inside (of several: entries prefixed with
+    their paths)."""
     _check_model(model, "explain")
+    held = wrappers.held_models(model)
+    if held:
+        return wrappers.merged_report([(path, explain(inner)) for path, inner in held])
     state = model.__dict__.get(STATE_ATTR)
     if state is None:
         return Report(model_type=getattr(getattr(model, "config", None), "model_type", type(model).__name__),

@@ -1,17 +1,18 @@
 """One adapter per HF model family, picked by config.model_type.
 
 Each adapter module exposes MODEL_TYPES and apply(model, ctx): it rewires module instances through the
-PatchContext and records what it leaves to HF, with the reason.
+PatchContext and records what it leaves to HF, with the reason. encoder.py serves every family with an encoder record
+(encoder_records.py).
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import bert, generic, gpt2
+from . import encoder, generic, gpt2
 from ._rewire import PatchContext
 
-ADAPTERS: dict[str, ModuleType] = {t: adapter for adapter in (gpt2, bert) for t in adapter.MODEL_TYPES}
+ADAPTERS: dict[str, ModuleType] = {t: adapter for adapter in (gpt2, encoder) for t in adapter.MODEL_TYPES}
 
 __all__ = ["ADAPTERS", "PatchContext", "adapter_for"]
 

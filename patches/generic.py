@@ -36,13 +36,7 @@ ATTENTION_REPORT = "attention (HF AttentionInterface 'eet')"
 def apply(model: nn.Module, ctx: PatchContext) -> None:
     if model.training:
         warn_once("model is in training mode: HF's forwards run until model.eval()")
-    fused_activations: set[nn.Module] = set()
-    for module in list(model.modules()):
-        _norm(module, ctx)
-        if ctx.options["mlp"]:
-            _gelu_mlp(module, ctx, fused_activations)
-    for module in model.modules():
-        _report_left_to_hf(module, ctx, fused_activations)
+    swap_modules(model, ctx)
     if ctx.options["attention"]:
         _attention(model, ctx)
     if ctx.report.accelerated:
@@ -52,6 +46,18 @@ def apply(model: nn.Module, ctx: PatchContext) -> None:
         ctx.fallback("<model>", "nothing eet recognises in this model (details in the other entries)")
         logger.warning("eet_hf: %s (model_type %r) is left unchanged: nothing eet can accelerate; "
                        "eet_hf.explain(model) lists why", type(model).__name__, model.config.model_type)
+
+
+def swap_modules(model: nn.Module, ctx: PatchContext) -> None:
+    """The norms and GELU MLPs recognised by structure, each checked on its first call; what stays HF's, reported.
+    (Also what patches/encoder.py falls back to for a model its family's record does not describe.)"""
+    fused_activations: set[nn.Module] = set()
+    for module in list(model.modules()):
+        _norm(module, ctx)
+        if ctx.options["mlp"]:
+            _gelu_mlp(module, ctx, fused_activations)
+    for module in model.modules():
+        _report_left_to_hf(module, ctx, fused_activations)
 
 
 def _checked_rewire(module: nn.Module, ctx: PatchContext, fused, eligible, what: str) -> None:

@@ -45,6 +45,19 @@ def make_tokenizer(kind: str) -> PreTrainedTokenizerFast:
                                    unk_token="[UNK]", padding_side="left")
 
 
+def count_calls(monkeypatch, owner, name: str) -> list[int]:
+    """Replaces owner.<name> (for the test) by a wrapper that appends 1 to the returned list on each call."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
 def padded_batch(batch: int, length: int, lengths: list[int], side: str, vocab: int = 100):
     """input_ids [batch, length] of ids >= 7 (no specials) and the attention mask for the given lengths."""
     ids = torch.randint(7, vocab, (batch, length))

@@ -23,7 +23,6 @@ from transformers import (
 )
 
 import eet_hf
-import eet_hf.encoder.bert_forward as bert_forward
 from eet_hf import ops
 from eet_hf.encoder import packed_qkv
 from eet_hf.encoder.packing import capacity_for
@@ -80,20 +79,6 @@ def test_attention_varlen_opcheck():
 
 
 # ------------------------------------------------------------------------------------------------ models
-
-
-@pytest.fixture
-def packed_calls(monkeypatch):
-    """Counts calls of the packed encoder forward."""
-    calls = []
-    original = bert_forward.packed_forward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(bert_forward, "packed_forward", counting)
-    return calls
 
 
 def _compare(out, expected, mask):
@@ -192,6 +177,11 @@ def test_not_routed(kind, packed_calls):
     assert not packed_calls
 
 
+def _qkv(layer):
+    attn = layer.attention.self
+    return attn.query, attn.key, attn.value
+
+
 def _storage_bytes(model) -> int:
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
     return sum(storages.values())
@@ -209,7 +199,7 @@ def test_packed_qkv_keeps_state_dict_and_memory():
     # Same Parameter objects, now slices of one [3*hidden, hidden] buffer per layer; no second copy.
     assert all(p is params_before[name] for name, p in model.named_parameters())
     for layer in model.bert.encoder.layer:
-        weight, bias = packed_qkv(layer.attention.self)
+        weight, bias = packed_qkv(_qkv(layer))
         assert weight.shape == (192, 64) and bias.shape == (192,)
         assert weight.data_ptr() == layer.attention.self.query.weight.data_ptr()
         assert state[f"bert.encoder.layer.{layer.attention.self.layer_idx}.attention.self.value.weight"].data_ptr() \
@@ -222,11 +212,11 @@ def test_dtype_move_after_accelerate_repacks(packed_calls):
     eet_hf.accelerate(model)
     model.double()
     ref.double()
-    assert packed_qkv(model.bert.encoder.layer[0].attention.self) is None  # .double() split them
+    assert packed_qkv(_qkv(model.bert.encoder.layer[0])) is None  # .double() split them
     ids, mask = padded_batch(2, 6, [6, 3], "right")
     with torch.no_grad():
         _compare(model(ids, attention_mask=mask), ref(ids, attention_mask=mask), mask)
-    assert packed_calls and packed_qkv(model.bert.encoder.layer[0].attention.self) is not None
+    assert packed_calls and packed_qkv(_qkv(model.bert.encoder.layer[0])) is not None
 
 
 def test_restore_gives_hf_back(packed_calls):

@@ -9,7 +9,7 @@ import torch
 from transformers import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
 
 import eet_hf
-import eet_hf.encoder.bert_forward as bert_forward
+import eet_hf.encoder.packed as packed
 from eet_hf.encoder import graphs, model_graphs
 
 from .helpers import bert_config, pair
@@ -21,8 +21,8 @@ def test_large_calls_read_the_mask_first_and_pack_to_a_capacity(monkeypatch):
     eighth of the batch, part of the key) and sends a left-padded call to the eager forward without a replay."""
     model, ref, cache = _graphed(BertModel, read_min_tokens=32)
     rows = []
-    original = bert_forward.layer_forward
-    monkeypatch.setattr(bert_forward, "layer_forward", lambda layer, x, packing: rows.append(x.shape[0]) or
+    original = packed.layer_forward
+    monkeypatch.setattr(packed, "layer_forward", lambda layer, x, packing: rows.append(x.shape[0]) or
                         original(layer, x, packing))
     # batch 4 x 8 = 32 padded tokens, capacities in steps of 4: (lengths, side, captures, replays, fallbacks)
     calls = [([8, 4, 4, 2], "right", 0, 0, 0),  # 18 tokens -> capacity 20: first sight, eager (18 rows)

@@ -12,8 +12,8 @@ from torch import nn
 from transformers import BertForMaskedLM
 
 import eet_hf
+from eet_hf import patches
 from eet_hf.encoder.model_graph_keys import INPUT_NAMES, WeightSignature, plain_inputs, right_padded
-from patches.bert import MODEL_GRAPH_CLASSES
 
 from .helpers import bert_config
 
@@ -60,9 +60,31 @@ def test_other_calls_are_refused(case):
     assert plain_inputs(args, kwargs) is None
 
 
-def test_every_graphed_class_takes_the_inputs_in_order():
-    for cls in MODEL_GRAPH_CLASSES:
-        assert tuple(inspect.signature(cls.forward).parameters)[1:4] == INPUT_NAMES, cls.__name__
+@pytest.mark.parametrize("family", sorted(patches.encoder_records.RECORDS))
+def test_every_graphed_class_takes_the_record_inputs_first(family):
+    """Each head a record graphs exists in this transformers version and leads with the record's inputs (in its own
+    order, which the installed graphs follow); vocab heads are heads; BERT's order is INPUT_NAMES."""
+    record = patches.encoder_records.RECORDS[family]
+    assert record.heads and set(record.vocab_heads) <= set(record.heads)
+    assert set(record.inputs) <= set(INPUT_NAMES)
+    for name in record.heads:
+        cls = patches.encoder_match.family_class(record, name)
+        assert cls is not None, name
+        leading = tuple(inspect.signature(cls.forward).parameters)[1 : 1 + len(record.inputs)]
+        assert sorted(leading) == sorted(record.inputs), (name, leading)
+        if family == "bert":
+            assert leading == INPUT_NAMES, name
+
+
+def test_inputs_follow_the_given_order():
+    """RoBERTa's multiple choice head takes token_type_ids second; DistilBERT takes no token types at all."""
+    inputs = plain_inputs((IDS, MASK * 2, MASK), {}, ("input_ids", "token_type_ids", "attention_mask"))
+    assert inputs["token_type_ids"] is not None and torch.equal(inputs["token_type_ids"], MASK * 2)
+    assert torch.equal(inputs["attention_mask"], MASK)
+    names = ("input_ids", "attention_mask")
+    assert plain_inputs((IDS, MASK), {}, names) is not None
+    assert plain_inputs((IDS, MASK, MASK), {}, names) is None
+    assert plain_inputs((IDS,), {"token_type_ids": MASK}, names) is None
 
 
 @pytest.mark.parametrize("rows, expected", [

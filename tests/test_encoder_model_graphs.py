@@ -24,7 +24,7 @@ from transformers import (
 
 import eet_hf
 import eet_hf.attention as eet_attention
-import eet_hf.encoder.bert_forward as bert_forward
+import eet_hf.encoder.packed as packed
 from eet_hf.encoder import graphs, model_graphs
 from eet_hf.encoder.model_graphs import ModelGraphs
 
@@ -37,12 +37,12 @@ LABEL = "<model>: whole-model CUDA graphs"
 @contextlib.contextmanager
 def _as_if_capturing():
     """eet's mask function and packed encoder take their capture-time path: no host read, right padding assumed."""
-    saved = eet_attention._is_compiling, bert_forward._is_compiling
-    eet_attention._is_compiling = bert_forward._is_compiling = lambda: True
+    saved = eet_attention._is_compiling, packed._is_compiling
+    eet_attention._is_compiling = packed._is_compiling = lambda: True
     try:
         yield
     finally:
-        eet_attention._is_compiling, bert_forward._is_compiling = saved
+        eet_attention._is_compiling, packed._is_compiling = saved
 
 
 def _copy_into(static, fresh) -> None:

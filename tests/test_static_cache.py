@@ -21,7 +21,7 @@ from eet_hf import attention as eet_attention
 from eet_hf import ops
 from eet_hf.bounds import from_padding_mask
 
-from .helpers import bert_config, gpt2_config
+from .helpers import bert_config, count_calls, gpt2_config
 
 SPECIALS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, vocab_size=100, max_position_embeddings=128)
 MODELS = {
@@ -44,15 +44,7 @@ def _prompt() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture
 def attention_calls(monkeypatch) -> list[int]:
     """Counts eet attention kernel calls (the op behind eet's attention function)."""
-    calls: list[int] = []
-    real = ops.attention
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ops, "attention", counting)
-    return calls
+    return count_calls(monkeypatch, ops, "attention")
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))

@@ -53,6 +53,10 @@ def _families() -> dict[str, tuple[str, Callable, Callable]]:
         "bert": ("BERT", lambda: tf.BertForMaskedLM(tf.BertConfig(**enc)), ids),
         "roberta": ("RoBERTa", lambda: tf.RobertaForMaskedLM(
             tf.RobertaConfig(**{**enc, "max_position_embeddings": 70, "pad_token_id": 1})), ids),
+        "xlm-roberta": ("XLM-RoBERTa", lambda: tf.XLMRobertaForMaskedLM(
+            tf.XLMRobertaConfig(**{**enc, "max_position_embeddings": 70, "pad_token_id": 1})), ids),
+        "camembert": ("CamemBERT", lambda: tf.CamembertForMaskedLM(
+            tf.CamembertConfig(**{**enc, "max_position_embeddings": 70, "pad_token_id": 1})), ids),
         "distilbert": ("DistilBERT", lambda: tf.DistilBertForMaskedLM(tf.DistilBertConfig(
             dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=64, vocab_size=100)), ids),
         "electra": ("ELECTRA", lambda: tf.ElectraForMaskedLM(tf.ElectraConfig(embedding_size=32, **enc)), ids),
@@ -129,10 +133,10 @@ def support_row(model_type: str) -> list[str]:
             cells["generate"] = "eet"
         elif (module := _module(model, path)) is None:  # "<model>: whole-model CUDA graphs", "decoder step (...)"
             other.append(path.split(": ", 1)[-1] if path.startswith("<") else path.split(" (", 1)[0])
+        elif "_eet_encoder" in module.__dict__:  # BertEncoder, DistilBERT's Transformer, ...
+            other.append("padding-free encoder")
         elif _is_norm(module):
             cells["norms"] = "eet"
-        elif type(module).__name__.endswith("Encoder"):
-            other.append("padding-free encoder")
         else:
             cells["mlp"] = "eet"
     return [name, f"`{model_type}`", cells["attention"], cells["norms"], cells["mlp"], cells["generate"],

@@ -28,7 +28,7 @@ from .packing import capacity_for
 MAX_TOKENS = 32768
 # Whole-model graphs (model_graphs.py) of heads whose outputs grow with the vocabulary stop lower: their static
 # outputs include e.g. MLM logits of tokens x vocab (bert-base at 4096 tokens: 250 MB in fp16). Other heads take
-# whole-model graphs up to MAX_TOKENS (patches/bert.py).
+# whole-model graphs up to MAX_TOKENS (patches/encoder.py).
 MODEL_MAX_TOKENS = 4096
 MAX_GRAPHS = 8  # per encoder (and per model, model_graphs.py): an LRU
 # Tests set this False to reach the eager packed path (which serves every call a graph cannot take).

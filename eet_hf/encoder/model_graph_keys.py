@@ -15,20 +15,25 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # the leading positional order of every Bert head
+# The inputs a graphed call may pass, in the leading positional order of BERT's heads; a family's record says which
+# of them its models take (DistilBERT: no token types) and each head's signature their order (RoBERTa's multiple
+# choice head takes token_type_ids second).
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def plain_inputs(args: tuple, kwargs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """{"input_ids", and "attention_mask" / "token_type_ids" when given} for a call of the plain form, else None.
+def plain_inputs(args: tuple, kwargs: dict[str, Any],
+                 names: tuple[str, ...] = INPUT_NAMES) -> dict[str, torch.Tensor] | None:
+    """{"input_ids", and the other `names` when given} for a call of the plain form, else None.
 
-    Accepted: up to three positional tensors in INPUT_NAMES order or those names as keywords; position_ids=None;
-    return_dict None or True. attention_mask and token_type_ids must have input_ids' shape and device.
+    Accepted: up to len(names) positional tensors in `names` order (the forward's own leading parameters) or those
+    names as keywords; position_ids=None; return_dict None or True. The other inputs must have input_ids' shape and
+    device.
     """
-    if len(args) > len(INPUT_NAMES):
+    if len(args) > len(names):
         return None
-    inputs: dict[str, Any] = dict(zip(INPUT_NAMES, args))
+    inputs: dict[str, Any] = dict(zip(names, args))
     for name, value in kwargs.items():
-        if name in INPUT_NAMES and name not in inputs:
+        if name in names and name not in inputs:
             inputs[name] = value
         elif (name == "position_ids" and value is None) or (name == "return_dict" and (value is None or value is True)):
             continue  # the defaults
@@ -37,7 +42,7 @@ def plain_inputs(args: tuple, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]
     ids = inputs.get("input_ids")
     if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dim() < 2:
         return None
-    for name in INPUT_NAMES[1:]:
+    for name in (n for n in names if n != "input_ids"):
         value = inputs.get(name)
         if value is None:
             inputs.pop(name, None)
@@ -78,6 +83,13 @@ def _watch_registrations() -> None:
     nn_module.register_module_parameter_registration_hook(_bump)
     nn_module.register_module_buffer_registration_hook(_bump)
     _WATCHING[0] = True
+
+
+def registrations() -> int:
+    """A counter that changes whenever a module, parameter or buffer is registered anywhere in the process (counted
+    from the first call on): what was read from a module tree is stale when it changed."""
+    _watch_registrations()
+    return _GENERATION[0]
 
 
 _data_ptr = torch.Tensor.data_ptr

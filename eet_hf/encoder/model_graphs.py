@@ -6,14 +6,16 @@ At batch 1 x 128 a BERT forward is host-bound (issue #6: 1.45 ms wall for 0.58 m
 mask function and the encoder's packing each read back to the host, and the embeddings and head run as eager
 Python. Large batches lose the same way once a read drains the GPU: at bert-base 32 x 512 half-padded the eager
 path around the encoder's own graph left the GPU idle ~1.5 ms of a 7 ms forward (~27 gaps between small kernels
-launched one by one after each read; measured with a host-timeline probe, 2026-12-02, docs/encoder.md). patches/bert.py installs
-`graphed_forward` on the accelerated top-level model (BertModel or a head); it replays a graph for calls of the
-plain form
+launched one by one after each read; measured with a host-timeline probe, 2026-12-02, docs/encoder.md).
+patches/encoder.py installs `graphed_forward` on the accelerated top-level model (BertModel, RobertaModel, ... or a
+head of the family's record); it replays a graph for calls of the plain form
 
     model(input_ids, attention_mask=..., token_type_ids=...)       (position_ids=None, return_dict=True allowed)
 
+(the inputs the family takes: DistilBERT has no token_type_ids; positional in the forward's own order)
+
 on CUDA, in eval mode with autograd off (torch.no_grad / inference_mode), without autocast, with
-input_ids.numel() <= max_tokens: graphs.MAX_TOKENS for heads with small outputs (BertModel, classifiers,
+input_ids.numel() <= max_tokens: graphs.MAX_TOKENS for heads with small outputs (base models, classifiers,
 question answering), graphs.MODEL_MAX_TOKENS for heads whose outputs grow with the vocabulary (MLM logits of
 tokens x vocab are static graph outputs: bert-base at 4096 tokens holds 250 MB in fp16). Anything else (labels,
 inputs_embeds, output_hidden_states / output_attentions, other kwargs, config.return_dict=False, accelerate's
@@ -68,8 +70,8 @@ from eet_hf._log import warn_once
 from eet_hf.attention import _is_compiling
 
 from . import graphs
-from .bert_forward import token_bounds
 from .model_graph_keys import (
+    INPUT_NAMES,
     ConfigView,
     OutputBuilder,
     WeightSignature,
@@ -78,6 +80,7 @@ from .model_graph_keys import (
     plain_inputs,
     right_padded,
 )
+from .packed import token_bounds
 from .packing import capacity_for
 
 # Tests set this False to reach the model's own forward (which serves every call a graph cannot take).
@@ -85,7 +88,7 @@ ENABLED = True
 # Calls of at least this many tokens (and more than one row) read the mask before the replay; 0: never (module
 # docstring): the calls larger than whole-model graphs of every head take.
 READ_MIN_TOKENS = graphs.MODEL_MAX_TOKENS + 1
-ATTR = "_eet_model_graphs"  # the model's ModelGraphs, set by patches/bert.py
+ATTR = "_eet_model_graphs"  # the model's ModelGraphs, set by patches/encoder.py
 
 Outputs = tuple[ModelOutput, torch.Tensor | None]  # the captured forward's output and its "right-padded" flag
 
@@ -159,8 +162,10 @@ class ModelGraphs:
     """Lazily captured, bounded whole-model CUDA graphs of one accelerated model's forward."""
 
     def __init__(self, backend: GraphBackend | None = None, max_graphs: int = graphs.MAX_GRAPHS,
-                 max_tokens: int = graphs.MODEL_MAX_TOKENS, read_min_tokens: int = READ_MIN_TOKENS) -> None:
+                 max_tokens: int = graphs.MODEL_MAX_TOKENS, read_min_tokens: int = READ_MIN_TOKENS,
+                 input_names: tuple[str, ...] = INPUT_NAMES) -> None:
         self.backend = backend if backend is not None else CudaGraphBackend()
+        self.input_names = input_names  # the tensors a plain call passes, in the forward's positional order
         self.max_graphs = max_graphs
         self.max_tokens = max_tokens
         self.read_min_tokens = read_min_tokens
@@ -180,7 +185,7 @@ class ModelGraphs:
     def __deepcopy__(self, memo: dict) -> ModelGraphs:
         # Graphs hold the original's weight addresses: a copy starts empty (and walks its own modules).
         return ModelGraphs(self.backend if not isinstance(self.backend, CudaGraphBackend) else None,
-                           self.max_graphs, self.max_tokens, self.read_min_tokens)
+                           self.max_graphs, self.max_tokens, self.read_min_tokens, self.input_names)
 
     def eligible(self, model: nn.Module, ids: torch.Tensor) -> bool:
         """Whether this call may take a graph (cheap checks only; the call's form was checked by plain_inputs)."""
@@ -313,7 +318,8 @@ def graphed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The top-level model's forward through a whole-model CUDA graph where eligible, else its own forward."""
     cache = self.__dict__.get(ATTR)
     # Under torch.compile the model's own forward is traced (dynamo would only graph-break on the cache).
-    inputs = plain_inputs(args, kwargs) if cache is not None and not torch.compiler.is_compiling() else None
+    inputs = (plain_inputs(args, kwargs, cache.input_names) if cache is not None and not torch.compiler.is_compiling()
+              else None)
     if inputs is not None and cache.eligible(self, inputs["input_ids"]):
         out = cache.run(self, inputs)
         if out is not None:

@@ -54,3 +54,28 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
         return float("inf")
     o, r = out.double(), ref.double()
     return float((o - r).norm() / r.norm().clamp_min(1e-30))
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor, real: torch.Tensor | None) -> float:
+    """max |a - b| in float64, over the positions `real` is True at (all when None)."""
+    diff = (a.double() - b.double()).abs()
+    return (diff[real] if real is not None else diff).max().item()
+
+
+def check_outputs(got, base, truth, mask: torch.Tensor, dtype: torch.dtype, where: str, seed: int) -> None:
+    """An encoder's HF output class from eet (got) against HF in the same dtype (base) and HF in fp32 (truth): every
+    tensor field finite, padding rows included; fp32 within 1e-4 of HF; fp16 / bf16 error against fp32 at most twice
+    HF's own plus 1e-3 (flash-attention's rule). [batch, seq, ...] fields are compared on real tokens (eet's padding
+    positions are zeros, README). mask: [..., seq]; seed: the test's seed, for the message."""
+    assert type(got) is type(base), (type(got), type(base), where)
+    assert set(got.keys()) == set(base.keys()), (sorted(got.keys()), sorted(base.keys()), where)
+    flat = mask.reshape(-1, mask.shape[-1]).bool()
+    for key, value in got.items():
+        assert torch.isfinite(value).all(), f"{key}: NaN/Inf ({where}, seed {seed})"
+        real = flat if value.dim() >= 2 and value.shape[:2] == flat.shape else None
+        if dtype == torch.float32:
+            err = max_err(value, base[key], real)
+            assert err <= 1e-4, f"{key}: max |eet - HF| {err:.3g} > 1e-4 ({where}, seed {seed})"
+        else:
+            err, hf_err = max_err(value, truth[key], real), max_err(base[key], truth[key], real)
+            assert err <= 2 * hf_err + 1e-3, f"{key}: {err=:.3g} vs HF {dtype} {hf_err:.3g} ({where}, seed {seed})"

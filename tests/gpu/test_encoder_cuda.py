@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
 import eet_hf
-import eet_hf.encoder.bert_forward as bert_forward
 from eet_hf import ops
 
 from ..helpers import padded_batch
@@ -100,19 +99,6 @@ def _bert(dtype, layers=2):
 
 def _max_err(a, b, mask):
     return (a.double() - b.double())[mask.bool()].abs().max().item()
-
-
-@pytest.fixture
-def packed_calls(monkeypatch):
-    calls = []
-    original = bert_forward.packed_forward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(bert_forward, "packed_forward", counting)
-    return calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

@@ -9,6 +9,7 @@ at most twice HF fp16's own error plus 1e-3. Lengths and ids are drawn per run (
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import random
 import warnings
@@ -26,6 +27,8 @@ from transformers import (
 
 import eet_hf
 from eet_hf.encoder import model_graphs
+
+from .conftest import check_outputs
 
 SEED = int(os.environ.get("EET_TEST_SEED", random.randrange(1 << 31)))
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -69,26 +72,8 @@ def _inputs(rng: random.Random, batch: int, seq: int, side: str = "right", choic
     return {k: v.cuda() for k, v in inputs.items()}
 
 
-def _max_err(a: torch.Tensor, b: torch.Tensor, real: torch.Tensor | None) -> float:
-    diff = (a.double() - b.double()).abs()
-    return (diff[real] if real is not None else diff).max().item()
-
-
-def _check(got, base, truth, mask: torch.Tensor, dtype, where: str) -> None:
-    """Every tensor field: finite; fp32 within 1e-4 of HF; fp16 within the flash-attention rule. [batch, seq, ...]
-    fields are compared on real tokens (eet's padding positions are zeros, README)."""
-    assert type(got) is type(base), (type(got), type(base), where)
-    assert set(got.keys()) == set(base.keys()), (sorted(got.keys()), sorted(base.keys()), where)
-    flat = mask.reshape(-1, mask.shape[-1]).bool()
-    for key, value in got.items():
-        assert torch.isfinite(value).all(), f"{key}: NaN/Inf ({where}, seed {SEED})"
-        real = flat if value.dim() >= 2 and value.shape[:2] == flat.shape else None
-        if dtype == torch.float32:
-            err = _max_err(value, base[key], real)
-            assert err <= 1e-4, f"{key}: max |eet - HF| {err:.3g} > 1e-4 ({where}, seed {SEED})"
-        else:
-            err, hf_err = _max_err(value, truth[key], real), _max_err(base[key], truth[key], real)
-            assert err <= 2 * hf_err + 1e-3, f"{key}: {err=:.3g} vs HF fp16 {hf_err:.3g} ({where}, seed {SEED})"
+# Every tensor field: finite; fp32 within 1e-4 of HF; fp16 within the flash-attention rule (conftest.check_outputs).
+_check = functools.partial(check_outputs, seed=SEED)
 
 
 def _call_all(models, inputs):
