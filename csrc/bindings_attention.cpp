@@ -31,9 +31,17 @@ at::Tensor attention_sdpa_fallback(const at::Tensor& q, const at::Tensor& k, con
   at::Tensor visible = (j >= kv_start.view({-1, 1, 1})) & (j < kv_end.view({-1, 1, 1}));
   if (causal) visible = visible & (j <= q_offset.view({-1, 1, 1}) + i);
   visible = visible.expand({q.size(0), q_len, kv_len});
+  // Keys outside [kv_start, kv_end) are never read by the kernels (a KV cache's unused slots hold anything, NaN and
+  // inf included); SDPA multiplies masked scores and values by zero, and 0 * NaN is NaN, so they are zeroed first
+  // (as reference.attention does). Without this, a decode step over a partly filled cache returned NaN.
+  const at::Tensor in_bounds = ((j >= kv_start.view({-1, 1, 1})) & (j < kv_end.view({-1, 1, 1}))).view({-1, 1, kv_len, 1});
   const int64_t groups = q.size(1) / k.size(1);
-  const at::Tensor kk = groups > 1 ? k.repeat_interleave(groups, 1) : k;
-  const at::Tensor vv = groups > 1 ? v.repeat_interleave(groups, 1) : v;
+  at::Tensor kk = k.masked_fill(in_bounds.logical_not(), 0);
+  at::Tensor vv = v.masked_fill(in_bounds.logical_not(), 0);
+  if (groups > 1) {
+    kk = kk.repeat_interleave(groups, 1);
+    vv = vv.repeat_interleave(groups, 1);
+  }
   at::Tensor out = at::scaled_dot_product_attention(q, kk, vv, visible.unsqueeze(1), 0.0, false, scale);
   const at::Tensor any_visible = visible.any(-1).view({q.size(0), 1, q_len, 1});
   out = at::where(any_visible, out, at::zeros({}, out.options()));

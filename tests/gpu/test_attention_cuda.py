@@ -374,6 +374,30 @@ def test_unsupported_head_dim_falls_back(cuda_ops):
     assert rel_err(out, ref) < 2e-3
 
 
+@pytest.mark.parametrize("head_dim", [16, 48, 64, 128])  # 16 and 48: no kernel instantiation, SDPA fallback
+@pytest.mark.parametrize("heads", [(4, 1), (4, 4)], ids=["gqa", "mha"])
+@pytest.mark.parametrize("q_len", [1, 5])
+def test_keys_outside_the_bounds_are_never_read(cuda_ops, head_dim, heads, q_len):
+    """A KV cache's slots outside [kv_start, kv_end) hold anything (NaN, inf): the output must not change. The SDPA
+    fallback of head dims without a kernel once multiplied them by zero weights, and 0 * NaN is NaN."""
+    hq, hkv = heads
+    gen = torch.Generator(device="cuda").manual_seed(head_dim * 10 + hq * hkv + q_len)
+    q = torch.randn(2, hq, q_len, head_dim, device="cuda", dtype=torch.float16, generator=gen)
+    k = torch.randn(2, hkv, 40, head_dim, device="cuda", dtype=torch.float16, generator=gen)
+    v = torch.randn(2, hkv, 40, head_dim, device="cuda", dtype=torch.float16, generator=gen)
+    i32 = dict(dtype=torch.int32, device="cuda")
+    ks, ke = torch.tensor([7, 0], **i32), torch.tensor([20, 33], **i32)
+    qo = ke - q_len
+    poisoned_k, poisoned_v = k.clone(), v.clone()
+    for row, (lo, hi, bad) in enumerate(((7, 20, float("nan")), (0, 33, float("inf")))):
+        for t in (poisoned_k, poisoned_v):
+            t[row, :, :lo] = bad
+            t[row, :, hi:] = bad
+    out = cuda_ops.attention(q, poisoned_k, poisoned_v, ks, ke, qo, True, head_dim**-0.5)
+    assert torch.isfinite(out).all(), "what lies outside the bounds leaked into the output"
+    assert rel_err(out, _ref64(q, k, v, ks, ke, qo, True, head_dim**-0.5)) < 2e-3
+
+
 @pytest.mark.parametrize("q_len", [1, 16])
 def test_opcheck(cuda_ops, q_len):
     q = torch.randn(2, q_len, 4, 64, device="cuda", dtype=torch.float16).transpose(1, 2)
