@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
@@ -25,13 +26,15 @@ def test_kernel_names_map_to_their_class():
     assert P.classify("something_else") == "other"
 
 
-def test_step_bytes_count_tied_head_twice_and_the_kv_cache():
+@pytest.mark.parametrize("tied", [True, False])
+def test_step_bytes_count_every_weight_read_once_and_the_kv_cache(tied):
     config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100, tie_word_embeddings=True)
+                         num_key_value_heads=2, vocab_size=100, tie_word_embeddings=tied)
     model = LlamaForCausalLM(config)
-    params = sum(p.numel() * 4 for p in model.parameters())
+    params = {p.data_ptr(): p.numel() * 4 for p in model.parameters()}
+    read = sum(params.values()) - (0 if tied else 100 * 64 * 4)  # an untied input table: one row per step
     kv = 2 * 2 * 3 * 10 * 2 * 16 * 4  # k and v, layers, batch, context, kv heads, head dim, fp32
-    assert P.step_bytes(model, batch=3, context=10) == params + 100 * 64 * 4 + kv
+    assert P.step_bytes(model, batch=3, context=10) == read + kv
     weights = P.class_bytes(model)
     assert weights["qkv+rope+kv"] == 2 * (64 * 64 + 2 * 32 * 64) * 4
     assert weights["gate_up+act"] == 2 * 2 * 96 * 64 * 4 and weights["lm_head"] == 100 * 64 * 4

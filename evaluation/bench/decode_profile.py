@@ -77,12 +77,14 @@ def class_bytes(model: torch.nn.Module) -> dict[str, int]:
 
 
 def step_bytes(model: torch.nn.Module, batch: int, context: int) -> int:
-    """Bytes one decode step must read: every parameter once, the LM head again when tied, the KV cache."""
+    """Bytes one decode step must read: every weight once (a tied embedding table once, as the LM head; an untied
+    input embedding not at all, since a step reads one row of it) and the KV cache up to `context`. (Until
+    2026-12-07 a tied table was counted twice, which overstated copy_share by ~20% on llama-1b.)"""
     params = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if embed is not None and (head is None or embed.weight.data_ptr() != head.weight.data_ptr()):
+        params.pop(embed.weight.data_ptr(), None)
     total = sum(params.values())
-    head = model.get_output_embeddings()
-    if head is not None and getattr(model.config, "tie_word_embeddings", False):
-        total += head.weight.numel() * head.weight.element_size()
     config = model.config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
