@@ -5,8 +5,8 @@ host time while the GPU needs about one, so time to first token was host-bound. 
 captured on its second use and replayed from then on (one-off lengths never pay a capture); its first, eager use runs
 the same shapes and kernels as the replays, so a prompt's answer does not depend on whether its graph existed yet.
 
-Lengths are not rounded up to shared buckets by further left padding (one graph per range of lengths): that gave
-wrong tokens in a GPU test, unexplained so far (docs/engine.md).
+Lengths are not rounded up to shared buckets by further left padding (one graph per range of lengths): see
+docs/engine.md for why that was taken out and what it would take to bring it back.
 """
 
 from __future__ import annotations
