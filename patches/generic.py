@@ -21,7 +21,7 @@ from torch import nn
 
 from eet_hf import attention, distributed
 from eet_hf._log import logger, warn_once
-from eet_hf.engine import decoder_families, fused_decoder
+from eet_hf.engine import decoder_families, fused_decoder, fused_decoder_refusal
 from eet_hf.engine import generate as generate_engine
 
 from . import generic_modules as M
@@ -152,7 +152,7 @@ def _generate(model: nn.Module, ctx: PatchContext) -> None:
         ctx.fallback("generate", "HF's generate loop runs (on eet's forwards): tensor parallel (transformers' "
                      "tp_plan): eet's decode loop runs on one device")
         return
-    fused = fused_decoder.refusal(model)
+    fused = fused_decoder_refusal.refusal(model)
     if fused is None:
         fused_decoder.pack(model)  # q/k/v and gate/up packed now (HF's parameters become views: no extra memory)
         generate_engine.install(model, ctx, fused_decoder.build, decoder_families.call_refusal)

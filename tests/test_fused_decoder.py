@@ -26,7 +26,7 @@ from transformers import (
 )
 
 import eet_hf
-from eet_hf.engine import decoder_families, fused_decoder
+from eet_hf.engine import decoder_families, decoder_parts, fused_decoder, fused_decoder_refusal
 from eet_hf.engine.generate import ENGINE_ATTR
 from eet_hf.engine.packing import pack_rows
 from eet_hf.ops import decode as D
@@ -280,7 +280,7 @@ def test_every_records_pairs_have_a_kernel():
     """Each (norm, epilogue) pair a record makes the fused step run is one the CUDA kernel is built for (KERNEL_PAIRS,
     csrc/decode_linear.cu `dispatch`); every record's family has an embedding entry in decoder_families."""
     for model_type, record in fused_decoder.RECORDS.items():
-        activation = fused_decoder._ACTIVATIONS[record.activation]
+        activation = decoder_parts.ACTIVATIONS[record.activation]
         used = {("none", "residual"), (record.norm, "none"), (record.norm, activation.epilogue)}
         used.add((record.norm, "none" if record.q_norm else "rotary_kv"))
         assert used <= D.KERNEL_PAIRS, (model_type, used - D.KERNEL_PAIRS)
@@ -338,10 +338,10 @@ def test_opt_probe_refuses_a_record_that_is_not_hf_arithmetic(monkeypatch, chang
     """The probe runs HF's own OPT layer (attention handing over q, k, v) against the record's arithmetic: a record
     that describes it wrongly is refused with the reason, and the model keeps HF's layers."""
     model = _opt()
-    assert fused_decoder.refusal(model) is None
+    assert fused_decoder_refusal.refusal(model) is None
     records = fused_decoder.RECORDS  # patches/decoder_records.py's table
     monkeypatch.setitem(records, "opt", dataclasses.replace(records["opt"], **change))
-    got = fused_decoder.refusal(model)
+    got = fused_decoder_refusal.refusal(model)
     assert got is not None and reason in got, got
 
 
@@ -350,12 +350,12 @@ def test_opt_probe_sees_the_attention_handover():
     5.25: OPTAttention scales q right after q_proj and attends with scaling=1.0)."""
     model = _opt()
     layer = model.model.decoder.layers[0]
-    clone = fused_decoder._class_forwards(layer)
+    clone = fused_decoder_refusal._class_forwards(layer)
     from transformers import AttentionInterface
 
-    AttentionInterface.register(fused_decoder._PROBE_ATTENTION, fused_decoder._probe_attention)
+    AttentionInterface.register(fused_decoder_refusal._PROBE_ATTENTION, fused_decoder_refusal._probe_attention)
     clone.self_attn.config = copy.deepcopy(clone.self_attn.config)
-    clone.self_attn.config._attn_implementation = fused_decoder._PROBE_ATTENTION
+    clone.self_attn.config._attn_implementation = fused_decoder_refusal._PROBE_ATTENTION
     x = torch.randn(1, 4, 64)
     with torch.no_grad():
         type(clone).forward(clone, x, attention_mask=None)
@@ -364,7 +364,7 @@ def test_opt_probe_sees_the_attention_handover():
         assert scaling == 1.0
         assert torch.equal(q, (layer.self_attn.q_proj(h) * layer.self_attn.scaling).view(1, 4, 4, 16).transpose(1, 2))
         assert torch.equal(k, layer.self_attn.k_proj(h).view(1, 4, 4, 16).transpose(1, 2))
-    assert model.config._attn_implementation != fused_decoder._PROBE_ATTENTION, "the probe changed the model's config"
+    assert model.config._attn_implementation != fused_decoder_refusal._PROBE_ATTENTION, "the probe changed the model's config"
     assert "_eet_probe_seen" not in layer.self_attn.__dict__
 
 

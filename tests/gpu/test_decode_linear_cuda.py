@@ -252,7 +252,7 @@ def test_qkv_rope_append_matches_reference(cuda_ops, dtype, heads, kv_heads, hea
 def test_fused_decoder_kernel_check_passes_and_catches_a_wrong_kernel(cuda_ops, dtype, family, monkeypatch):
     from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
-    from eet_hf.engine import fused_decoder
+    from eet_hf.engine import fused_decoder, fused_decoder_refusal
 
     torch.manual_seed(0)
     if family == "llama":
@@ -262,7 +262,7 @@ def test_fused_decoder_kernel_check_passes_and_catches_a_wrong_kernel(cuda_ops, 
         model = OPTForCausalLM(OPTConfig(hidden_size=256, ffn_dim=1024, num_hidden_layers=2, num_attention_heads=4,
                                          vocab_size=1024, max_position_embeddings=64))
     model = model.to("cuda", dtype).eval()
-    assert fused_decoder.refusal(model) is None
+    assert fused_decoder_refusal.refusal(model) is None
     view = fused_decoder._build(model)
     assert fused_decoder.kernel_check(view) is None
     real = torch.ops.eet.decode_linear
