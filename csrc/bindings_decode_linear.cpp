@@ -44,7 +44,8 @@ void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, 
   TORCH_CHECK(m >= 1 && m <= kDecodeLinearMaxRows, msg("eet::", op, ": x has ", m, " rows; 1 to ", kDecodeLinearMaxRows, " are supported (decode steps)"));
   TORCH_CHECK(weight.size(1) == k, msg("eet::", op, ": weight shape ", weight.sizes(), " does not match x's ", k, " input features"));
   TORCH_CHECK(weight.scalar_type() == x.scalar_type(), msg("eet::", op, ": weight dtype ", weight.scalar_type(), " differs from x dtype ", x.scalar_type()));
-  TORCH_CHECK(k % 8 == 0 && weight.size(0) % 16 == 0, msg("eet::", op, ": in_features must be a multiple of 8 and out_features of 16, got ", weight.sizes()));
+  // out_features may be anything (a partial last tile); the paired epilogues check their own row layouts below.
+  TORCH_CHECK(k % 8 == 0, msg("eet::", op, ": in_features must be a multiple of 8, got ", weight.sizes()));
   TORCH_CHECK(x.stride(1) == 1 && x.stride(0) % 8 == 0 && is_aligned(x.data_ptr(), 16),
               msg("eet::", op, ": x rows must be contiguous and 16-byte aligned, got strides ", x.strides()));
   TORCH_CHECK(weight.stride(1) == 1 && weight.stride(0) % 8 == 0 && is_aligned(weight.data_ptr(), 16),
@@ -93,7 +94,7 @@ void check_has_kernel(const char* op, const DecodeLinearParams& p, const std::st
 
 }  // namespace
 
-// epilogue(norm(x) @ weight^T + bias): 'none', 'residual' (+ residual [rows, out]), 'relu', 'silu_mul' /
+// epilogue(norm(x) @ weight^T + bias): 'none', 'residual' (+ residual [rows, out]), 'relu', 'gelu_new', 'silu_mul' /
 // 'gelu_tanh_mul' (weight packed [gate; up], out [rows, out / 2]).
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& norm_weight, double eps,
@@ -115,12 +116,14 @@ at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const st
     p.epilogue = DecodeEpilogue::kGeluTanhMul;
   } else if (epi == "relu") {
     p.epilogue = DecodeEpilogue::kRelu;
+  } else if (epi == "gelu_new") {
+    p.epilogue = DecodeEpilogue::kGeluNew;
   } else {
-    TORCH_CHECK(false, msg("eet::decode_linear: epilogue must be 'none', 'residual', 'silu_mul', 'gelu_tanh_mul' or 'relu', got '", epi, "'"));
+    TORCH_CHECK(false, msg("eet::decode_linear: epilogue must be 'none', 'residual', 'silu_mul', 'gelu_tanh_mul', 'relu' or 'gelu_new', got '", epi, "'"));
   }
   check_has_kernel(op, p, epi);
   const bool gated = p.epilogue == DecodeEpilogue::kSiluMul || p.epilogue == DecodeEpilogue::kGeluTanhMul;
-  TORCH_CHECK(!gated || (p.rows / 2) % 8 == 0, msg("eet::decode_linear: a gated epilogue needs [gate; up] with a multiple of 8 rows each, got ", weight.sizes()));
+  TORCH_CHECK(!gated || p.rows % 16 == 0, msg("eet::decode_linear: a gated epilogue needs [gate; up] with a multiple of 8 rows each, got ", weight.sizes()));
   TORCH_CHECK((p.epilogue == DecodeEpilogue::kResidual) == residual.has_value(), msg("eet::decode_linear: residual is required by epilogue 'residual' and only by it"));
   const int64_t cols = decode_linear_out_cols(p);
   if (residual) {

@@ -29,6 +29,7 @@
 #include "attention_ptx.cuh"
 #include "common.cuh"
 #include "decode_linear.h"
+#include "gelu_staged.cuh"
 
 namespace eet {
 namespace {
@@ -57,6 +58,7 @@ constexpr int kEpiSiluMul = static_cast<int>(DecodeEpilogue::kSiluMul);
 constexpr int kEpiGeluTanhMul = static_cast<int>(DecodeEpilogue::kGeluTanhMul);
 constexpr int kEpiRotaryKv = static_cast<int>(DecodeEpilogue::kRotaryKv);
 constexpr int kEpiRelu = static_cast<int>(DecodeEpilogue::kRelu);
+constexpr int kEpiGeluNew = static_cast<int>(DecodeEpilogue::kGeluNew);
 
 constexpr bool paired(int epi) { return epi == kEpiSiluMul || epi == kEpiGeluTanhMul || epi == kEpiRotaryKv; }
 
@@ -149,6 +151,7 @@ __device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t
         o = __fadd_rn(to_float(static_cast<const T*>(p.residual)[c * p.ld_res + row]), y);
       }
       if constexpr (kEpi == kEpiRelu) o = y < 0.0f ? 0.0f : y;  // torch's relu: NaN stays NaN
+      if constexpr (kEpi == kEpiGeluNew) o = gelu_tanh_staged<T>(y);
       out[c * p.rows + row] = from_float<T>(o);
     }
   } else {
@@ -212,7 +215,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const Decode
   int64_t pair = 0;
   if constexpr (kEpi == kEpiRotaryKv) pair = p.head_dim / 2;
   if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = p.rows / 2;
-  const int64_t tiles = p.rows / 16;
+  const int64_t tiles = (p.rows + 15) / 16;  // the last tile may be partial (LM heads: vocab 50257); loads and
+                                             // stores check row < rows
   const T* __restrict__ w = static_cast<const T*>(p.weight);
   const int64_t steps = (p.k + kStepCols - 1) / kStepCols;
   const int64_t s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
@@ -379,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const Decode
 template <typename T, int kNT, int kNorm, int kEpi>
 cudaError_t launch(const DecodeLinearParams* p, cudaStream_t stream) {
   if (p == nullptr) return cudaSuccess;
-  const int64_t blocks = std::min<int64_t>(p->rows / 16, 2 * static_cast<int64_t>(p->num_sms));
+  const int64_t blocks = std::min<int64_t>((p->rows + 15) / 16, 2 * static_cast<int64_t>(p->num_sms));
   const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
   return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpi>, grid, block, 0, stream, 1, *p);
 }
@@ -402,10 +406,12 @@ cudaError_t dispatch(DecodeNorm norm, DecodeEpilogue epilogue, const DecodeLinea
         case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormRms, kEpiRotaryKv>(p, stream);
         default: return cudaErrorInvalidValue;
       }
-    case DecodeNorm::kLayer:  // OPT: packed QKV + q scale + KV write (no rotary), fc1 + ReLU, the LM head
+    case DecodeNorm::kLayer:  // OPT, GPT-2: packed QKV (+ q scale) + KV write (no rotary), fc1 + ReLU or c_fc +
+                              // gelu_new, the LM head
       switch (epilogue) {
         case DecodeEpilogue::kStore: return launch<T, kNT, kNormLayer, kEpiStore>(p, stream);
         case DecodeEpilogue::kRelu: return launch<T, kNT, kNormLayer, kEpiRelu>(p, stream);
+        case DecodeEpilogue::kGeluNew: return launch<T, kNT, kNormLayer, kEpiGeluNew>(p, stream);
         case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormLayer, kEpiRotaryKv>(p, stream);
         default: return cudaErrorInvalidValue;
       }
@@ -438,8 +444,10 @@ bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue) {
 }
 
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream) {
-  if (p.m < 1 || p.m > kDecodeLinearMaxRows || p.k <= 0 || p.k % 8 != 0 || p.rows <= 0 || p.rows % 16 != 0 ||
-      p.ldx % 8 != 0 || p.ldw % 8 != 0 || !is_aligned(p.x, 16) || !is_aligned(p.weight, 16) ||
+  const bool gated = p.epilogue == DecodeEpilogue::kSiluMul || p.epilogue == DecodeEpilogue::kGeluTanhMul;
+  const bool paired_rows = gated || p.epilogue == DecodeEpilogue::kRotaryKv;  // tile_row pairs whole 16-row tiles
+  if (p.m < 1 || p.m > kDecodeLinearMaxRows || p.k <= 0 || p.k % 8 != 0 || p.rows <= 0 ||
+      (paired_rows && p.rows % 16 != 0) || p.ldx % 8 != 0 || p.ldw % 8 != 0 || !is_aligned(p.x, 16) || !is_aligned(p.weight, 16) ||
       !is_aligned(p.norm_weight, 16) || !is_aligned(p.norm_bias, 16) || p.num_sms <= 0) {
     return cudaErrorInvalidValue;
   }
@@ -447,8 +455,6 @@ cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t
       (p.norm_bias != nullptr && p.norm != DecodeNorm::kLayer) || !decode_linear_has_kernel(p.norm, p.epilogue)) {
     return cudaErrorInvalidValue;
   }
-  const bool gated = p.epilogue == DecodeEpilogue::kSiluMul || p.epilogue == DecodeEpilogue::kGeluTanhMul;
-  if (gated && (p.rows / 2) % 8 != 0) return cudaErrorInvalidValue;
   if (p.epilogue == DecodeEpilogue::kRotaryKv &&
       (p.head_dim % 16 != 0 || p.heads_q <= 0 || p.heads_kv <= 0 || (p.cos == nullptr) != (p.sin == nullptr) ||
        p.rows != static_cast<int64_t>(p.heads_q + 2 * p.heads_kv) * p.head_dim)) {

@@ -1,6 +1,6 @@
 // Decode-step linear layers over nn.Linear weights (decode_linear.cu): out = epilogue(norm(x) @ W^T + bias) for
 // 1-16 rows, W [rows, K] with K contiguous (Llama, Mistral, Qwen2, Qwen3, Phi-3, OPT: q/k/v, o, gate/up or fc1,
-// down or fc2, lm_head).
+// down or fc2, lm_head; GPT-2's Conv1D weights through their transposed packing, eet_hf/engine/packing.py).
 // Plain pointers, sizes and a stream; no torch types (bindings_decode_linear.cpp checks the tensors).
 #pragma once
 
@@ -29,9 +29,11 @@ enum class DecodeNorm : int { kNone = 0, kRms = 1, kLayer = 2 };
 //                 OPT's `q_proj(x) * scaling`), q written to out [m, heads_q, head_dim], k and v into the caches at
 //                 write_pos[row]
 // - kRelu:        out = y < 0 ? 0 : y                                (HF's relu(fc1(x)), OPT; NaN stays NaN)
+// - kGeluNew:     out = gelu_new(y) with torch's roundings op by op    (HF's NewGELUActivation(c_fc(x)), GPT-2)
 // The gated epilogues read W as [gate; up] (gate rows 0..n_out-1, up rows n_out..2*n_out-1): the same packing as
 // the packed parameter HF's gate_proj / up_proj weights are views of.
-enum class DecodeEpilogue : int { kStore = 0, kResidual = 1, kSiluMul = 2, kGeluTanhMul = 3, kRotaryKv = 4, kRelu = 5 };
+enum class DecodeEpilogue : int { kStore = 0, kResidual = 1, kSiluMul = 2, kGeluTanhMul = 3, kRotaryKv = 4, kRelu = 5,
+                                   kGeluNew = 6 };
 
 constexpr int64_t kDecodeLinearMaxRows = 16;
 
@@ -60,7 +62,7 @@ struct DecodeLinearParams {
   int num_sms;  // the device's multiprocessor count: sizes the persistent grid
 };
 
-// Output columns of the epilogue: rows for kStore / kResidual / kRelu, rows / 2 for the gated ones, heads_q * head_dim
+// Output columns of the epilogue: rows for kStore / kResidual / kRelu / kGeluNew, rows / 2 for the gated ones, heads_q * head_dim
 // for kRotaryKv.
 int64_t decode_linear_out_cols(const DecodeLinearParams& p);
 
@@ -69,7 +71,7 @@ int64_t decode_linear_out_cols(const DecodeLinearParams& p);
 bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue);
 
 // cudaErrorInvalidValue (nothing launched) for what the kernel does not take: fp32, m outside [1, 16], k not a
-// multiple of 8, rows not a multiple of 16, a rotary head_dim not a multiple of 16, a (norm, epilogue) pair
+// multiple of 8, rows not a multiple of 16 for the paired epilogues (gated, rotary), a rotary head_dim not a multiple of 16, a (norm, epilogue) pair
 // without a kernel.
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream);
 

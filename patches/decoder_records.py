@@ -35,8 +35,10 @@ class DecoderRecord:
     gate_up: str | None = None  # one packed gate|up projection instead of gate, up (Phi-3)
     down: str = "down_proj"
     act: str | None = None  # the layer's activation module when the MLP is inline (mlp None), checked numerically
+    projection: str = "linear"  # 'linear': nn.Linear [out, in]; 'conv1d': HF's Conv1D [in, out] (GPT-2), made a
+    #                             transposed view of an [out, in] matrix once (engine/packing.py)
     norm: str = "rms"  # 'rms': HF Llama's RMSNorm, round(round(x * rsqrt(mean(x^2) + eps)) * w); 'layer': nn.LayerNorm
-    activation: str = "silu"  # 'silu' / 'gelu_tanh' (gated: down(act(gate(x)) * up(x))) or 'relu' (ungated)
+    activation: str = "silu"  # 'silu' / 'gelu_tanh' (gated: down(act(gate(x)) * up(x))), 'relu' / 'gelu_new' (ungated)
     rotary_form: str = "rotate_half"  # apply_rotary_pos_emb over the whole head (with rotary)
     config: tuple[tuple[str, object], ...] = ()  # config values the layout above assumes
     absent: tuple[str, ...] = ()  # modules of the decoder that must be None: parts the fused step has no place for
@@ -56,6 +58,16 @@ OPT = DecoderRecord(
     config=(("do_layer_norm_before", True),), absent=("project_in", "project_out"),
 )
 
+# GPT-2: learned positions, no rotary, one c_attn projection (q|k|v) and Conv1D projections, LayerNorms, c_fc ->
+# gelu_new -> c_proj. Per-layer attention scales and fp32 reordered attention are refused; so is cross-attention.
+GPT2 = DecoderRecord(
+    base="transformer", layers="h", final_norm="ln_f", rotary=None, attention="attn", qkv="c_attn", o="c_proj",
+    input_norm="ln_1", post_attention_norm="ln_2", gate=None, up="c_fc", down="c_proj", norm="layer",
+    activation="gelu_new", projection="conv1d",
+    config=(("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
+            ("add_cross_attention", False)),
+)
+
 RECORDS: dict[str, DecoderRecord] = {
     "llama": LLAMA,
     "mistral": LLAMA,
@@ -63,4 +75,5 @@ RECORDS: dict[str, DecoderRecord] = {
     "qwen3": QWEN3,
     "phi3": PHI3,
     "opt": OPT,
+    "gpt2": GPT2,
 }

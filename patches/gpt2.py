@@ -15,6 +15,7 @@ import torch
 from transformers.models.gpt2 import modeling_gpt2 as hf
 
 from eet_hf import ops
+from eet_hf.engine import fused_decoder, fused_decoder_refusal
 from eet_hf.engine import generate as generate_engine
 from eet_hf.engine.gpt2_forward import gpt2_weights
 
@@ -88,5 +89,13 @@ def _install_generate(model: torch.nn.Module, ctx: PatchContext, approximate: st
     elif any(getattr(b.attn, "reorder_and_upcast_attn", False) for b in model.transformer.h[:blocks]):
         ctx.fallback("generate", "reorder_and_upcast_attn=True (fp32 attention scores) is not in eet's loop")
     else:
-        generate_engine.install(model, ctx, functools.partial(gpt2_weights, gelu=approximate))
+        lean = functools.partial(gpt2_weights, gelu=approximate)
+        fused = fused_decoder_refusal.refusal(model)
+        if fused is None:
+            fused_decoder.pack(model)  # Conv1D weights become transposed views of [out, in] matrices: no extra memory
+            generate_engine.install(model, ctx, functools.partial(fused_decoder.build, fallback=lean))
+            ctx.report.accelerated.append(fused_decoder.describe(model))
+        else:
+            ctx.fallback("decoder step", f"eet's GPT-2 forward runs inside eet's decode loop: {fused}")
+            generate_engine.install(model, ctx, lean)
         hf_generate_while_offloaded(model, ctx)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -188,6 +189,8 @@ def test_decode_linear_reference_is_hf_arithmetic(epilogue, norm):
         y = residual + y
     elif epilogue == "relu":
         y = y.clamp_min(0)
+    elif epilogue == "gelu_new":  # HF's NewGELUActivation
+        y = 0.5 * y * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * torch.pow(y, 3.0))))
     elif epilogue != "none":
         gate, up = y[:, :24], y[:, 24:]
         y = (F.silu(gate) if epilogue == "silu_mul" else F.gelu(gate, approximate="tanh")) * up

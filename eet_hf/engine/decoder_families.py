@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from eet_hf import ops
 from eet_hf.attention import config_sliding_window
 
 from . import rotary_swap
@@ -62,6 +63,18 @@ def _opt(model: nn.Module) -> dict:
     return dict(embed=embed, rotary=None, layers=tuple(decoder.layers), final=final, max_positions=positions)
 
 
+def _gpt2(model: nn.Module) -> dict:
+    """GPT-2: wte + wpe (eet's embedding op: one rounding of the sum, as HF's) -> h -> ln_f -> lm_head (the engine
+    runs in eval mode: no dropout). Only the fused step uses this entry: GPT-2 models it refuses run eet's lean GPT-2
+    forward (gpt2_forward.py), not HF's layers."""
+    base = model.transformer
+
+    def embed(tokens, positions):
+        return ops.embedding(tokens, positions, base.wte.weight, base.wpe.weight)
+
+    return dict(embed=embed, rotary=None, layers=tuple(base.h), final=base.ln_f, max_positions=base.wpe.num_embeddings)
+
+
 FAMILIES: dict[str, Callable[[nn.Module], dict]] = {
     "llama": _llama_like,
     "mistral": _llama_like,
@@ -70,6 +83,7 @@ FAMILIES: dict[str, Callable[[nn.Module], dict]] = {
     "phi3": _llama_like,
     "gpt_neox": _gpt_neox,
     "opt": _opt,
+    "gpt2": _gpt2,
 }
 
 

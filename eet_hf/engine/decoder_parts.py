@@ -15,6 +15,8 @@ from torch.nn import functional as F
 from eet_hf.ops import decode as decode_ops
 from eet_hf.ops import reference
 
+from .packing import pack_rows, transposed
+
 if TYPE_CHECKING:  # importing eet_hf.patches here would run the adapters' imports, which import this module
     from eet_hf.patches.decoder_records import DecoderRecord
 
@@ -30,6 +32,8 @@ ACTIVATIONS = {
     "silu": Activation("silu_mul", F.silu, True),
     "gelu_tanh": Activation("gelu_tanh_mul", lambda t: F.gelu(t, approximate="tanh"), True),
     "relu": Activation("relu", F.relu, False),
+    # HF's NewGELUActivation: its formula op by op in the storage dtype (eet's reference is that same expression)
+    "gelu_new": Activation("gelu_new", lambda t: reference.bias_gelu(t, None, "tanh_staged"), False),
 }
 NORM_NAMES = {"rms": "HF Llama's RMSNorm", "layer": "nn.LayerNorm"}
 
@@ -75,6 +79,20 @@ def layer_modules(layer: nn.Module, record: DecoderRecord) -> dict:
         "k_norm": getattr(attn, record.k_norm) if record.k_norm else None, "attn": attn, "mlp": mlp,
         "act": getattr(layer, record.act) if record.act else None,
     }
+
+
+def projection_weights(modules: list[nn.Module], record: DecoderRecord) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The [out, in] weight (and bias) the fused step reads for these projections, backing HF's own parameters: one
+    nn.Linear's, several packed as row blocks (q/k/v, gate/up), or a Conv1D's transposed once (GPT-2)."""
+    if record.projection == "conv1d":
+        (conv1d,) = modules
+        return transposed(conv1d)
+    return pack_rows(modules)
+
+
+def out_features(projection: nn.Module) -> int:
+    """Output width of an nn.Linear ([out, in] weight) or a Conv1D ([in, out] weight)."""
+    return projection.out_features if isinstance(projection, nn.Linear) else projection.weight.shape[1]
 
 
 def head_dim_of(model: nn.Module, attn: nn.Module) -> int:

@@ -34,8 +34,7 @@ from eet_hf.patches.decoder_records import RECORDS
 
 from . import decoder_families
 from .decode_model import ModelView, StepBounds
-from .decoder_parts import ACTIVATIONS, heads_of, layer_modules, model_parts, norm_bias, norm_eps
-from .packing import pack_rows
+from .decoder_parts import ACTIVATIONS, heads_of, layer_modules, model_parts, norm_bias, norm_eps, projection_weights
 
 # Rotary tables per rotary module: (capacity, dtype, device, inv_freq address) -> (cos, sin) [capacity, head_dim].
 # Kept across calls (one per cache capacity, a few KB each), since a captured decode graph reads the table it was
@@ -137,15 +136,17 @@ class FusedDecoder(ModelView):
         return tables[key]
 
 
-def build(model: nn.Module):
-    """The engine's view of `model`: the fused step (q/k/v and gate/up packed as views when not packed yet), or, if
-    its kernels disagree with their references on a probe step (`kernel_check`), HF's layers in the engine."""
+def build(model: nn.Module, fallback: Callable[[nn.Module], ModelView] = decoder_families.decoder_stack) -> ModelView:
+    """The engine's view of `model`: the fused step (projections packed as views when not packed yet), or, if its
+    kernels disagree with their references on a probe step (`kernel_check`), `fallback(model)` (HF's layers in the
+    engine; eet's lean forward for GPT-2)."""
     view = _build(model)
     reason = kernel_check(view)
     if reason is None:
         return view
-    warn_once(f"fused decoder step on {model.config.model_type}: {reason}; HF's decoder layers run in eet's loop")
-    return decoder_families.decoder_stack(model)
+    name = getattr(fallback, "func", fallback).__name__  # a functools.partial names its function
+    warn_once(f"fused decoder step on {model.config.model_type}: {reason}; the engine runs {name} instead")
+    return fallback(model)
 
 
 def kernel_check(view: FusedDecoder) -> str | None:
@@ -183,12 +184,13 @@ def kernel_check(view: FusedDecoder) -> str | None:
 
 
 def pack(model: nn.Module) -> None:
-    """Pack every layer's q/k/v and gate/up into one matrix each (HF's parameters become views; idempotent)."""
+    """Lay out every layer's projections as the fused step reads them: q/k/v and gate/up packed into one matrix each,
+    Conv1D weights transposed (HF's parameters become views; idempotent)."""
     record = RECORDS[model.config.model_type]
     for layer in model_parts(model, record)["layers"]:
         m = layer_modules(layer, record)
-        pack_rows(m["qkv"])
-        pack_rows(m["up"])
+        for modules in (m["qkv"], [m["o"]], m["up"], [m["down"]]):
+            projection_weights(modules, record)
 
 
 def describe(model: nn.Module) -> str:
@@ -208,17 +210,19 @@ def _build(model: nn.Module) -> FusedDecoder:
     layers = []
     for layer in parts["layers"]:
         m = layer_modules(layer, record)
-        qkv_weight, qkv_bias = pack_rows(m["qkv"])
-        up_weight, up_bias = pack_rows(m["up"])
+        qkv_weight, qkv_bias = projection_weights(m["qkv"], record)
+        o_weight, o_bias = projection_weights([m["o"]], record)
+        up_weight, up_bias = projection_weights(m["up"], record)
+        down_weight, down_bias = projection_weights([m["down"]], record)
         layers.append(FusedLayer(
             qkv_weight=qkv_weight, qkv_bias=qkv_bias, input_norm=m["input_norm"].weight,
             input_norm_bias=norm_bias(m["input_norm"], record), input_eps=norm_eps(m["input_norm"]),
             q_norm=m["q_norm"].weight if m["q_norm"] is not None else None,
             k_norm=m["k_norm"].weight if m["k_norm"] is not None else None,
-            qk_eps=norm_eps(m["q_norm"]) if m["q_norm"] is not None else 0.0, o_weight=m["o"].weight, o_bias=m["o"].bias,
+            qk_eps=norm_eps(m["q_norm"]) if m["q_norm"] is not None else 0.0, o_weight=o_weight, o_bias=o_bias,
             post_norm=m["post_norm"].weight, post_norm_bias=norm_bias(m["post_norm"], record),
-            post_eps=norm_eps(m["post_norm"]), up_weight=up_weight, up_bias=up_bias, down_weight=m["down"].weight,
-            down_bias=m["down"].bias,
+            post_eps=norm_eps(m["post_norm"]), up_weight=up_weight, up_bias=up_bias, down_weight=down_weight,
+            down_bias=down_bias,
         ))
     attn = layer_modules(parts["layers"][0], record)["attn"]
     heads, kv_heads, head_dim = heads_of(model, attn)

@@ -24,6 +24,7 @@ from .decoder_parts import (
     layer_modules,
     model_parts,
     norm_eps,
+    out_features,
     record_norm,
 )
 
@@ -35,6 +36,8 @@ def _record_refusal(record: DecoderRecord) -> str | None:
     if record.norm not in NORM_NAMES or activation is None or activation.gated != gated:
         return f"record arithmetic ({record.norm} norm, {'gated' if gated else 'ungated'} {record.activation}) has " \
                "no fused kernel"
+    if record.projection not in ("linear", "conv1d"):
+        return f"record projection kind {record.projection!r} is neither 'linear' nor 'conv1d'"
     if record.rotary is not None and record.rotary_form != "rotate_half":
         return f"record rotary form {record.rotary_form!r} has no fused kernel"
     if record.mlp is None and record.rotary is not None:
@@ -61,10 +64,11 @@ def _structure_refusal(model: nn.Module, record: DecoderRecord) -> str | None:
     if not isinstance(parts["lm_head"], nn.Linear):
         return "the LM head is not nn.Linear"
     heads, kv_heads, head_dim = heads_of(model, modules[0]["attn"])
+    projection = _projection_class(record)
     for layer in modules:
-        if any(type(m) is not nn.Linear for m in (*layer["qkv"], layer["o"], *layer["up"], layer["down"])):
-            return "a projection is not torch.nn.Linear"
-        rows = sum(m.out_features for m in layer["qkv"])
+        if any(type(m) is not projection for m in (*layer["qkv"], layer["o"], *layer["up"], layer["down"])):
+            return f"a projection is not {projection.__module__}.{projection.__name__}"
+        rows = sum(out_features(m) for m in layer["qkv"])
         if rows != (heads + 2 * kv_heads) * head_dim:
             return f"the q/k/v projections have {rows} rows, not (heads + 2 * kv_heads) * head_dim = " \
                    f"({heads} + 2 * {kv_heads}) * {head_dim}"
@@ -78,6 +82,14 @@ def _structure_refusal(model: nn.Module, record: DecoderRecord) -> str | None:
             if norm_eps(norm) is None or getattr(norm, "weight", None) is None:
                 return f"the record's {role} ({getattr(record, role)}) has no weight or epsilon"
     return None
+
+
+def _projection_class(record: DecoderRecord) -> type[nn.Module]:
+    if record.projection == "conv1d":
+        from transformers.pytorch_utils import Conv1D
+
+        return Conv1D
+    return nn.Linear
 
 
 def _probe_refusal(model: nn.Module, record: DecoderRecord) -> str | None:

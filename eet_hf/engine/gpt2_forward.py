@@ -112,7 +112,9 @@ def _small_linear_applies(x2d: torch.Tensor) -> bool:
 
 
 def _use_small(module: nn.Module, small: bool) -> bool:
-    return small and module.weight.numel() <= _SMALL_LINEAR_MAX_WEIGHT
+    # small_linear reads the Conv1D layout [in, out]; a weight the fused step transposed (packing.transposed) is not
+    # (this forward serves it only when the fused step's kernel check failed) and takes torch's GEMM.
+    return small and module.weight.numel() <= _SMALL_LINEAR_MAX_WEIGHT and module.weight.is_contiguous()
 
 
 def _conv1d(module: nn.Module, x2d: torch.Tensor, small: bool = False) -> torch.Tensor:

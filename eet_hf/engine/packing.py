@@ -5,6 +5,11 @@ matrix (one kernel each). `pack_rows` copies the modules' weights into one new m
 view of its row block (`param.data = block`): the Parameter objects stay the same, `state_dict()` returns the same
 values under the same names, the old storages are freed, and `restore()` has nothing to undo. Moving the model
 (`.to()`, `.half()`) gives every parameter its own storage again; the engine packs anew on its next call.
+
+HF's Conv1D (GPT-2) stores its weight as [in, out]; the fused step reads [out, in] rows. `transposed` copies the
+weight once into an [out, in] matrix and makes the parameter its transposed view: HF's `addmm(bias, x, weight)` takes
+the view as it is, `state_dict()` values are unchanged (save_pretrained writes them contiguous), and no memory is
+added. `.to()` keeps a dense tensor's strides, so a moved model is still transposed and is not copied again.
 """
 
 from __future__ import annotations
@@ -52,3 +57,14 @@ def pack_rows(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | No
     if any(b is None for b in biases):
         raise ValueError("pack_rows: some of the projections have a bias and some do not")
     return weight, _pack(biases)
+
+
+def transposed(conv1d: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight [out, in], bias [out] or None) of a Conv1D (weight [in, out]) whose parameter is, from now on, the
+    transposed view of that matrix. Idempotent: a weight that already is such a view is returned without a copy."""
+    weight = conv1d.weight
+    if weight.dim() != 2:
+        raise ValueError(f"transposed: a Conv1D weight is 2-D, got shape {tuple(weight.shape)}")
+    if weight.device.type != "meta" and not weight.data.t().is_contiguous():
+        weight.data = weight.detach().t().contiguous().t()
+    return weight.data.t(), conv1d.bias

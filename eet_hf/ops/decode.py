@@ -40,7 +40,7 @@ _LIB.define(
     "str norm='rms', float q_scale=1.0) -> Tensor"
 )
 
-EPILOGUES = ("none", "residual", "silu_mul", "gelu_tanh_mul", "relu")
+EPILOGUES = ("none", "residual", "silu_mul", "gelu_tanh_mul", "relu", "gelu_new")
 GATED = ("silu_mul", "gelu_tanh_mul")
 NORMS = ("rms", "layer")
 # (norm kind, epilogue) pairs the CUDA kernel is built for: the ones the fused decoder step runs (csrc/decode_linear.cu
@@ -48,7 +48,7 @@ NORMS = ("rms", "layer")
 KERNEL_PAIRS = frozenset({
     ("none", "residual"),
     ("rms", "none"), ("rms", "silu_mul"), ("rms", "gelu_tanh_mul"), ("rms", "rotary_kv"),
-    ("layer", "none"), ("layer", "relu"), ("layer", "rotary_kv"),
+    ("layer", "none"), ("layer", "relu"), ("layer", "gelu_new"), ("layer", "rotary_kv"),
 })
 MAX_KERNEL_ROWS = 16  # csrc/decode_linear.h kDecodeLinearMaxRows
 
@@ -72,7 +72,9 @@ def norm_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Ten
 
 
 def decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias=None, norm="rms"):
-    """HF's arithmetic: [RMSNorm | LayerNorm ->] linear [-> residual + y | relu(y) | act(gate) * up]. x: [rows, in];
+    """HF's arithmetic: [RMSNorm | LayerNorm ->] linear [-> residual + y | relu(y) | gelu_new(y) | act(gate) * up].
+    gelu_new is HF's NewGELUActivation (GPT-2) through eet's bias_gelu 'tanh_staged', which rounds as HF's formula
+    does op by op, in one kernel on CUDA (prompts take this path). x: [rows, in];
     weight: [out, in] ([gate; up] for the gated epilogues); residual: [rows, out]. Returns [rows, out] ([rows, out / 2]
     gated)."""
     if epilogue not in EPILOGUES:
@@ -87,6 +89,8 @@ def decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogu
         return residual + y
     if epilogue == "relu":
         return F.relu(y)
+    if epilogue == "gelu_new":
+        return torch.ops.eet.bias_gelu(y, None, "tanh_staged")
     gate, up = y.chunk(2, dim=-1)
     act = F.silu(gate) if epilogue == "silu_mul" else F.gelu(gate, approximate="tanh")
     return act * up
@@ -201,7 +205,8 @@ def _kernel_takes(x2d: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Te
         return False
     if not (x2d.is_cuda and x2d.dtype in (torch.float16, torch.bfloat16) and 1 <= x2d.shape[0] <= MAX_KERNEL_ROWS):
         return False
-    if x2d.shape[-1] % 8 or weight.shape[0] % 16 or weight.dtype != x2d.dtype:
+    # Any number of output rows (a partial last tile); the gated epilogues pair whole 16-row tiles.
+    if x2d.shape[-1] % 8 or (epilogue in GATED and weight.shape[0] % 16) or weight.dtype != x2d.dtype:
         return False
     if not all(t is None or _aligned(t) for t in (x2d, weight, norm_weight, norm_bias)):
         return False

@@ -40,6 +40,8 @@ def _fp64_linear(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bia
         return residual.double() + y
     if epilogue == "relu":
         return y.clamp_min(0)
+    if epilogue == "gelu_new":
+        return 0.5 * y * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (y + 0.044715 * y**3)))
     if epilogue in D.GATED:
         gate, up = y.chunk(2, dim=-1)
         act = torch.nn.functional.silu(gate) if epilogue == "silu_mul" else torch.nn.functional.gelu(
@@ -100,6 +102,40 @@ def test_layer_norm_prologue_without_bias_and_relu_bit_for_bit(cuda_ops, dtype, 
     relu = torch.ops.eet.decode_linear(x, weight, bias, norm_weight, 1e-5, None, "relu", None, "layer")
     torch.cuda.synchronize()
     assert torch.equal(relu, torch.relu(plain)) and bool((relu == 0).any()) and bool((relu > 0).any())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 768, 50257), (5, 136, 1000), (16, 64, 7)])
+@pytest.mark.parametrize("norm,epilogue", [p for p in PAIRS if p[1] not in D.GATED])
+def test_output_rows_not_a_multiple_of_16(cuda_ops, dtype, shape, norm, epilogue):
+    """A partial last 16-row tile (GPT-2's vocabulary of 50257): every output written (NaN poison gone), values as the
+    full-tile rule above (writes past the last row are compute-sanitizer's to catch: tests/gpu/sanitize.sh)."""
+    x, weight, bias, norm_weight, norm_bias, residual = _linear_inputs(dtype, shape, norm, epilogue, True)
+    rows, n = x.shape[0], weight.shape[0]
+    args = (x, weight, bias, norm_weight, 1e-5, residual, epilogue, norm_bias, "rms" if norm == "none" else norm)
+    assert D._kernel_takes(x, weight, norm_weight, norm_bias, args[-1], epilogue)
+    poison_next_alloc(rows * n, dtype)
+    got = torch.ops.eet.decode_linear(*args)
+    torch.cuda.synchronize()
+    assert got.shape == (rows, n) and torch.isfinite(got).all()
+    ulp = 2.0 ** (-8 if dtype == torch.bfloat16 else -11)
+    exact = _fp64_linear(*args)
+    assert rel_err(got, exact) <= 2 * rel_err(D.decode_linear_reference(*args), exact) + ulp
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", quick_sample([(1, 768, 3072), (8, 1600, 6400), (3, 136, 1000)], 2))
+def test_gelu_new_is_hf_gelu_new_of_the_plain_output_bit_for_bit(cuda_ops, dtype, shape):
+    """GPT-2's c_fc + gelu_new: exactly HF's NewGELUActivation (eet's staged reference) applied to the same kernel's
+    plain LayerNorm + linear output, since HF applies it to the rounded Conv1D output."""
+    x, weight, bias, norm_weight, norm_bias, _ = _linear_inputs(dtype, shape, "layer", "gelu_new", True)
+    plain = torch.ops.eet.decode_linear(x, weight, bias, norm_weight, 1e-5, None, "none", norm_bias, "layer")
+    poison_next_alloc(plain.numel(), dtype)
+    gelu = torch.ops.eet.decode_linear(x, weight, bias, norm_weight, 1e-5, None, "gelu_new", norm_bias, "layer")
+    torch.cuda.synchronize()
+    from eet_hf.ops import reference
+
+    assert torch.equal(gelu, reference.bias_gelu(plain, None, "tanh_staged"))
 
 
 @pytest.mark.parametrize("norm,epilogue", UNBUILT)
