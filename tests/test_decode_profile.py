@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from evaluation.bench import decode_profile as P
 
@@ -18,6 +18,7 @@ def test_kernel_names_map_to_their_class():
     assert P.classify(name.replace("1, 4>", "1, 0>")) == "lm_head"
     assert P.classify(name.replace("1, 4>", "2, 5>")) == "gate_up+act"  # OPT: LayerNorm + fc1 + ReLU
     assert P.classify(name.replace("1, 4>", "2, 4>")) == "qkv+rope+kv"  # OPT: LayerNorm + QKV + q scale + KV write
+    assert P.classify(name.replace("1, 4>", "2, 6>")) == "gate_up+act"  # GPT-2: LayerNorm + c_fc + gelu_new
     assert P.classify(name.replace("1, 1, 4>", "2, true, 4>")) == "qkv+rope+kv"  # profiles from before kNorm was int
     assert P.classify("void eet::attn::(anonymous namespace)::decode_kernel<__half, 64>(eet::AttentionParams)") == (
         "attention")
@@ -47,3 +48,18 @@ def test_opt_weights_map_to_the_projection_classes():
     weights = P.class_bytes(OPTForCausalLM(config))
     assert weights["qkv+rope+kv"] == 2 * 3 * 64 * 64 * 4
     assert weights["gate_up+act"] == 2 * 96 * 64 * 4 and weights["o|down+residual"] == 2 * (64 * 64 + 64 * 96) * 4
+
+
+def test_gpt2_weights_map_to_the_projection_classes():
+    weights = P.class_bytes(GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100)))
+    assert weights["qkv+rope+kv"] == 2 * 3 * 64 * 64 * 4 and weights["gate_up+act"] == 2 * 4 * 64 * 64 * 4
+    assert weights["o|down+residual"] == 2 * (64 * 64 + 4 * 64 * 64) * 4 and weights["lm_head"] == 100 * 64 * 4
+
+
+def test_critical_path_adds_up_to_the_span_and_finds_idle_time():
+    k = "void eet::(anonymous namespace)::decode_linear_kernel<__half, 1, 1, 4>(eet::DecodeLinearParams)"
+    # (name, µs, start, end): the second kernel overlaps the first (PDL), the third starts 2 µs after the second ends.
+    kernels = [(k, 10.0, 0.0, 10.0), ("attention_decode", 9.0, 5.0, 14.0), ("other_kernel", 3.0, 16.0, 19.0)]
+    crit = P.critical_path(kernels)
+    assert crit == {"attention": 4.0, "other": 5.0, "idle": 2.0}
+    assert crit["attention"] + crit["other"] == 19.0 - 10.0  # the span after the first kernel's end

@@ -6,7 +6,10 @@ profiler, CUDA activity) and reports: kernels per step, µs per step of each ker
 class streams its weights at, and the step's share of the copy ceiling measured in the same run (a device-to-device
 copy of 512 MiB, bytes read + written) on the bytes a step must read (every weight once, the LM head too when
 tied, and the KV cache up to the step's position). With programmatic dependent launch kernels overlap, so per-class
-µs add up to more than the step: compare classes with each other, and the step with its floor.
+µs add up to more than the step: compare classes with each other, and the step with its floor. The critical path
+does add up: `crit_us:<class>` gives each kernel the time from the previous kernel's end to its own end (a kernel
+waits for its predecessor to finish, so ends are in order), which sums to the step; `crit_us:idle` is the part of it
+with no kernel running at all (launch gaps).
 --quick: a tiny Llama on the CPU, eager steps, operator counts only (CI).
 """
 
@@ -23,14 +26,15 @@ from .context import RunContext
 from .output import error_row
 
 NAME = "decode-profile"
-HEADLINE = ["step_us", "kernels_per_step", "copy_share", "gbps:qkv+rope+kv", "gbps:gate_up+act", "gbps:o|down+residual"]
+HEADLINE = ["step_us", "kernels_per_step", "copy_share", "gbps:qkv+rope+kv", "gbps:gate_up+act", "gbps:o|down+residual",
+            "crit_us:attention", "crit_us:idle"]
 LOG_METRICS = ("step_us", "kernels_per_step", "copy_share")
 PROMPT = 128
 # decode_linear_kernel<T, kNT, kNorm, kEpi> (csrc/decode_linear.cu; kNorm was a bool before OPT's LayerNorm): the
-# epilogue id (DecodeEpilogue) names the projection. Class names are Llama's; OPT's fc1 + ReLU (5) counts as the MLP's
-# input projection + activation, its QKV (4, no rotary) as qkv+rope+kv.
+# epilogue id (DecodeEpilogue) names the projection. Class names are Llama's; OPT's fc1 + ReLU (5) and GPT-2's c_fc +
+# gelu_new (6) count as the MLP's input projection + activation, their QKV (4, no rotary) as qkv+rope+kv.
 _EPILOGUE_CLASS = {"0": "lm_head", "1": "o|down+residual", "2": "gate_up+act", "3": "gate_up+act", "4": "qkv+rope+kv",
-                   "5": "gate_up+act"}
+                   "5": "gate_up+act", "6": "gate_up+act"}
 _CLASSES = [  # (class, pattern on the kernel name), first match wins
     ("attention", re.compile(r"attn|attention|decode_kernel|flash", re.I)),
     ("qkv_rope_append", re.compile(r"qkv_rope_append")),
@@ -60,15 +64,15 @@ def classify(name: str) -> str:
 
 
 def class_bytes(model: torch.nn.Module) -> dict[str, int]:
-    """Weight bytes each projection class streams per step (Llama-style and OPT names; other families: none)."""
+    """Weight bytes each projection class streams per step (Llama-style, OPT and GPT-2 names; other families: none)."""
     out: dict[str, int] = collections.Counter()
     for name, param in model.named_parameters():
         size = param.numel() * param.element_size()
-        if re.search(r"\.(q_proj|k_proj|v_proj|qkv_proj)\.weight$", name):
+        if re.search(r"\.(q_proj|k_proj|v_proj|qkv_proj|c_attn)\.weight$", name):
             out["qkv+rope+kv"] += size
-        elif re.search(r"\.(gate_proj|up_proj|gate_up_proj|fc1)\.weight$", name):
+        elif re.search(r"\.(gate_proj|up_proj|gate_up_proj|fc1|c_fc)\.weight$", name):
             out["gate_up+act"] += size
-        elif re.search(r"\.(o_proj|down_proj|out_proj|fc2)\.weight$", name):
+        elif re.search(r"\.(o_proj|down_proj|out_proj|fc2|c_proj)\.weight$", name):
             out["o|down+residual"] += size
     head = model.get_output_embeddings()
     if head is not None:
@@ -133,7 +137,8 @@ def _replay_us(graph: torch.cuda.CUDAGraph, rewind, repeats: int = 50) -> float:
     return start.elapsed_time(end) * 1e3 / repeats
 
 
-def _profile(step, steps: int, activity) -> list[tuple[str, float]]:
+def _profile(step, steps: int, activity) -> list[tuple[str, float, float, float]]:
+    """(name, µs, start, end) of every kernel (CUDA) or aten op (CPU) the steps ran, in start order."""
     from torch.profiler import profile
 
     with profile(activities=[activity]) as prof:
@@ -142,9 +147,22 @@ def _profile(step, steps: int, activity) -> list[tuple[str, float]]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     device_type = torch.autograd.DeviceType.CUDA if activity.name == "CUDA" else torch.autograd.DeviceType.CPU
-    return [(e.name, float(e.device_time))
-            for e in prof.events() if e.device_type == device_type and (device_type.name == "CUDA" or
-                                                                        e.name.startswith("aten::"))]
+    events = [(e.name, float(e.device_time), float(e.time_range.start), float(e.time_range.end))
+              for e in prof.events() if e.device_type == device_type and (device_type.name == "CUDA" or
+                                                                          e.name.startswith("aten::"))]
+    return sorted(events, key=lambda e: e[2])
+
+
+def critical_path(kernels: list[tuple[str, float, float, float]]) -> dict[str, float]:
+    """Per class, the sum over its kernels of (own end - the previous kernel's end): what each kernel adds to the
+    step's length once its predecessor is done. "idle": the part of those spans where no kernel was running. The
+    first kernel has no predecessor and is left out."""
+    out: dict[str, float] = collections.Counter()
+    ordered = sorted(kernels, key=lambda e: e[3])
+    for (_, _, _, prev_end), (name, _, start, end) in zip(ordered, ordered[1:]):
+        out[classify(name)] += end - prev_end
+        out["idle"] += max(0.0, start - prev_end)
+    return dict(out)
 
 
 def one_case(ctx: RunContext, shape: S.ModelShape, batch: int, ceiling: float | None) -> list[dict]:
@@ -187,8 +205,11 @@ def one_case(ctx: RunContext, shape: S.ModelShape, batch: int, ceiling: float | 
 
         kernels, steps = _profile(step, 1, ProfilerActivity.CPU), 1
     per_class: dict[str, list[float]] = collections.defaultdict(list)
-    for name, micros in kernels:
+    for name, micros, _, _ in kernels:
         per_class[classify(name)].append(micros)
+    if ctx.device == "cuda":
+        for label, micros in sorted(critical_path(kernels).items()):
+            rows.append(row(case, "eet", f"crit_us:{label}", micros / steps, "us"))
     rows.append(row(case, "eet", "kernels_per_step", len(kernels) / steps, "kernels"))
     weights = class_bytes(model)
     for label, times in sorted(per_class.items()):
