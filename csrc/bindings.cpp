@@ -24,6 +24,8 @@ TORCH_LIBRARY_IMPL(eet, CUDA, m) {
   m.impl("attention_varlen", &eet::bindings::attention_varlen);
   // Token + position embeddings: GPT-2 wte + wpe.
   m.impl("embedding", &eet::bindings::embedding);
+  // Row-wise argmax: the greedy token choice of the decode engine over the LM head's logits.
+  m.impl("argmax_rows", &eet::bindings::argmax_rows);
   // Fused QKV (+ bias) split into q and the preallocated KV cache: GPT-2 c_attn output, prefill and decode.
   m.impl("kv_append", &eet::bindings::kv_append);
   // Rotary position embedding of q and k: Llama / Mistral / Qwen2 / GPT-NeoX attention in the decode engine.

@@ -99,6 +99,8 @@ at::Tensor attention_varlen(const at::Tensor& q, const at::Tensor& k, const at::
 // bindings_embedding_kv.cpp
 at::Tensor embedding(const at::Tensor& input_ids, const at::Tensor& position_ids, const at::Tensor& wte,
                      const std::optional<at::Tensor>& wpe);
+// Row-wise argmax of [rows, cols] logits, int64 [rows] (greedy token choice).
+at::Tensor argmax_rows(const at::Tensor& x);
 at::Tensor kv_append(const at::Tensor& qkv, const std::optional<at::Tensor>& bias, at::Tensor& k_cache,
                      at::Tensor& v_cache, const at::Tensor& write_pos, int64_t heads_q, int64_t heads_kv);
 

@@ -1,5 +1,5 @@
-// CUDA entry points of the token-side ops: embedding (token + position gather, embedding.cu) and kv_append
-// (fused QKV split into q and the KV cache, kv_cache.cu). Argument checks and the device guard (bindings.h).
+// CUDA entry points of the token-side ops: embedding (token + position gather, embedding.cu), kv_append (fused QKV
+// split into q and the KV cache, kv_cache.cu) and argmax_rows (the greedy token of each row of logits, argmax.cu). Argument checks and the device guard (bindings.h).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -50,6 +50,22 @@ at::Tensor embedding(const at::Tensor& input_ids, const at::Tensor& position_ids
                               position_ids.stride(0), position_ids.stride(1), wte.data_ptr(),
                               wpe_in ? wpe.data_ptr() : nullptr, out.data_ptr(), batch, seq, wte.size(0),
                               wpe_in ? wpe.size(0) : 0, hidden, at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
+// torch.argmax(x, dim=-1) of a 2-D x with a contiguous last dim, int64 [rows].
+at::Tensor argmax_rows(const at::Tensor& x) {
+  const char* op = "argmax_rows";
+  check_cuda(x, op, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto dtype = to_dtype(x, op);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) > 0, msg("eet::argmax_rows: x must be 2-D [rows, cols] with cols > 0, got shape ", x.sizes()));
+  const at::Tensor rows = x.stride(1) == 1 && x.stride(0) >= x.size(1) ? x : x.contiguous();
+  at::Tensor out = at::empty({rows.size(0)}, rows.options().dtype(at::kLong));
+  if (out.numel() == 0) return out;
+  check_launch(eet::argmax_rows(dtype, rows.data_ptr(), out.data_ptr<int64_t>(), rows.size(0), rows.size(1),
+                                rows.stride(0), at::cuda::getCurrentCUDAStream()),
                op);
   return out;
 }

@@ -95,6 +95,11 @@ cudaError_t embedding(DType dtype,
                       int64_t batch, int64_t seq, int64_t vocab, int64_t positions, int64_t hidden,
                       cudaStream_t stream);
 
+// out[r] = torch.argmax(x[r, :cols]): the first index of the row's largest value, a NaN counting as the largest
+// (argmax.cu). x: [rows, cols] with row stride ld (elements), last dim contiguous; cols > 0.
+cudaError_t argmax_rows(DType dtype, const void* x, int64_t* out, int64_t rows, int64_t cols, int64_t ld,
+                        cudaStream_t stream);
+
 // Fused QKV projection output -> q and the KV cache, with the bias add (fp32, one rounding). Token s of
 // sequence b goes to cache slot write_pos[b] + s; slots outside [0, cache_len) are skipped. Strides are
 // in elements; every last dim is contiguous.

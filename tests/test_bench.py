@@ -13,7 +13,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from evaluation import results_io
-from evaluation.bench import cli, encoder, generate, largest, memory, output, replot
+from evaluation.bench import cli, encoder, generate, largest, memory, output, replot, sentence_embed
 from evaluation.bench import roofline as R
 from evaluation.bench import shapes as S
 
@@ -38,6 +38,8 @@ def _positive(value) -> bool:
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_quick_suite_writes_clean_results(quick_dir, suite):
+    if suite == "sentence-embed":  # without it the suite writes error rows saying so (.ci/run installs it)
+        pytest.importorskip("sentence_transformers")
     data, _ = _load(quick_dir, suite)
     assert set(data["meta"]) == {"gpu", "driver", "torch", "transformers", "date", "command"}
     assert data["meta"]["command"].startswith("python -m evaluation.bench --quick")
@@ -97,6 +99,57 @@ def test_quick_cold_start_runs_a_fresh_process(quick_dir):
     _, got = _load(quick_dir, "cold-start")
     assert _positive(got[("gpt2-tiny/empty-build-cache", "eet", "s")])
     assert _positive(got[("gpt2-tiny/empty-build-cache", "eet", "import_s")])
+
+
+def test_quick_sentence_embed_rows(quick_dir):
+    pytest.importorskip("sentence_transformers")
+    _, got = _load(quick_dir, "sentence-embed")
+    case = "st-bert-tiny/n64/bs16"
+    for engine in ("hf-sdpa", "eet", "torch-compile-ro"):
+        for metric in ("sentences_per_s", "encode_s", "warmup_s"):
+            assert _positive(got.get((case, engine, metric))), (engine, metric)
+        assert got[(case, engine, "sentences_per_s")] == pytest.approx(64 / got[(case, engine, "encode_s")])
+    # fp32 on CPU: eet's reference ops and dynamo's eager backend differ from HF only by summation order (~1e-6).
+    for engine in ("eet", "torch-compile-ro"):
+        for metric in ("min_cosine", "min_centered_cosine"):
+            assert got[(case, engine, metric)] == pytest.approx(1.0, abs=1e-4), (engine, metric)
+    assert (case, "hf-sdpa", "min_cosine") not in got  # the reference itself has no agreement row
+
+
+def test_sentence_embed_spent_budget_skips_every_engine(tmp_path):
+    args = ["--quick", "--suite", "sentence-embed", "--budget-s", "0", "--out-dir", str(tmp_path)]
+    assert cli.main(args) == 0
+    data, _ = _load(tmp_path, "sentence-embed")
+    assert [r["engine"] for r in data["rows"]] == ["hf-sdpa", "eet", "torch-compile-ro"]
+    assert all(r["metric"] == "error" for r in data["rows"])
+    assert all("skipped: suite budget" in r["error"] or "not installed" in r["error"] for r in data["rows"])
+
+
+def test_sentence_embed_centered_cosine_catches_a_wrong_engine():
+    # Random-weight embeddings share a dominant component: another sentence's embedding still has cosine ~0.95,
+    # and only the centered cosine shows the mix-up.
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(64, generator=generator) + 0.2 * torch.randn(32, 64, generator=generator)
+    rows = sentence_embed.agreement_rows("c", "eet", reference.roll(1, dims=0), reference)
+    values = {r["metric"]: r["value"] for r in rows}
+    assert values["min_cosine"] > 0.8 and values["min_centered_cosine"] < 0.5
+    assert sentence_embed.agreement_rows("c", "hf-sdpa", reference, reference) == []
+
+
+def test_mixed_length_sentences_spread_over_the_range():
+    from transformers import AutoTokenizer
+
+    from eet_hf.models import default_model_path
+    from evaluation.bench.sentences import mixed_length_sentences, token_lengths
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path("bert"))
+    sentences = mixed_length_sentences(tokenizer, 400, 8, 256)
+    assert sentences == mixed_length_sentences(tokenizer, 400, 8, 256)  # fixed seed
+    lengths = token_lengths(tokenizer, sentences)
+    assert lengths.min() >= 8 and lengths.max() <= 256
+    # Uniform targets: each quarter of the range holds about a quarter of the sentences (100 +- 30 of 400).
+    quarters = torch.histc(torch.tensor(lengths, dtype=torch.float), bins=4, min=8, max=256)
+    assert all(70 <= q <= 130 for q in quarters.tolist()), quarters
 
 
 def test_candidate_params_match_the_built_model():
@@ -172,6 +225,10 @@ def test_cli_rejects_unknown_names():
         cli.parse_args(["--quick", "--engines", "tensorrt"])
     args = cli.parse_args(["--quick", "--suite", "encoder", "--models", "bert-tiny", "--engines", "eet,hf-sdpa"])
     assert args.models == {"bert-tiny"} and args.engines == {"eet", "hf-sdpa"}
+    with pytest.raises(SystemExit):  # the full-size names are not quick ones
+        cli.parse_args(["--quick", "--suite", "sentence-embed", "--models", "st-bert-base"])
+    args = cli.parse_args(["--quick", "--suite", "sentence-embed", "--models", "st-bert-tiny"])
+    assert args.models == {"st-bert-tiny"}
 
 
 def test_hf_sdpa_without_cudnn_switches_only_hf_sdpa_and_restores():

@@ -153,6 +153,7 @@ OPCHECK_INPUTS = {
         torch.randn(2, 3, 5, 8).transpose(1, 2), torch.randn(2, 1, 3, 8), torch.randn(1, 3, 4), torch.randn(1, 3, 4),
     ),
     "small_linear": lambda: (torch.randn(3, 16), torch.randn(16, 24), torch.randn(24), "tanh_staged"),
+    "argmax_rows": lambda: (torch.randn(3, 40),),
 }
 
 
@@ -237,3 +238,10 @@ def test_small_linear_strided_rows():
 def test_small_linear_rejects_bad_arguments(args, match):
     with pytest.raises(Exception, match=match):
         ops.small_linear(*args)
+
+
+def test_argmax_rows_is_torch_argmax_with_its_ties_and_nans():
+    x = torch.tensor([[1.0, 3.0, 3.0, -1.0], [float("-inf")] * 4, [0.0, float("nan"), 5.0, float("nan")]])
+    assert ops.argmax_rows(x).tolist() == [1, 0, 1] == torch.argmax(x, -1).tolist()
+    with pytest.raises(ValueError, match="2-D"):
+        ops.argmax_rows(torch.randn(3))

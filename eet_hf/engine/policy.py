@@ -16,6 +16,8 @@ import torch
 from transformers.generation import logits_process as lp
 from transformers.generation import stopping_criteria as sc
 
+from eet_hf import ops
+
 # Pure functions of the scores: safe to call inside a CUDA graph, same object, same result as in HF's loop.
 _PURE_WARPERS = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper)
 
@@ -136,7 +138,7 @@ class PolicyRunner:
         Sampling draws argmax(p / E) with E ~ Exponential(1), which is distributed exactly as
         multinomial(p) and needs no host sync (HF's torch.multinomial cannot be captured in a graph)."""
         if not self.policy.do_sample:
-            return torch.argmax(scores, dim=-1)
+            return ops.argmax_rows(scores)  # torch.argmax's answer; one kernel block per row on CUDA
         probs = torch.softmax(scores, dim=-1)
         noise = torch.empty_like(probs).exponential_()
-        return torch.argmax(probs / noise, dim=-1)
+        return ops.argmax_rows(probs / noise)

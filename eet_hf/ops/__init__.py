@@ -17,6 +17,7 @@ from .decode import decode_linear, decode_qkv_rope, qkv_rope_append
 
 __all__ = [
     "add_layer_norm",
+    "argmax_rows",
     "attention",
     "attention_varlen",
     "bias_gelu",
@@ -89,6 +90,12 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> t
     """gelu(x + bias). x: [..., cols]; bias: [cols]; approximate 'tanh' (gelu_new) or 'none' (erf)."""
     _prepare(x)
     return _run(_ops.bias_gelu, x, bias, approximate)
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(x, dim=-1) for x [rows, cols] (a greedy step's logits), int64 [rows]: one block per row on CUDA."""
+    _prepare(x)
+    return _run(_ops.argmax_rows, x)
 
 
 def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:

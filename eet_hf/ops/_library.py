@@ -36,11 +36,17 @@ SCHEMAS = {
         "int heads_q, int heads_kv) -> Tensor"
     ),
     "small_linear": "small_linear(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor",
+    "argmax_rows": "argmax_rows(Tensor x) -> Tensor",
 }
 
 for _name, _schema in SCHEMAS.items():
     _LIB.define(_schema)
     _LIB.impl(_name, getattr(reference, _name), "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("eet::argmax_rows")
+def _argmax_rows_fake(x):
+    return x.new_empty((x.shape[0],), dtype=torch.long)
 
 
 @torch.library.register_fake("eet::layer_norm")

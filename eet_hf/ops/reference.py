@@ -46,6 +46,14 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> t
     return F.gelu(h, approximate=approximate).to(x.dtype)
 
 
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(x, dim=-1) of a 2-D x, int64 [rows]: the first index of each row's largest value, a NaN counting
+    as the largest."""
+    if x.dim() != 2 or x.shape[1] == 0:
+        raise ValueError(f"eet::argmax_rows: x must be 2-D [rows, cols] with cols > 0, got shape {tuple(x.shape)}")
+    return torch.argmax(x, dim=-1)
+
+
 def visible_keys(
     kv_start: torch.Tensor, kv_end: torch.Tensor, q_offset: torch.Tensor, causal: bool, q_len: int, kv_len: int
 ) -> torch.Tensor:
