@@ -4,7 +4,8 @@
     python -m evaluation.bench --suite generate --models gpt2,gpt2-xl
     python -m evaluation.bench --quick                   # every suite on CPU with tiny configs (CI)
 
-One module per suite (generate, encoder, decoder_layer, memory, cold_start); shared helpers: context
-(options, time budget), timing (CUDA-event medians), shapes (configs and fast model builds), engines (how each
-engine prepares a model), roofline (share of the measured H200 ceilings), output (JSON/markdown/PNG).
+One module per suite (generate, encoder, decoder_layer, memory, cold_start, decode_profile, sentence_embed);
+shared helpers: context (options, time budget), timing (CUDA-event medians), shapes (configs and fast model builds),
+engines (how each engine prepares a model), roofline (share of the measured H200 ceilings), output
+(JSON/markdown/PNG), sentences (sentence-embed's mixed-length inputs).
 """

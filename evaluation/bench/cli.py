@@ -21,14 +21,14 @@ import torch
 import transformers
 
 from ..results_io import RESULTS_DIR
-from . import cold_start, decode_profile, decoder_layer, encoder, generate, largest, memory
+from . import cold_start, decode_profile, decoder_layer, encoder, generate, largest, memory, sentence_embed
 from .context import Budget, RunContext
 from .output import error_row, write_suite
 
-SUITES = {m.NAME: m for m in (generate, encoder, decoder_layer, memory, cold_start, decode_profile)}
+SUITES = {m.NAME: m for m in (generate, encoder, decoder_layer, memory, cold_start, decode_profile, sentence_embed)}
 # Seconds per suite by default: each fits one GPU call with room for imports, the last case and writing.
 DEFAULT_BUDGET_S = {"generate": 480, "encoder": 420, "decoder-layer": 300, "memory": 360, "cold-start": 560,
-                    "decode-profile": 300}
+                    "decode-profile": 300, "sentence-embed": 400}
 QUICK_BUDGET_S = 120
 ENGINE_NAMES = ("hf-eager", "hf-sdpa", "hf-static-compile", "torch-compile", "torch-compile-ro", "eet")
 

@@ -3,7 +3,8 @@
     hf-eager / hf-sdpa     HF's own forward with that attention implementation
     hf-static-compile      sdpa + generate(cache_implementation="static"): generate's automatic torch.compile of
                            the decode step (the BASELINES.md method; no manual torch.compile)
-    torch-compile(-ro)     torch.compile(model) in default / "reduce-overhead" mode (encoder suite)
+    torch-compile(-ro)     torch.compile(model) in default / "reduce-overhead" mode (encoder suite); sentence-embed
+                           compiles the HF model's forward inside the SentenceTransformer (prepare_sentence_model)
     eet                    eet_hf.accelerate(model), then the model is called exactly as before
 On CPU (--quick) the compile engines use backend="eager": dynamo's tracing is exercised without inductor's
 C++ build, which would take minutes on a CI machine (and reduce-overhead is CUDA graphs, GPU only).
@@ -18,6 +19,7 @@ import torch
 GENERATE = ("hf-eager", "hf-sdpa", "hf-static-compile", "eet")
 ENCODER = ("hf-eager", "hf-sdpa", "torch-compile", "torch-compile-ro", "eet")
 LAYER = ("hf-eager", "hf-sdpa", "eet")
+SENTENCE = ("hf-sdpa", "eet", "torch-compile-ro")  # hf-sdpa first: its embeddings are the others' reference
 COMPILED = ("hf-static-compile", "torch-compile", "torch-compile-ro")
 
 
@@ -72,6 +74,32 @@ def prepare(model: torch.nn.Module, engine: str, device: str) -> Prepared:
         eet_hf.accelerate(model)
         return Prepared(model, path=describe_eet(model))
     raise ValueError(f"unknown engine {engine!r}")
+
+
+def prepare_sentence_model(st: torch.nn.Module, engine: str, device: str) -> str:
+    """Prepare a sentence-transformers SentenceTransformer in place for `engine`; returns the path it runs.
+
+    torch-compile-ro replaces the HF model's `forward`: sentence-transformers' Transformer module calls
+    `model.forward(...)` directly, so `model.compile()` (which wraps `__call__`) would never run. dynamic=True: one
+    symbolic-shape compile serves every (batch, padded length) of the run, where a static compile per length would
+    pay a compile each (dynamo marks a dim dynamic only after recompiling for it); reduce-overhead still records one
+    CUDA graph per distinct shape."""
+    hf = st[0].auto_model
+    hf.set_attn_implementation("sdpa")
+    if engine == "hf-sdpa":
+        return "plain sentence-transformers on HF sdpa attention"
+    if engine == "torch-compile-ro":
+        if device != "cuda":
+            hf.forward = torch.compile(hf.forward, backend="eager", dynamic=True)
+            return "HF forward under torch.compile backend=eager, dynamic=True (reduce-overhead on GPU)"
+        hf.forward = torch.compile(hf.forward, mode="reduce-overhead", dynamic=True)
+        return "HF forward under torch.compile mode=reduce-overhead, dynamic=True, over HF sdpa"
+    if engine == "eet":
+        import eet_hf
+
+        eet_hf.accelerate(st)
+        return f"eet_hf.accelerate(SentenceTransformer): {describe_eet(st)}"
+    raise ValueError(f"unknown sentence-embed engine {engine!r}; known: {SENTENCE}")
 
 
 def reset_compiled(engine: str) -> None:

@@ -24,6 +24,8 @@ from transformers import (
     PretrainedConfig,
     Qwen3Config,
     Qwen3ForCausalLM,
+    XLMRobertaConfig,
+    XLMRobertaModel,
 )
 
 SEED = 0
@@ -93,6 +95,18 @@ def _bert(name: str, layers: int, hidden: int, heads: int, inter: int, vocab: in
     return ModelShape(name, make, BertModel)
 
 
+def _xlmr(name: str, layers: int, hidden: int, heads: int, inter: int, vocab: int) -> ModelShape:
+    # Pad id 0, as the embedded BERT tokenizer pads (RoBERTa numbers positions from pad id + 1), and 512 positions
+    # past it, as XLM-R's 514.
+    def make() -> XLMRobertaConfig:
+        return XLMRobertaConfig(
+            num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=inter,
+            vocab_size=vocab, pad_token_id=0, max_position_embeddings=514,
+        )
+
+    return ModelShape(name, make, XLMRobertaModel)
+
+
 GPT2_SIZES = [
     _gpt2("gpt2", 12, 768, 12),
     _gpt2("gpt2-medium", 24, 1024, 16),
@@ -107,12 +121,17 @@ OTHER_DECODERS = [
     _qwen3("qwen3-1.7b", 28, 2048, 16, 8, 128, 6144, 151936),
 ]
 BERT_SIZES = [_bert("bert-base", 12, 768, 12, 3072), _bert("bert-large", 24, 1024, 16, 4096)]
+# sentence-embed (issue #28): BERT-base and XLM-R-base as sentence-transformers wrap them; XLM-R's vocabulary is cut
+# from 250,002 rows to BERT's 30,522 (the suite's docstring says why).
+SENTENCE_SIZES = [_bert("st-bert-base", 12, 768, 12, 3072), _xlmr("st-xlmr-base", 12, 768, 12, 3072, 30522)]
 
 # --quick (CPU, CI): same classes, tiny shapes.
 TINY_GPT2 = [_gpt2("gpt2-tiny", 2, 64, 4, positions=64, vocab=512)]
 TINY_OTHER_DECODERS = [_llama("llama-tiny", 2, 64, 4, 2, 128, 512), _opt("opt-tiny", 2, 64, 4, 128, 512),
                        _qwen3("qwen3-tiny", 2, 64, 4, 2, 16, 128, 512)]
 TINY_BERT = [_bert("bert-tiny", 2, 64, 4, 128, vocab=512)]
+# 4,096 rows: the embedded tokenizer's ids (sentence-embed feeds real text, not ids drawn below the vocabulary).
+TINY_SENTENCE = [_bert("st-bert-tiny", 2, 64, 4, 128, vocab=4096)]
 
 
 def decoder_layer_config(hidden: int, total: int, vocab: int = 1024) -> GPT2Config:
