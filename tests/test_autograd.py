@@ -23,7 +23,8 @@ from .helpers import bert_config, gpt2_config
 from .test_ops import OPCHECK_INPUTS
 
 MISSING_AUTOGRAD = "autograd kernel was not registered"
-FUNCTIONAL = sorted(name for name in _library.SCHEMAS if name != "kv_append")
+# kv_append mutates the caches (its own rule); argmax_rows returns indices, which have no gradient.
+FUNCTIONAL = sorted(name for name in _library.SCHEMAS if name not in ("kv_append", "argmax_rows"))
 
 
 def _with_grad(args: tuple) -> list:
