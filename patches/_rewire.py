@@ -20,7 +20,6 @@ from eet_hf import ops
 from eet_hf._log import warn_once
 from eet_hf.attention import LOADED_ATTN_ATTR
 from eet_hf.errors import EetUnsupportedError
-from eet_hf.module_tensors import module_tensors
 from eet_hf.report import Report
 
 from ._config_view import attention_view
@@ -102,24 +101,6 @@ def with_offloaded_children(fused: Callable, module: nn.Module) -> Callable:
                 hook.post_forward(child, None)
 
     return forward
-
-
-def hf_generate_while_offloaded(model: nn.Module, ctx: PatchContext) -> None:
-    """Wrap the `generate` eet's decode engine installed: while accelerate's offload hooks (cpu_offload,
-    device_map offload) keep weights on the meta device between calls, HF's generate runs instead, on eet's fused
-    forwards (around which the hooks load the weights); the engine reads weights directly and would meet meta
-    tensors. One pass over the parameters per generate call."""
-    engine_generate = model.__dict__["generate"].__func__  # unbound: its signature is HF's generate's
-
-    @functools.wraps(engine_generate)
-    def generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if any(t.is_meta for t in module_tensors(self)):
-            warn_once("generate: weights offloaded by accelerate hooks (meta device): HF's generate runs on eet's "
-                      "fused forward")
-            return type(self).generate(self, *args, **kwargs)
-        return engine_generate(self, *args, **kwargs)
-
-    ctx.bind(model, "generate", types.MethodType(generate, model))
 
 
 def _keeping_signature(forward: Callable, replaced: Callable) -> Callable:

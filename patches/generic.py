@@ -25,7 +25,7 @@ from eet_hf.engine import decoder_families, fused_decoder, fused_decoder_refusal
 from eet_hf.engine import generate as generate_engine
 
 from . import generic_modules as M
-from ._rewire import PatchContext, hf_generate_while_offloaded
+from ._rewire import PatchContext
 from .generic_check import Check, checked
 
 MODEL_TYPES: tuple[str, ...] = ()  # every model_type without its own adapter
@@ -164,4 +164,3 @@ def _generate(model: nn.Module, ctx: PatchContext) -> None:
             return
         ctx.fallback("decoder step", f"HF's decoder layers run inside eet's decode loop: {fused}")
         generate_engine.install(model, ctx, decoder_families.decoder_stack, decoder_families.call_refusal)
-    hf_generate_while_offloaded(model, ctx)

@@ -22,7 +22,6 @@ from eet_hf.engine.gpt2_forward import gpt2_weights
 from ._rewire import (
     GELU_APPROXIMATE,
     PatchContext,
-    hf_generate_while_offloaded,
     inference_only,
     layer_norm_unfusable,
 )
@@ -98,4 +97,3 @@ def _install_generate(model: torch.nn.Module, ctx: PatchContext, approximate: st
         else:
             ctx.fallback("decoder step", f"eet's GPT-2 forward runs inside eet's decode loop: {fused}")
             generate_engine.install(model, ctx, lean)
-        hf_generate_while_offloaded(model, ctx)

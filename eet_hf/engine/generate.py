@@ -131,7 +131,12 @@ def _decode_refusal(model, generation_config, model_kwargs: dict, signature: tup
         generation_config.output_attentions or generation_config.output_hidden_states
     ):
         return "output_attentions / output_hidden_states"
-    if len({device for _, _, device in signature}) > 1:
+    devices = {device for _, _, device in signature}
+    if any(device.type == "meta" for device in devices):
+        # accelerate's offload hooks (cpu_offload, device_map offload) load weights around each module's forward;
+        # HF's loop runs the model's (eet's fused) forward through them, the engine would read meta tensors.
+        return "weights offloaded by accelerate hooks (meta device)"
+    if len(devices) > 1:
         return "a model spread over several devices"
     return None
 
@@ -149,10 +154,10 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
     handle: EngineHandle = self.__dict__[ENGINE_ATTR]
     if reason is None and handle.call_refusal is not None:
         reason = handle.call_refusal(self, round_capacity(prompt_len + policy.max_new_tokens))
-    w = handle.model_view(self, signature)
-    device = w.device
     padding = None
     if reason is None:
+        w = handle.model_view(self, signature)
+        device = w.device
         padding = _left_padding(model_kwargs.get("attention_mask"), input_ids.shape[0], prompt_len, device)
         reason = "right padding or padding with holes" if padding is None else None
     if reason is not None:
