@@ -30,7 +30,14 @@ MAX_TOKENS = 32768
 # outputs include e.g. MLM logits of tokens x vocab (bert-base at 4096 tokens: 250 MB in fp16). Other heads take
 # whole-model graphs up to MAX_TOKENS (patches/encoder.py).
 MODEL_MAX_TOKENS = 4096
-MAX_GRAPHS = 8  # per encoder (and per model, model_graphs.py): an LRU
+MAX_GRAPHS = 8  # per encoder: an LRU
+# Whole-model graphs (model_graphs.py) are per exact input shape, and sentence-transformers' encode() pads each batch
+# to its own longest sentence: 10,000 sentences of 8-256 tokens at batch 64 make ~37 distinct shapes of at most
+# MODEL_MAX_TOKENS tokens, which an 8-graph LRU recaptured on every repeated encode() (each capture costs an eager
+# run and a capture, for one replay). Their static buffers are small (at most MODEL_MAX_TOKENS x hidden per output),
+# so many more fit: a count cap and a byte cap on the static inputs and outputs, whichever binds first.
+MODEL_MAX_GRAPHS = 64
+MODEL_MAX_BYTES = 512 * 2**20
 # Tests set this False to reach the eager packed path (which serves every call a graph cannot take).
 ENABLED = True
 MIN_BUCKET = 16

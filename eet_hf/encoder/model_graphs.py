@@ -24,7 +24,8 @@ hooks, torch.compile or an outer capture) runs the model's own forward, as befor
 Graphs: one per (input shape, input dtypes, device, which optional inputs were given, attention implementation,
 weight storage signature = the address of every parameter and buffer, so model.to() / half() /
 load_state_dict(assign=True) / a replaced submodule never replay a stale graph). A shape is captured on its 2nd
-call (one-off shapes never pay a capture), graphs live in a bounded LRU (graphs.MAX_GRAPHS) and share one
+call (one-off shapes never pay a capture), graphs live in an LRU bounded in count and in the bytes of their static
+inputs and outputs (graphs.MODEL_MAX_GRAPHS, MODEL_MAX_BYTES) and share one
 memory pool. The static inputs are copied in before each replay; the static outputs are cloned out after it
 (the next replay overwrites them).
 
@@ -161,12 +162,13 @@ class _Entry:
 class ModelGraphs:
     """Lazily captured, bounded whole-model CUDA graphs of one accelerated model's forward."""
 
-    def __init__(self, backend: GraphBackend | None = None, max_graphs: int = graphs.MAX_GRAPHS,
+    def __init__(self, backend: GraphBackend | None = None, max_graphs: int = graphs.MODEL_MAX_GRAPHS,
                  max_tokens: int = graphs.MODEL_MAX_TOKENS, read_min_tokens: int = READ_MIN_TOKENS,
-                 input_names: tuple[str, ...] = INPUT_NAMES) -> None:
+                 input_names: tuple[str, ...] = INPUT_NAMES, max_bytes: int = graphs.MODEL_MAX_BYTES) -> None:
         self.backend = backend if backend is not None else CudaGraphBackend()
         self.input_names = input_names  # the tensors a plain call passes, in the forward's positional order
         self.max_graphs = max_graphs
+        self.max_bytes = max_bytes  # static inputs + outputs of all entries
         self.max_tokens = max_tokens
         self.read_min_tokens = read_min_tokens
         self.signature = WeightSignature()
@@ -185,7 +187,7 @@ class ModelGraphs:
     def __deepcopy__(self, memo: dict) -> ModelGraphs:
         # Graphs hold the original's weight addresses: a copy starts empty (and walks its own modules).
         return ModelGraphs(self.backend if not isinstance(self.backend, CudaGraphBackend) else None,
-                           self.max_graphs, self.max_tokens, self.read_min_tokens, self.input_names)
+                           self.max_graphs, self.max_tokens, self.read_min_tokens, self.input_names, self.max_bytes)
 
     def eligible(self, model: nn.Module, ids: torch.Tensor) -> bool:
         """Whether this call may take a graph (cheap checks only; the call's form was checked by plain_inputs)."""
@@ -311,7 +313,14 @@ class ModelGraphs:
             self._forget_stale(weights)
         self._entries[key[:-1] + (weights,)] = entry
         self.captures += 1
+        while len(self._entries) > 1 and self.static_bytes() > self.max_bytes:  # the newest entry always stays
+            self._entries.popitem(last=False)
         return entry
+
+    def static_bytes(self) -> int:
+        """Bytes of the entries' static inputs and outputs (their intermediates share one pool)."""
+        return sum(t.numel() * t.element_size() for entry in self._entries.values()
+                   for t in (*entry.inputs.values(), *(tensor for _, tensor in entry.outputs)))
 
 
 def graphed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
