@@ -245,3 +245,11 @@ def test_argmax_rows_is_torch_argmax_with_its_ties_and_nans():
     assert ops.argmax_rows(x).tolist() == [1, 0, 1] == torch.argmax(x, -1).tolist()
     with pytest.raises(ValueError, match="2-D"):
         ops.argmax_rows(torch.randn(3))
+
+
+def test_engine_argmax_falls_back_to_torch_when_the_kernel_disagrees(monkeypatch):
+    from eet_hf.engine import token_argmax
+
+    assert token_argmax.disagreement(torch.device("cpu")) is None  # the reference is torch.argmax
+    monkeypatch.setattr(ops, "argmax_rows", lambda x: torch.argmax(x.flip(-1), dim=-1))  # a wrong kernel
+    assert "torch.argmax chose" in token_argmax.disagreement(torch.device("cpu"))

@@ -16,7 +16,7 @@ import torch
 from transformers.generation import logits_process as lp
 from transformers.generation import stopping_criteria as sc
 
-from eet_hf import ops
+from . import token_argmax
 
 # Pure functions of the scores: safe to call inside a CUDA graph, same object, same result as in HF's loop.
 _PURE_WARPERS = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper)
@@ -112,6 +112,7 @@ class PolicyRunner:
 
     def __init__(self, policy: DecodePolicy, vocab: int, device: torch.device) -> None:
         self.policy = policy
+        self.argmax = token_argmax.for_device(device)
         self.eos = None if policy.eos is None else policy.eos.to(device)
         self.eos_mask = None
         if policy.eos_suppress is not None:
@@ -138,7 +139,7 @@ class PolicyRunner:
         Sampling draws argmax(p / E) with E ~ Exponential(1), which is distributed exactly as
         multinomial(p) and needs no host sync (HF's torch.multinomial cannot be captured in a graph)."""
         if not self.policy.do_sample:
-            return ops.argmax_rows(scores)  # torch.argmax's answer; one kernel block per row on CUDA
+            return self.argmax(scores)  # torch.argmax's answer (token_argmax.py)
         probs = torch.softmax(scores, dim=-1)
         noise = torch.empty_like(probs).exponential_()
-        return ops.argmax_rows(probs / noise)
+        return self.argmax(probs / noise)

@@ -53,3 +53,10 @@ def test_rejects_what_it_cannot_take(cuda_ops):
         torch.ops.eet.argmax_rows(torch.randn(3, device="cuda"))
     with pytest.raises(RuntimeError, match="2-D"):
         torch.ops.eet.argmax_rows(torch.randn(3, 0, device="cuda"))
+
+
+def test_the_engine_takes_the_kernel_once_it_agreed(cuda_ops):
+    from eet_hf.engine import token_argmax
+
+    assert token_argmax.probe_refusal(torch.device("cuda", torch.cuda.current_device())) is None
+    assert token_argmax.for_device(torch.device("cuda", torch.cuda.current_device())) is token_argmax._eet_argmax
