@@ -6,8 +6,8 @@ One graph per (batch, padded-length bucket, token capacity, dtype, device): the 
 (capacity mode: a fixed shape, no host read) replays. The token capacity is the batch's real-token count rounded
 up to an eighth of batch * bucket (packing.capacity_for), so the GEMMs of a graph skip most of the padding too
 (a half-padded batch runs 3/4 of the rows, not all of them). A shape is captured on its 2nd call (one-off shapes
-never pay a capture), graphs live in a bounded LRU (count and tokens per graph), and all share one memory pool:
-they run one after another on one stream, so their intermediates may share memory.
+never pay a capture), graphs live in an LRU bounded in count and static bytes (and tokens per graph), and all share
+one memory pool: they run one after another on one stream, so their intermediates may share memory.
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ MAX_TOKENS = 32768
 # outputs include e.g. MLM logits of tokens x vocab (bert-base at 4096 tokens: 250 MB in fp16). Other heads take
 # whole-model graphs up to MAX_TOKENS (patches/encoder.py).
 MODEL_MAX_TOKENS = 4096
-MAX_GRAPHS = 8  # per encoder: an LRU
+# Per encoder, an LRU bounded in count and in the bytes of the graphs' static [batch, bucket, hidden] inputs and outputs
+# (up to 50 MB each for bert-base at 64 x 256): sentence-transformers' encode() on mixed lengths (8-256 tokens, batch
+# 64) makes ~8 (batch, bucket, capacity) keys above MODEL_MAX_TOKENS, so 8 graphs left no room for another mix.
+MAX_GRAPHS = 16
+MAX_BYTES = 512 * 2**20
 # Whole-model graphs (model_graphs.py) are per exact input shape, and sentence-transformers' encode() pads each batch
 # to its own longest sentence: 10,000 sentences of 8-256 tokens at batch 64 make ~37 distinct shapes of at most
 # MODEL_MAX_TOKENS tokens, which an 8-graph LRU recaptured on every repeated encode() (each capture costs an eager
@@ -65,8 +69,9 @@ class _Graph:
 class GraphCache:
     """Lazily captured, bounded per-shape CUDA graphs of one encoder's packed forward."""
 
-    def __init__(self, max_graphs: int = MAX_GRAPHS, max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(self, max_graphs: int = MAX_GRAPHS, max_tokens: int = MAX_TOKENS, max_bytes: int = MAX_BYTES) -> None:
         self.max_graphs = max_graphs
+        self.max_bytes = max_bytes
         self.max_tokens = max_tokens
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._seen: set[tuple] = set()
@@ -151,4 +156,15 @@ class GraphCache:
                 entry.out = fn(static_hidden, static_start, static_end, capacity=capacity)
         self._graphs[key] = entry
         self.captures += 1
+        while len(self._graphs) > 1 and self.static_bytes() > self.max_bytes:  # the newest graph always stays
+            self._graphs.popitem(last=False)
         return entry
+
+    def static_bytes(self) -> int:
+        """Bytes of the graphs' static inputs and outputs (their intermediates share one pool)."""
+        total = 0
+        for g in self._graphs.values():
+            total += g.hidden.numel() * g.hidden.element_size()
+            if g.out is not g.hidden:
+                total += g.out.numel() * g.out.element_size()
+        return total

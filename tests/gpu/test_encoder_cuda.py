@@ -141,3 +141,21 @@ def test_graph_replay_with_new_lengths_in_the_same_bucket(cuda_ops, dtype, packe
     # The first and last calls ran eagerly, the capture ran the body twice (warm-up, capture); replays run no
     # Python.
     assert len(packed_calls) == 4, len(packed_calls)
+
+
+def test_encoder_graphs_stay_within_their_static_bytes(cuda_ops, monkeypatch):
+    """The encoder-level graph LRU is bounded by its graphs' static bytes too; the newest graph always stays, and
+    every output still matches HF's."""
+    monkeypatch.setattr("eet_hf.encoder.model_graphs.ENABLED", False)  # the encoder-level graphs alone
+    hf = _bert(torch.float16)
+    model = eet_hf.accelerate(copy.deepcopy(hf))
+    graphs = model.bert.encoder._eet_encoder.graphs
+    graphs.max_bytes = 1  # below any graph: each capture evicts the one before it
+    for seq_len in (20, 20, 40, 40, 20):
+        ids, mask = padded_batch(2, seq_len, [seq_len, 5], "right", vocab=1000)
+        ids, mask = ids.cuda(), mask.cuda()
+        with torch.no_grad():
+            got, base = model(ids, attention_mask=mask).logits, hf(ids, attention_mask=mask).logits
+        assert torch.isfinite(got).all() and _max_err(got, base, mask) <= 5e-2, seq_len
+        assert len(graphs) <= 1 and (len(graphs) == 0 or graphs.static_bytes() > 0)
+    assert graphs.captures == 3, graphs.captures  # 20, 40, then 20 again (evicted by 40)
