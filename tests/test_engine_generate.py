@@ -197,3 +197,32 @@ def test_reference_attention_never_reads_outside_bounds():
     k[:, :, 6:], v[:, :, 6:] = float("nan"), float("nan")
     k[1, :, :3], v[1, :, :3] = float("inf"), float("nan")
     assert torch.equal(reference.attention(q, k, v, start, end, offset, False, 0.25), clean)
+
+
+def test_call_form_cache_follows_config_changes(models):
+    """The decoding-mode decision is kept per call form (call_cache.ModeCache): a changed generation config (here
+    beam search set on the model after greedy calls) is seen on the next call, which then runs HF's generate."""
+    model, ref = models
+    ids, mask = padded_batch(2, 6, [6, 3], "left")
+    for _ in range(2):
+        out, expected, fast_calls = _generate_both(model, ref, ids, mask, max_new_tokens=5)
+        assert fast_calls == 1 and torch.equal(out, expected)
+    model.generation_config.num_beams = ref.generation_config.num_beams = 2
+    out, expected, fast_calls = _generate_both(model, ref, ids, mask, max_new_tokens=5)
+    assert fast_calls == 0 and torch.equal(out, expected)
+    model.generation_config.num_beams = ref.generation_config.num_beams = 1
+    out, expected, fast_calls = _generate_both(model, ref, ids, mask, max_new_tokens=5)
+    assert fast_calls == 1 and torch.equal(out, expected)
+
+
+def test_replaced_parameter_is_seen_by_the_next_call(models):
+    """The tensor walk is kept between calls (call_cache.TensorDicts) until a registration: a Parameter set on a
+    module after a call is what the next call reads."""
+    model, ref = models
+    ids, mask = padded_batch(2, 6, [6, 3], "left")
+    _generate_both(model, ref, ids, mask, max_new_tokens=4)
+    new = torch.nn.Parameter(model.transformer.ln_f.weight.detach() * -1.5)
+    model.transformer.ln_f.weight = new
+    ref.transformer.ln_f.weight = torch.nn.Parameter(new.detach().clone())
+    out, expected, fast_calls = _generate_both(model, ref, ids, mask, max_new_tokens=6)
+    assert fast_calls == 1 and torch.equal(out, expected)

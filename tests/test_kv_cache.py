@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import DynamicCache, GPT2LMHeadModel
 
@@ -85,3 +86,21 @@ def test_arena_reuses_and_grows():
     assert arena.generation == generation + 1 and arena.nbytes == 2 * 2 * 4 * 4 * 64 * 8 * 4
     arena.release()
     assert arena.nbytes == 0
+
+
+def test_engine_refuses_a_request_that_does_not_fit_before_running_anything(monkeypatch):
+    """DecodeEngine._check_fits on a (faked) CUDA device: free memory plus what the allocator holds unused plus the
+    arena against the KV cache and prompt activations a request needs."""
+    from types import SimpleNamespace
+
+    from eet_hf.engine.decode_loop import DecodeEngine
+
+    gib = 2**30
+    stats = {"reserved_bytes": {"all": {"current": 3 * gib}}, "allocated_bytes": {"all": {"current": 2 * gib}}}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict", lambda device: stats)
+    w = SimpleNamespace(num_layers=16, kv_heads=8, head_dim=64, dtype=torch.float16, width=2048, vocab=32000)
+    engine, cuda = DecodeEngine(), torch.device("cuda", 0)
+    engine._check_fits(w, batch=8, prompt_len=128, capacity=256, device=cuda)  # ~0.1 GiB of 2 GiB usable
+    with pytest.raises(torch.OutOfMemoryError, match="needs .* GiB .* but only 2.00 GiB is free"):
+        engine._check_fits(w, batch=512, prompt_len=128, capacity=2048, device=cuda)  # 32 GiB of KV cache

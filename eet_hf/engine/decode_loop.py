@@ -106,7 +106,12 @@ class DecodeEngine:
         # Prompt activations: qkv, attention, MLP inner (4x) and residual streams, plus fp32 logits.
         act_bytes = batch * prompt_len * w.width * 12 * element + batch * w.vocab * 4 * 4
         free, _ = torch.cuda.mem_get_info(device)
-        reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device) + self.arena.nbytes
+        # The nested stats as the allocator reports them: memory_reserved() / memory_allocated() flatten the whole
+        # dict first (~0.3 ms of every call's time to first token).
+        stats = torch.cuda.memory_stats_as_nested_dict(device)
+        current = {key: stats.get(key, {}).get("all", {}).get("current", 0) for key in ("reserved_bytes",
+                                                                                        "allocated_bytes")}
+        reusable = current["reserved_bytes"] - current["allocated_bytes"] + self.arena.nbytes
         need = kv_bytes + act_bytes
         if need > free + reusable:
             raise torch.OutOfMemoryError(

@@ -20,8 +20,8 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from eet_hf._log import warn_once
-from eet_hf.module_tensors import module_tensors
 
+from .call_cache import ModeCache, TensorDicts
 from .decode_loop import DecodeEngine
 from .decode_model import DecodeModel, tensor_signature
 from .kv_cache import EetCache, round_capacity
@@ -48,19 +48,22 @@ class EngineHandle:
     # model reuse it instead of walking the module tree again (part of every call's time to first token).
     view: DecodeModel | None = None
     view_signature: tuple = ()
+    # Host work repeated per call, kept between calls (call_cache.py): the decoding-mode decision per call form, and
+    # the module tree's parameter and buffer dicts.
+    modes: ModeCache = dataclasses.field(default_factory=ModeCache)
+    tensors: TensorDicts = dataclasses.field(default_factory=TensorDicts)
 
     def model_view(self, model: torch.nn.Module, signature: tuple) -> DecodeModel:
         """The view for `model`, whose tensor_signature over parameters and buffers is `signature`."""
         if self.view is None or signature != self.view_signature:
             self.view = self.build(model)
-            self.view_signature = model_signature(model)  # packing moves some
+            self.view_signature = self.signature(model)  # packing moves some
         return self.view
 
-
-def model_signature(model: torch.nn.Module) -> tuple:
-    """Address, dtype and device of every parameter and buffer: one pass over the module tree per generate call
-    (part of its time to first token), shared by the view cache, the engine's graphs and the device check."""
-    return tensor_signature(module_tensors(model))
+    def signature(self, model: torch.nn.Module) -> tuple:
+        """Address, dtype and device of every parameter and buffer, once per generate call, shared by the view
+        cache, the engine's graphs and the device and offload checks."""
+        return tensor_signature(self.tensors.tensors(model))
 
 
 def install(model: torch.nn.Module, ctx, build: Callable[[torch.nn.Module], DecodeModel],
@@ -97,8 +100,15 @@ def _refusal(model, args: tuple, kwargs: dict) -> str | None:
             return f"`{name}`"
     config = args[1] if len(args) > 1 else kwargs.get("generation_config")
     rest = {k: v for k, v in kwargs.items() if k != "generation_config"}
+    handle: EngineHandle = model.__dict__[ENGINE_ATTR]
+    return handle.modes.get(model, config, rest, lambda: _mode_refusal(model, config, rest))
+
+
+def _mode_refusal(model, config, kwargs: dict) -> str | None:
+    """Why HF's generate would pick a decoding mode eet does not run for this call, or None (HF's own preparation of
+    the generation config: ~1 ms, so its answer is kept per call form, call_cache.ModeCache)."""
     try:
-        prepared, _ = model._prepare_generation_config(config, **rest)
+        prepared, _ = model._prepare_generation_config(config, **kwargs)
         mode = prepared.get_generation_mode(None)
     except Exception as error:  # HF raises the same error, with its own message, when it runs the call
         return f"generation config not accepted ({error})"
@@ -145,13 +155,13 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
                streamer=None, **model_kwargs):
     """HF's decoding-method interface (as `_sample`): eet's loop, or HF's `_sample` when it cannot translate."""
     prompt_len = input_ids.shape[1]
-    signature = model_signature(self)
+    handle: EngineHandle = self.__dict__[ENGINE_ATTR]
+    signature = handle.signature(self)
     reason = _decode_refusal(self, generation_config, model_kwargs, signature)
     policy = None
     if reason is None:
         policy = translate(logits_processor, stopping_criteria, generation_config, prompt_len)
         reason = policy if isinstance(policy, str) else None
-    handle: EngineHandle = self.__dict__[ENGINE_ATTR]
     if reason is None and handle.call_refusal is not None:
         reason = handle.call_refusal(self, round_capacity(prompt_len + policy.max_new_tokens))
     padding = None
