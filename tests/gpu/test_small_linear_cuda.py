@@ -260,18 +260,21 @@ def test_raw_op_argument_error_raises_without_crashing(cuda_ops, bad):
 
 def test_engine_rule_uses_small_linear_at_batch_1_only(cuda_ops, monkeypatch):
     """The measured rule (gpt2_forward._use_small): decode steps of one row run every Conv1D whose weight has at most
-    4M elements on small_linear, 8 rows never."""
+    4M elements on small_linear, 8 rows never. The lean GPT-2 forward serves GPT-2s the fused step refuses (here
+    per-layer attention scales); the others run the fused step (test_fused_gpt2_cuda.py)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import eet_hf
     from eet_hf.engine import gpt2_forward
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=1000, n_positions=128, n_embd=256, n_layer=2, n_head=4, pad_token_id=0)
+    config = GPT2Config(vocab_size=1000, n_positions=128, n_embd=256, n_layer=2, n_head=4, pad_token_id=0,
+                        scale_attn_by_inverse_layer_idx=True)
     calls = []
     real = gpt2_forward.ops.small_linear
     monkeypatch.setattr(gpt2_forward.ops, "small_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
     model = eet_hf.accelerate(GPT2LMHeadModel(config).to("cuda", torch.float16).eval())
+    assert "scale_attn_by_inverse_layer_idx" in eet_hf.explain(model).fallbacks["decoder step"]
     ids = torch.randint(1, 1000, (8, 12), device="cuda")
     kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
     with torch.no_grad():
