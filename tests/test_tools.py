@@ -19,6 +19,7 @@ HELP = {
     "profile_steps.py": [sys.executable, str(TOOLS / "profile_steps.py"), "--help"],
     "gpu_wheels.sh": ["bash", str(TOOLS / "gpu_wheels.sh"), "--help"],
     "readme_tables.py": [sys.executable, str(TOOLS / "readme_tables.py"), "--help"],
+    "ttft_anatomy.py": [sys.executable, str(TOOLS / "ttft_anatomy.py"), "--help"],
 }
 
 
@@ -48,3 +49,10 @@ def test_profile_steps_names_an_unknown_probe():
 def test_profile_steps_without_cuda_says_so():
     result = _run([sys.executable, str(TOOLS / "profile_steps.py"), "--probes", "gpt2"])
     assert result.returncode == 2 and "CUDA GPU" in result.stderr, result.stderr[-1000:]
+
+
+def test_ttft_anatomy_without_cuda_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the tool would run")
+    done = _run([sys.executable, str(TOOLS / "ttft_anatomy.py")])
+    assert done.returncode != 0 and "needs a CUDA GPU" in done.stderr
