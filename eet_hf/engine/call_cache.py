@@ -1,7 +1,7 @@
 """Per-call host work of `generate` that is the same from one call to the next, done once and re-checked cheaply.
 
 Time to first token is host-bound at batch 1 (llama-1b on an H100: 3.2 ms of host time for 1.8 ms of kernels,
-evaluation/results/ttft-h100.md). Two parts of it repeat identical work on every call:
+evaluation/results/ttft-anatomy-h100.md). Two parts of it repeat identical work on every call:
 
 - Deciding whether HF's generate would pick a decoding mode eet runs took a full `_prepare_generation_config` (a deep
   copy of the generation config, and in transformers 5.17 a model config rebuilt with validation): ~1 ms. The answer
