@@ -81,3 +81,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, wher
         idx = (diff > atol).nonzero()[0].tolist()
         raise AssertionError(f"max |diff| {worst:.3g} > {atol:g}; first at {idx}: "
                              f"{actual[tuple(idx)].item():.6g} vs {expected[tuple(idx)].item():.6g}")
+
+
+def randomize_layer_norms(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Random weights and biases for every affine nn.LayerNorm (HF initializes them to 1 and 0, which would let a
+    swapped or missing norm parameter go unnoticed). Returns the model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm) and module.weight is not None:
+                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
+                if module.bias is not None:
+                    module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
+    return model

@@ -32,7 +32,7 @@ from eet_hf.engine.generate import ENGINE_ATTR
 from eet_hf.engine.packing import pack_rows
 from eet_hf.ops import decode as D
 
-from .helpers import padded_batch
+from .helpers import padded_batch, randomize_layer_norms
 
 VOCAB = 97
 FAMILIES = {
@@ -60,14 +60,7 @@ OPT_REFUSED = {
 def _opt(**overrides) -> torch.nn.Module:
     """A tiny OPT with random LayerNorm weights and biases (HF initializes them to 1 and 0, which would let a
     swapped or missing norm parameter go unnoticed)."""
-    model = OPTForCausalLM(OPTConfig(**{**OPT_SIZES, **overrides})).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm) and module.weight is not None:
-                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
-    return model
+    return randomize_layer_norms(OPTForCausalLM(OPTConfig(**{**OPT_SIZES, **overrides})).eval())
 
 
 def _model(name: str, **overrides) -> torch.nn.Module:

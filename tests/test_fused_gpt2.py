@@ -18,7 +18,7 @@ from eet_hf.engine.gpt2_forward import GPT2Weights
 from eet_hf.engine.packing import transposed
 from eet_hf.models import default_model_path
 
-from .helpers import padded_batch
+from .helpers import padded_batch, randomize_layer_norms
 
 VOCAB = 97
 # What the record refuses, each with the reason explain() gives.
@@ -35,14 +35,7 @@ def _tiny(**overrides) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(**{**dict(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=128,
                                   initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0), **overrides})
-    model = GPT2LMHeadModel(config).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
-    return model
+    return randomize_layer_norms(GPT2LMHeadModel(config).eval())
 
 
 def _engine_view(model):

@@ -79,3 +79,22 @@ def check_outputs(got, base, truth, mask: torch.Tensor, dtype: torch.dtype, wher
         else:
             err, hf_err = max_err(value, truth[key], real), max_err(base[key], truth[key], real)
             assert err <= 2 * hf_err + 1e-3, f"{key}: {err=:.3g} vs HF {dtype} {hf_err:.3g} ({where}, seed {seed})"
+
+
+def record_decode_kernel_calls(monkeypatch) -> set[tuple]:
+    """The (op, norm kind, epilogue) of every decode_linear / decode_qkv_rope CUDA call from now on (decode_qkv_rope's
+    epilogue: 'rotary', or the q scale it applies), recorded by wrappers around the torch ops."""
+    calls: set[tuple] = set()
+    real = {name: getattr(torch.ops.eet, name) for name in ("decode_linear", "decode_qkv_rope")}
+
+    def decode_linear(*args):  # (x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm)
+        calls.add(("decode_linear", "none" if args[3] is None else args[8], args[6]))
+        return real["decode_linear"](*args)
+
+    def decode_qkv_rope(*args):  # (x, weight, bias, norm_weight, eps, cos, sin, ..., norm_bias, norm, q_scale)
+        calls.add(("decode_qkv_rope", args[13], "rotary" if args[5] is not None else f"q_scale {args[14]:.6g}"))
+        return real["decode_qkv_rope"](*args)
+
+    monkeypatch.setattr(torch.ops.eet, "decode_linear", decode_linear)
+    monkeypatch.setattr(torch.ops.eet, "decode_qkv_rope", decode_qkv_rope)
+    return calls

@@ -10,8 +10,6 @@ greedy agreement with the fp32 model at least HF eager's and sdpa's (the parity 
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import transformers as tf
@@ -21,7 +19,9 @@ from eet_hf.engine import fused_decoder
 from eet_hf.engine.generate import ENGINE_ATTR
 from eet_hf.models import default_model_path
 
-from ..helpers import padded_batch
+from ..helpers import padded_batch, randomize_layer_norms
+from .conftest import record_decode_kernel_calls
+from .fused_checks import assert_fp32_generate_equals_hf, assert_half_logits_track_fp32
 
 RANDOM_VOCAB = 1000  # not a multiple of 16: the LM head's last tile is partial
 
@@ -30,13 +30,7 @@ def _random(dtype: torch.dtype, attn: str = "sdpa") -> torch.nn.Module:
     torch.manual_seed(0)
     config = tf.GPT2Config(n_embd=768, n_layer=2, n_head=12, vocab_size=RANDOM_VOCAB, n_positions=256,
                            initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    model = tf.GPT2LMHeadModel(config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):  # HF's 1 / 0 would hide a misplaced norm parameter
-                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
+    model = randomize_layer_norms(tf.GPT2LMHeadModel(config))
     model.set_attn_implementation(attn)
     return model.to("cuda", dtype).eval()
 
@@ -62,19 +56,7 @@ def test_fused_step_runs_its_kernels_in_graphs(cuda_ops, dtype, monkeypatch):
         eet_hf.explain(model))
     c_attn = model.transformer.h[0].attn.c_attn.weight
     assert c_attn.shape == (768, 3 * 768) and c_attn.t().is_contiguous(), "Conv1D weights are not transposed views"
-    calls: set[tuple] = set()
-    real = {name: getattr(torch.ops.eet, name) for name in ("decode_linear", "decode_qkv_rope")}
-
-    def decode_linear(*args):  # (x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm)
-        calls.add(("decode_linear", "none" if args[3] is None else args[8], args[6]))
-        return real["decode_linear"](*args)
-
-    def decode_qkv_rope(*args):  # (x, weight, bias, norm_weight, eps, cos, sin, ..., norm_bias, norm, q_scale)
-        calls.add(("decode_qkv_rope", args[13], "rotary" if args[5] is not None else f"q_scale {args[14]:.6g}"))
-        return real["decode_qkv_rope"](*args)
-
-    monkeypatch.setattr(torch.ops.eet, "decode_linear", decode_linear)
-    monkeypatch.setattr(torch.ops.eet, "decode_qkv_rope", decode_qkv_rope)
+    calls = record_decode_kernel_calls(monkeypatch)
     ids, mask = _batch([20, 7, 1], 20, RANDOM_VOCAB)
     with torch.no_grad():
         model.generate(ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
@@ -92,18 +74,7 @@ def test_fused_step_runs_its_kernels_in_graphs(cuda_ops, dtype, monkeypatch):
 @pytest.mark.parametrize("which", ["random", "trained"])
 def test_fp32_logits_and_tokens_equal_hf(cuda_ops, which):
     make, vocab = (_random, RANDOM_VOCAB) if which == "random" else (_trained, 4096)
-    hf = make(torch.float32)
-    model = eet_hf.accelerate(copy.deepcopy(hf))
-    ids, mask = _batch([30, 17, 4, 1], 30, vocab)
-    kwargs = dict(attention_mask=mask, max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0,
-                  return_dict_in_generate=True, output_scores=True)
-    with torch.no_grad():
-        out, expected = model.generate(ids, **kwargs), hf.generate(ids, **kwargs)
-    assert isinstance(_engine(model).view, fused_decoder.FusedDecoder)
-    assert _engine(model).engine.stats["graph_replays"] > 0
-    assert torch.equal(out.sequences, expected.sequences)
-    for got, want in zip(out.scores, expected.scores):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_fp32_generate_equals_hf(make(torch.float32), *_batch([30, 17, 4, 1], 30, vocab))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -112,25 +83,8 @@ def test_half_logits_track_fp32_through_the_fused_step(cuda_ops, dtype):
     the same sequences are off by at most twice what HF sdpa's are in the same dtype. The reference forwards get the
     position ids generate uses (counted from each row's first real token): a plain GPT-2 forward counts from the
     padding instead (an H100 run without them measured every engine's error against the wrong reference)."""
-    sdpa, fp32 = _random(dtype), _random(torch.float32)
-    model = eet_hf.accelerate(copy.deepcopy(sdpa))
-    ids, mask = _batch([24 - (i % 20) for i in range(32)], 24, RANDOM_VOCAB)
-    new = 16
-    kwargs = dict(attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
-                  return_dict_in_generate=True, output_logits=True)
-    with torch.no_grad():
-        out = model.generate(ids, **kwargs)
-        assert isinstance(_engine(model).view, fused_decoder.FusedDecoder)
-        assert _engine(model).engine.stats["graph_replays"] > 0, "eet's loop with graphs did not run"
-        ours = torch.stack(out.logits, 1).float()
-        full_mask = torch.cat([mask, torch.ones(mask.shape[0], new, dtype=mask.dtype, device=mask.device)], 1)
-        positions = (full_mask.cumsum(-1) - 1).clamp_min(0)
-        window = slice(ids.shape[1] - 1, ids.shape[1] - 1 + new)
-        ref = fp32(out.sequences, attention_mask=full_mask, position_ids=positions).logits[:, window].float()
-        base = sdpa(out.sequences, attention_mask=full_mask, position_ids=positions).logits[:, window].float()
-    err = ((ours - ref).norm() / ref.norm()).item()
-    base_err = ((base - ref).norm() / ref.norm()).item()
-    assert err <= 2 * base_err, (err, base_err)
+    assert_half_logits_track_fp32(_random(dtype), _random(torch.float32),
+                                  *_batch([24 - (i % 20) for i in range(32)], 24, RANDOM_VOCAB), positions=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

@@ -21,7 +21,9 @@ from eet_hf.engine import fused_decoder
 from eet_hf.engine.generate import ENGINE_ATTR
 from eet_hf.engine.hf_layers_forward import HFDecoderStack
 
-from ..helpers import padded_batch
+from ..helpers import padded_batch, randomize_layer_norms
+from .conftest import record_decode_kernel_calls
+from .fused_checks import assert_fp32_generate_equals_hf, assert_half_logits_track_fp32
 
 VOCAB = 1024  # a multiple of 16: the LM head takes decode_linear's kernel (other vocabularies take its reference)
 SHAPES = {
@@ -34,13 +36,7 @@ def _model(shape: str, dtype: torch.dtype, attn: str = "sdpa", **overrides) -> t
     torch.manual_seed(0)
     config = tf.OPTConfig(num_hidden_layers=2, vocab_size=VOCAB, max_position_embeddings=512, pad_token_id=0,
                           bos_token_id=1, eos_token_id=2, init_std=0.1, **{**SHAPES[shape], **overrides})
-    model = tf.OPTForCausalLM(config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
+    model = randomize_layer_norms(tf.OPTForCausalLM(config))
     model.set_attn_implementation(attn)
     return model.to("cuda", dtype).eval()
 
@@ -60,19 +56,7 @@ def test_fused_step_runs_its_kernels_in_graphs(cuda_ops, shape, dtype, monkeypat
     model = eet_hf.accelerate(_model(shape, dtype))
     assert any(line.startswith("decoder step (eet fused: LayerNorm") for line in eet_hf.explain(model).accelerated), (
         eet_hf.explain(model))
-    calls: set[tuple] = set()
-    real = {name: getattr(torch.ops.eet, name) for name in ("decode_linear", "decode_qkv_rope")}
-
-    def decode_linear(*args):  # (x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm)
-        calls.add(("decode_linear", "none" if args[3] is None else args[8], args[6]))
-        return real["decode_linear"](*args)
-
-    def decode_qkv_rope(*args):  # (x, weight, bias, norm_weight, eps, cos, sin, ..., norm_bias, norm, q_scale)
-        calls.add(("decode_qkv_rope", args[13], "rotary" if args[5] is not None else f"q_scale {args[14]:.6g}"))
-        return real["decode_qkv_rope"](*args)
-
-    monkeypatch.setattr(torch.ops.eet, "decode_linear", decode_linear)
-    monkeypatch.setattr(torch.ops.eet, "decode_qkv_rope", decode_qkv_rope)
+    calls = record_decode_kernel_calls(monkeypatch)
     ids, mask = _batch([20, 7, 1], 20)
     with torch.no_grad():
         model.generate(ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
@@ -90,18 +74,7 @@ def test_fused_step_runs_its_kernels_in_graphs(cuda_ops, shape, dtype, monkeypat
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_fp32_logits_and_tokens_equal_hf(cuda_ops, shape):
-    hf = _model(shape, torch.float32)
-    model = eet_hf.accelerate(copy.deepcopy(hf))
-    ids, mask = _batch([30, 17, 4, 1], 30)
-    kwargs = dict(attention_mask=mask, max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0,
-                  return_dict_in_generate=True, output_scores=True)
-    with torch.no_grad():
-        out, expected = model.generate(ids, **kwargs), hf.generate(ids, **kwargs)
-    assert isinstance(_engine(model).view, fused_decoder.FusedDecoder)
-    assert _engine(model).engine.stats["graph_replays"] > 0
-    assert torch.equal(out.sequences, expected.sequences)
-    for got, want in zip(out.scores, expected.scores):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_fp32_generate_equals_hf(_model(shape, torch.float32), *_batch([30, 17, 4, 1], 30))
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -112,24 +85,8 @@ def test_half_logits_track_fp32_through_the_fused_step(cuda_ops, shape, dtype):
     than whole-sequence greedy agreement: on these random weights near-ties make token agreement a coin toss (an H100
     run had eet 29/32 sequences equal to sdpa's where eager had 31/32), which trained models (test_llama_tiny_cuda)
     do not have."""
-    sdpa, fp32 = _model(shape, dtype), _model(shape, torch.float32)
-    model = eet_hf.accelerate(copy.deepcopy(sdpa))
-    ids, mask = _batch([24 - (i % 20) for i in range(32)], 24)
-    new = 16
-    kwargs = dict(attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
-                  return_dict_in_generate=True, output_logits=True)
-    with torch.no_grad():
-        out = model.generate(ids, **kwargs)
-        assert isinstance(_engine(model).view, fused_decoder.FusedDecoder)
-        assert _engine(model).engine.stats["graph_replays"] > 0, "eet's loop with graphs did not run"
-        ours = torch.stack(out.logits, 1).float()  # [batch, new, vocab]: the prompt's, then each decode step's
-        full_mask = torch.cat([mask, torch.ones(mask.shape[0], new, dtype=mask.dtype, device=mask.device)], 1)
-        window = slice(ids.shape[1] - 1, ids.shape[1] - 1 + new)  # the positions that predicted the new tokens
-        ref = fp32(out.sequences, attention_mask=full_mask).logits[:, window].float()
-        base = sdpa(out.sequences, attention_mask=full_mask).logits[:, window].float()
-    err = ((ours - ref).norm() / ref.norm()).item()
-    base_err = ((base - ref).norm() / ref.norm()).item()
-    assert err <= 2 * base_err, (err, base_err)
+    assert_half_logits_track_fp32(_model(shape, dtype), _model(shape, torch.float32),
+                                  *_batch([24 - (i % 20) for i in range(32)], 24))
 
 
 def test_opt_350m_layout_keeps_hf_layers_in_the_engine(cuda_ops):
