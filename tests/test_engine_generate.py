@@ -226,3 +226,16 @@ def test_replaced_parameter_is_seen_by_the_next_call(models):
     ref.transformer.ln_f.weight = torch.nn.Parameter(new.detach().clone())
     out, expected, fast_calls = _generate_both(model, ref, ids, mask, max_new_tokens=6)
     assert fast_calls == 1 and torch.equal(out, expected)
+
+
+def test_tensor_walk_is_cached_until_a_registration():
+    """module_walk.TensorDicts: the same dicts while nothing is registered, a new walk after a registration."""
+    from eet_hf.module_walk import TensorDicts
+
+    model = GPT2LMHeadModel(gpt2_config())
+    walk = TensorDicts()
+    first = walk.dicts(model)
+    assert walk.dicts(model) is first and len(walk.tensors(model)) >= len(list(model.parameters()))
+    model.transformer.ln_f.weight = torch.nn.Parameter(torch.ones_like(model.transformer.ln_f.weight))
+    assert walk.dicts(model) is not first
+    assert any(t is model.transformer.ln_f.weight for t in walk.tensors(model))

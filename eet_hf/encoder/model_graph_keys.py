@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from eet_hf.module_walk import TensorDicts
+
 # The inputs a graphed call may pass, in the leading positional order of BERT's heads; a family's record says which
 # of them its models take (DistilBERT: no token types) and each head's signature their order (RoBERTa's multiple
 # choice head takes token_type_ids second).
@@ -58,40 +60,6 @@ def right_padded(mask: torch.Tensor) -> torch.Tensor:
     return ~(real[..., 1:] & ~real[..., :-1]).any()
 
 
-# Bumped whenever any module, parameter or buffer is registered anywhere (setattr of a submodule or Parameter,
-# load_state_dict(assign=True)): the cached list of a model's parameter dicts is then rebuilt. Process-wide
-# torch hooks that only count; installed once, on the first ModelGraphs.
-_GENERATION = [0]
-_WATCHING = [False]
-
-
-def _bump(*_: Any) -> None:
-    # Not while dynamo traces: HF's forwards register modules (Llama slices its ModuleList of layers), and a counter
-    # bumped inside a compiled region becomes a guard that fails on the next call, so every model compiled in this
-    # process (accelerated or not) would recompile at every step. A registration inside a compiled forward creates
-    # temporary containers, never a model's parameter.
-    if not torch.compiler.is_compiling():
-        _GENERATION[0] += 1
-
-
-def _watch_registrations() -> None:
-    if _WATCHING[0]:
-        return
-    from torch.nn.modules import module as nn_module
-
-    nn_module.register_module_module_registration_hook(_bump)
-    nn_module.register_module_parameter_registration_hook(_bump)
-    nn_module.register_module_buffer_registration_hook(_bump)
-    _WATCHING[0] = True
-
-
-def registrations() -> int:
-    """A counter that changes whenever a module, parameter or buffer is registered anywhere in the process (counted
-    from the first call on): what was read from a module tree is stale when it changed."""
-    _watch_registrations()
-    return _GENERATION[0]
-
-
 _data_ptr = torch.Tensor.data_ptr
 
 
@@ -101,22 +69,21 @@ class WeightSignature:
     addresses, which change on .to() / .half() / `p.data = ...` / swaps."""
 
     def __init__(self) -> None:
-        _watch_registrations()
-        self._dicts: list[dict] = []
-        self._generation = -1
+        self._walk = TensorDicts()
+        self._dicts: list[dict] | None = None
         self._has_none = False  # a None entry (e.g. Linear(bias=False)): the slower exact path
 
     def __call__(self, model: nn.Module) -> tuple[int, ...]:
-        if self._generation != _GENERATION[0]:
-            self._generation = _GENERATION[0]
-            self._dicts = [d for m in model.modules() for d in (m._parameters, m._buffers) if d]
-            self._has_none = any(v is None for d in self._dicts for v in d.values())
+        dicts = self._walk.dicts(model)
+        if dicts is not self._dicts:  # walked again
+            self._dicts = dicts
+            self._has_none = any(v is None for d in dicts for v in d.values())
         if not self._has_none:
             try:
-                return tuple(map(_data_ptr, itertools.chain.from_iterable(map(dict.values, self._dicts))))
+                return tuple(map(_data_ptr, itertools.chain.from_iterable(map(dict.values, dicts))))
             except TypeError:  # set to None in place, past the registration hooks
                 self._has_none = True
-        values = itertools.chain.from_iterable(map(dict.values, self._dicts))
+        values = itertools.chain.from_iterable(map(dict.values, dicts))
         return tuple(0 if t is None else t.data_ptr() for t in values)
 
 

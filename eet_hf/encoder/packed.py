@@ -22,8 +22,8 @@ from torch import nn
 from eet_hf import ops
 from eet_hf.attention import _is_compiling
 from eet_hf.bounds import SeqBounds
+from eet_hf.module_walk import registrations
 
-from . import model_graph_keys
 from . import packing as pk
 from .graphs import GraphCache
 from .model_graph_keys import WeightSignature
@@ -146,7 +146,7 @@ class EncoderRuntime:
         self.output = output
         self.graphs = GraphCache()
         self._resolve = resolve
-        self._generation = model_graph_keys.registrations()
+        self._generation = registrations()
         self.parts = resolve()
         if isinstance(self.parts, str):
             raise ValueError(f"eet_hf: encoder layers do not match their record: {self.parts}")
@@ -159,7 +159,7 @@ class EncoderRuntime:
     def refusal(self) -> str | None:
         """Why the layers cannot run packed now (a part replaced since accelerate() that the record does not
         describe), or None."""
-        generation = model_graph_keys.registrations()
+        generation = registrations()
         if generation != self._generation:
             self._generation = generation
             self.parts = self._resolve()

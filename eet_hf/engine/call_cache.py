@@ -7,21 +7,17 @@ evaluation/results/ttft-anatomy-h100.md). Two parts of it repeat identical work 
   copy of the generation config, and in transformers 5.17 a model config rebuilt with validation): ~1 ms. The answer
   depends only on the model's generation config and config, an explicit generation config and the call's keyword
   arguments, so `ModeCache` keeps it per call form while shallow snapshots of those configs are unchanged.
-- The walk over every parameter and buffer for the storage signature: `TensorDicts` keeps the module tree's parameter
-  and buffer dicts until a module, parameter or buffer is registered anywhere (the encoder graphs' counter) and reads
-  the tensors live, so `.to()`, `.half()` and `p.data = ...` still show.
+- The walk over every parameter and buffer for the storage signature is kept between calls too (eet_hf/module_walk.py,
+  shared with the encoder's graph keys).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-
-from eet_hf.encoder.model_graph_keys import registrations
 
 _PLAIN = (int, float, bool, str, type(None))
 
@@ -69,19 +65,3 @@ class ModeCache:
                 self._answers.clear()
             self._answers[key] = decide()
         return self._answers[key]
-
-
-class TensorDicts:
-    """Every parameter and buffer of a model, in module order, re-walked only after a registration anywhere."""
-
-    def __init__(self) -> None:
-        self._dicts: list[dict] = []
-        self._key: tuple | None = None
-
-    def tensors(self, model: nn.Module) -> list[torch.Tensor]:
-        key = (id(model), registrations())
-        if key != self._key:
-            self._dicts = [d for m in model.modules(remove_duplicate=False) for d in (m._parameters, m._buffers)
-                           if d]
-            self._key = key
-        return [t for t in itertools.chain.from_iterable(map(dict.values, self._dicts)) if t is not None]

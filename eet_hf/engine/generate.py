@@ -20,8 +20,9 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from eet_hf._log import warn_once
+from eet_hf.module_walk import TensorDicts
 
-from .call_cache import ModeCache, TensorDicts
+from .call_cache import ModeCache
 from .decode_loop import DecodeEngine
 from .decode_model import DecodeModel, tensor_signature
 from .kv_cache import EetCache, round_capacity
