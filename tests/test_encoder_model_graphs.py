@@ -290,41 +290,6 @@ def test_config_changes_after_capture_are_seen():
     assert cache.replays == 2
 
 
-def test_graph_count_is_bounded():
-    model, ref, cache = _graphed(BertModel, max_graphs=2)
-    with torch.no_grad():
-        for seq in (5, 6, 7, 5):
-            for _ in range(2):
-                inputs = _inputs(2, seq, [seq, 2])
-                _compare(model(**inputs), ref(**inputs), inputs["attention_mask"])
-            assert len(cache) <= 2
-    assert cache.captures == 4  # 5 was evicted by 7 (least recently used) and captured again
-
-
-def test_static_bytes_are_bounded_and_the_newest_graph_stays():
-    model, ref, cache = _graphed(BertModel)
-    with torch.no_grad():
-        for _ in range(2):
-            model(**_inputs(2, 5, [5, 2]))
-        one = cache.static_bytes()
-        assert len(cache) == 1 and one > 0
-        cache.max_bytes = one + one // 2  # room for one graph of this size, not two
-        for seq in (6, 6, 7, 7):
-            inputs = _inputs(2, seq, [seq, 2])
-            _compare(model(**inputs), ref(**inputs), inputs["attention_mask"])
-        assert len(cache) == 1 and cache.static_bytes() <= cache.max_bytes and cache.captures == 3
-        cache.max_bytes = 0  # a graph larger than the budget is still kept alone: its own call replays it
-        for _ in range(2):
-            model(**_inputs(2, 9, [9, 2]))
-        assert len(cache) == 1 and cache.captures == cache.replays == 4  # each capturing call replays its graph
-
-
-def test_sentence_transformers_shape_mix_fits_the_default_bounds():
-    """encode() of mixed-length sentences pads each batch to its longest: dozens of shapes, each replayed on the
-    next encode() instead of being recaptured (an 8-graph LRU recaptured all of them every time)."""
-    assert model_graphs.ModelGraphs(FakeGraphs()).max_graphs >= 40
-
-
 @pytest.mark.parametrize("move", ["double", "load_state_dict_assign"])
 def test_weights_moved_after_capture_never_replay_a_stale_graph(move):
     model, ref, cache = _graphed(BertForMaskedLM)
