@@ -1,7 +1,7 @@
 """Where the time of one small step goes (a profile, not the benchmark): the kernels of one eet GPT-2 decode
 step and of one eet BERT forward at batch 1, with their GPU time, against the wall time of the step.
 
-    python tools/profile_steps.py [--out DIR] [--probes gpt2,gpt2-xl,bert-1x128,bert-32x128-halfpad,...]
+    python tools/profile_steps.py [--out DIR] [--probes gpt2,gpt2-xl,bert-1x128,bert-32x128,...]
 
 For each probe it prints (and writes DIR/profile-steps.json): kernels per step, GPU-busy µs per step (sum of
 kernel durations), wall µs per step, and the kernels grouped by name. wall >> busy means the step is bound by
@@ -120,6 +120,7 @@ PROBES = {
     "gpt2": gpt2_decode,
     "gpt2-xl": lambda: gpt2_decode((1600, 48, 25)),
     "bert-1x128": bert_forward,
+    "bert-32x128": lambda: bert_forward(32, 128),
     "bert-32x128-halfpad": lambda: bert_forward(32, 128, halfpad=True),
     "bert-32x512-halfpad": lambda: bert_forward(32, 512, halfpad=True),
 }
