@@ -116,13 +116,13 @@ at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const std
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& norm_weight, double eps,
                          const std::optional<at::Tensor>& residual, c10::string_view epilogue,
-                         const std::optional<at::Tensor>& norm_bias, c10::string_view norm);
+                         const std::optional<at::Tensor>& norm_bias, c10::string_view norm, int64_t warps_per_tile);
 at::Tensor decode_qkv_rope(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& norm_weight, double eps,
                            const std::optional<at::Tensor>& cos, const std::optional<at::Tensor>& sin,
                            at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& write_pos, int64_t heads_q,
                            int64_t heads_kv, const std::optional<at::Tensor>& norm_bias, c10::string_view norm,
-                           double q_scale);
+                           double q_scale, int64_t warps_per_tile);
 at::Tensor qkv_rope_append(const at::Tensor& qkv, const std::optional<at::Tensor>& q_norm,
                            const std::optional<at::Tensor>& k_norm, double eps, const std::optional<at::Tensor>& cos,
                            const std::optional<at::Tensor>& sin, at::Tensor& k_cache, at::Tensor& v_cache,

@@ -34,7 +34,7 @@ void check_norm_vector(const char* op, const char* name, const at::Tensor& v, co
 // 'rms' (HF Llama's RMSNorm) or 'layer' (LayerNorm, with norm_bias or without); no norm_weight: no norm.
 void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
-                 c10::string_view norm, double eps, DecodeLinearParams& p) {
+                 c10::string_view norm, double eps, int64_t warps_per_tile, DecodeLinearParams& p) {
   check_same_device(weight, x, op, "weight", "x");
   TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
               msg("eet::", op, ": x must be float16 or bfloat16 (tensor-core kernel), got ", x.scalar_type()));
@@ -75,6 +75,9 @@ void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, 
   p.eps = static_cast<float>(eps);
   p.q_scale = 1.0f;
   p.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  TORCH_CHECK(warps_per_tile == 0 || warps_per_tile == 2 || warps_per_tile == 8 || warps_per_tile == 16,
+              msg("eet::", op, ": warps_per_tile must be 0 (the kernel's choice), 2, 8 or 16, got ", warps_per_tile));
+  p.warps_per_tile = static_cast<int>(warps_per_tile);
 }
 
 const char* norm_name(DecodeNorm norm) {
@@ -99,12 +102,12 @@ void check_has_kernel(const char* op, const DecodeLinearParams& p, const std::st
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& norm_weight, double eps,
                          const std::optional<at::Tensor>& residual, c10::string_view epilogue,
-                         const std::optional<at::Tensor>& norm_bias, c10::string_view norm) {
+                         const std::optional<at::Tensor>& norm_bias, c10::string_view norm, int64_t warps_per_tile) {
   const char* op = "decode_linear";
   check_cuda(x, op, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   DecodeLinearParams p{};
-  fill_common(op, x, weight, bias, norm_weight, norm_bias, norm, eps, p);
+  fill_common(op, x, weight, bias, norm_weight, norm_bias, norm, eps, warps_per_tile, p);
   const std::string epi(epilogue);
   if (epi == "none") {
     p.epilogue = DecodeEpilogue::kStore;
@@ -148,7 +151,7 @@ at::Tensor decode_qkv_rope(const at::Tensor& x_in, const at::Tensor& weight, con
                            const std::optional<at::Tensor>& cos_in, const std::optional<at::Tensor>& sin_in,
                            at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& write_pos, int64_t heads_q,
                            int64_t heads_kv, const std::optional<at::Tensor>& norm_bias, c10::string_view norm,
-                           double q_scale) {
+                           double q_scale, int64_t warps_per_tile) {
   const char* op = "decode_qkv_rope";
   check_cuda(x_in, op, "x");
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -158,7 +161,7 @@ at::Tensor decode_qkv_rope(const at::Tensor& x_in, const at::Tensor& weight, con
   TORCH_CHECK(!rotary || (cos_in->dim() == 3 && sin_in->dim() == 3 && cos_in->size(1) == 1 && sin_in->size(1) == 1), msg("eet::decode_qkv_rope: cos and sin must be [batch, 1, head_dim], got ", cos_in->sizes()));
   const at::Tensor x = x_in.select(1, 0);
   DecodeLinearParams p{};
-  fill_common(op, x, weight, bias, norm_weight, norm_bias, norm, eps, p);
+  fill_common(op, x, weight, bias, norm_weight, norm_bias, norm, eps, warps_per_tile, p);
   p.epilogue = DecodeEpilogue::kRotaryKv;
   check_has_kernel(op, p, "rotary_kv");
   TORCH_CHECK(heads_q > 0 && heads_kv > 0 && heads_q % heads_kv == 0, msg("eet::decode_qkv_rope: heads_q (", heads_q, ") must be a positive multiple of heads_kv (", heads_kv, ")"));

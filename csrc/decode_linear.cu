@@ -8,10 +8,13 @@
 // step for W rows g and g + 8 and for x row g; the two k16 mma of the step take them as logical columns
 // {2t, 2t+1, 2t+8, 2t+9} <- physical {8t, 8t+1, 8t+2, 8t+3}, then {8t+4 .. 8t+7}. No shuffle, no ldmatrix.
 //
-// Work split: a block of 8 warps per 16-row tile, the 8 warps splitting K; their partial tiles are summed in shared
-// memory in warp order (deterministic) and the block applies the epilogue. The grid is persistent (at most two blocks
-// per SM, each walking tiles): the norm prologue runs once per block, and the next tile's first W loads are in flight
-// during the current tile's reduction and epilogue (the LM head has ~8000 tiles). Row tiles can pair rows instead of taking
+// Work split: kSplit warps per 16-row tile (2, 8 or 16), splitting K; their partial tiles are summed in shared memory
+// in warp order (deterministic) and the block applies the epilogue. The grid is persistent (16 warps per SM: two
+// blocks of 8 warps, or one of 16 for kSplit 16; each block walks groups of tiles): the norm prologue runs once per
+// block, and the next tiles' first W loads are in flight during the current ones' reduction and epilogue.
+// The split is picked per call (`pick_split`): a shape with few tiles (Llama's o / down: 128 tiles for 132 SMs x 16
+// warps) needs many warps per tile to keep enough loads in flight; one with many (gate/up: 1024 tiles) is better
+// served by long streams per warp and fewer reductions. Row tiles can pair rows instead of taking
 // 16 consecutive ones: mma rows g come from the first half of a pair and rows g + 8 from the second, `pair` rows
 // later. That puts each rotary partner (d, d + head_dim/2) and each gate/up pair (j, j + n_out) in one lane after the
 // reduction, so rotary + KV write and silu * up are lane-local epilogues of the projection itself.
@@ -22,270 +25,16 @@
 // mean, then 1/std from the centered sum of squares, as layernorm.cu), and the x fragments are normalized as they are
 // loaded, with HF's roundings: RMSNorm round(round(x * rstd) * w), LayerNorm round((x - mean) * rstd * w + b).
 //
-// Only the (norm, epilogue) pairs the fused decoder step runs are instantiated (`dispatch` below), which keeps the JIT
-// build short; eet_hf/ops/decode.py sends every other call to its reference.
-#include <algorithm>
+// Only the (norm, epilogue) pairs the fused decoder step runs are instantiated (`dispatch` in decode_linear_kernel.cuh),
+// which keeps the JIT build short; eet_hf/ops/decode.py sends every other call to its reference. The kernels are in
+// decode_linear_kernel.cuh, one file per split (decode_linear_split*.cu); this file is the host side.
+#include <cstdint>
 
-#include "attention_ptx.cuh"
 #include "common.cuh"
 #include "decode_linear.h"
-#include "decode_linear_tile.cuh"
+#include "decode_linear_splits.h"
 
 namespace eet {
-namespace {
-
-using attn::mma_16816;
-
-constexpr int kStepCols = 32;  // K columns a warp consumes per step (4 lanes x 8 elements per row)
-
-// W steps in flight per warp: 4 x 32 bytes per lane, 4 KB per warp, 64 KB per SM at two blocks, which covers HBM
-// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of two blocks. The
-// norm's rings take registers from it (x, norm weight and LayerNorm's bias, 4 registers each per step and x tile), so
-// fewer steps fit without spilling: 3 with 16 x rows and RMSNorm, 3 with 8 x rows and LayerNorm, 2 (still 32 KB per
-// SM) with 16 x rows and LayerNorm.
-template <int kNT, int kNorm>
-constexpr int kAheadOf = kNorm == kNormNone ? 4 : kNorm == kNormRms ? (kNT == 2 ? 3 : 4) : (kNT == 2 ? 2 : 3);
-
-// W rows are read once per step: keep them out of L1, which x and the norm weight use.
-__device__ __forceinline__ uint4 ldg_stream(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
-__device__ __forceinline__ uint4 ldg_keep(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-  return r;
-}
-
-template <typename T, int kNT, int kNorm, int kEpi>
-__global__ void __launch_bounds__(kThreads, 2) decode_linear_kernel(const DecodeLinearParams p) {
-  constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
-  constexpr int kAhead = kAheadOf<kNT, kNorm>;
-  __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
-  __shared__ float rstd_s[kCols];
-  __shared__ float mean_s[kCols];
-  __shared__ float red[kWarps][kCols];
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  int64_t pair = 0;
-  if constexpr (kEpi == kEpiRotaryKv) pair = p.head_dim / 2;
-  if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = p.rows / 2;
-  const int64_t tiles = (p.rows + 15) / 16;  // the last tile may be partial (LM heads: vocab 50257); loads and
-                                             // stores check row < rows
-  const T* __restrict__ w = static_cast<const T*>(p.weight);
-  const int64_t steps = (p.k + kStepCols - 1) / kStepCols;
-  const int64_t s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  auto col_ok = [&](int64_t s) { return s * kStepCols + 8 * t + 8 <= p.k; };
-
-  // The block walks tiles blockIdx.x, + gridDim.x, ... (a persistent grid of at most two blocks per SM): its norm
-  // prologue runs once, and the next tile's first W loads go out before the current tile's reduction and epilogue.
-  int64_t tile = blockIdx.x;
-  const T* wa = nullptr;
-  const T* wb = nullptr;
-  bool ok_a = false, ok_b = false;
-  uint4 w_a[kAhead], w_b[kAhead];
-  auto start_tile = [&](int64_t next_tile) {
-    const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);
-    ok_a = row_a < p.rows;
-    ok_b = row_b < p.rows;
-    wa = w + row_a * p.ldw + 8 * t;
-    wb = w + row_b * p.ldw + 8 * t;
-#pragma unroll
-    for (int i = 0; i < kAhead; ++i) {
-      const int64_t s = s_begin + i;
-      const bool ok = s < s_end && col_ok(s);
-      w_a[i] = ok && ok_a ? ldg_stream(wa + s * kStepCols) : zero;
-      w_b[i] = ok && ok_b ? ldg_stream(wb + s * kStepCols) : zero;
-    }
-  };
-
-  pdl_trigger();
-  if (tile < tiles) start_tile(tile);
-  pdl_wait();  // x and the residual come from the previous kernels of the step
-
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ nw = static_cast<const T*>(p.norm_weight);
-  const T* __restrict__ nb = static_cast<const T*>(p.norm_bias);
-  if constexpr (kNorm == kNormRms) {
-    for (int r = 0; r < p.m; ++r) {
-      float sq = 0.0f;
-      for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
-        float v[8];
-        load_float<8>(x + r * p.ldx + c, v);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) sq += v[j] * v[j];
-      }
-      sq = warp_sum(sq);
-      if (lane == 0) red[warp][r] = sq;
-    }
-    __syncthreads();
-    if (tid < p.m) {
-      float total = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kWarps; ++i) total += red[i][tid];
-      rstd_s[tid] = rsqrtf(total / static_cast<float>(p.k) + p.eps);
-    }
-    __syncthreads();
-  }
-  if constexpr (kNorm == kNormLayer) {
-    // Two passes over x (L1 / L2 hits after the first): the mean, then the centered sum of squares (biased variance),
-    // the statistics of layernorm.cu.
-    for (int pass = 0; pass < 2; ++pass) {
-      for (int r = 0; r < p.m; ++r) {
-        const float mu = pass == 0 ? 0.0f : mean_s[r];
-        float sum = 0.0f;
-        for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
-          float v[8];
-          load_float<8>(x + r * p.ldx + c, v);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const float d = v[j] - mu;
-            sum += pass == 0 ? v[j] : d * d;
-          }
-        }
-        sum = warp_sum(sum);
-        if (lane == 0) red[warp][r] = sum;
-      }
-      __syncthreads();
-      if (tid < p.m) {
-        float total = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kWarps; ++i) total += red[i][tid];
-        if (pass == 0) {
-          mean_s[tid] = total / static_cast<float>(p.k);
-        } else {
-          rstd_s[tid] = rsqrtf(total / static_cast<float>(p.k) + p.eps);
-        }
-      }
-      __syncthreads();
-    }
-  }
-
-  // x rows of this lane's B fragments: g (n8 tile 0) and g + 8 (tile 1); rows >= m read as zero.
-  const T* xr[kNT];
-  bool x_ok[kNT];
-  float rstd[kNT], mean[kNT];
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-    const int r = g + 8 * nt;
-    x_ok[nt] = r < p.m;
-    xr[nt] = x + (x_ok[nt] ? r : 0) * p.ldx + 8 * t;
-    rstd[nt] = kNorm != kNormNone && x_ok[nt] ? rstd_s[r] : 1.0f;
-    mean[nt] = kNorm == kNormLayer && x_ok[nt] ? mean_s[r] : 0.0f;
-  }
-  uint4 x_v[kAhead][kNT], n_v[kAhead], b_v[kAhead];
-  auto load_x = [&](int i, int64_t s) {
-    const bool ok = s < s_end && col_ok(s);
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
-    if constexpr (kNorm != kNormNone) n_v[i] = ok ? ldg_keep(nw + s * kStepCols + 8 * t) : zero;
-    if constexpr (kNorm == kNormLayer) b_v[i] = ok && nb != nullptr ? ldg_keep(nb + s * kStepCols + 8 * t) : zero;
-  };
-
-#pragma unroll
-  for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);
-  for (; tile < tiles; tile += gridDim.x) {
-    float acc[kNT][4];
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-
-    for (int64_t s0 = s_begin; s0 < s_end; s0 += kAhead) {
-#pragma unroll
-      for (int i = 0; i < kAhead; ++i) {
-        const int64_t s = s0 + i;
-        if (s < s_end) {
-          const uint32_t a0[4] = {w_a[i].x, w_b[i].x, w_a[i].y, w_b[i].y};
-          const uint32_t a1[4] = {w_a[i].z, w_b[i].z, w_a[i].w, w_b[i].w};
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) {
-            uint32_t b[4];
-            x_fragments<T, kNorm>(x_v[i][nt], n_v[i], b_v[i], mean[nt], rstd[nt], b);
-            mma_16816<T>(acc[nt], a0, b[0], b[1]);
-            mma_16816<T>(acc[nt], a1, b[2], b[3]);
-          }
-          const int64_t next = s + kAhead;
-          const bool ok = next < s_end && col_ok(next);
-          w_a[i] = ok && ok_a ? ldg_stream(wa + next * kStepCols) : zero;
-          w_b[i] = ok && ok_b ? ldg_stream(wb + next * kStepCols) : zero;
-          load_x(i, next);
-        }
-      }
-    }
-
-    // C fragment of lane (g, t): rows g / g + 8, x rows 2t, 2t + 1 of each n8 tile.
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      part[warp][g][nt * 8 + 2 * t] = acc[nt][0];
-      part[warp][g][nt * 8 + 2 * t + 1] = acc[nt][1];
-      part[warp][g + 8][nt * 8 + 2 * t] = acc[nt][2];
-      part[warp][g + 8][nt * 8 + 2 * t + 1] = acc[nt][3];
-    }
-    const int64_t this_tile = tile;
-    if (tile + gridDim.x < tiles) {  // the next tile's first loads, in flight during the reduction below
-      start_tile(tile + gridDim.x);
-#pragma unroll
-      for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);  // every tile reads the same x columns
-    }
-    __syncthreads();
-    finish_tile<T, kNT, kEpi>(p, this_tile, pair, part, tid);
-    __syncthreads();  // the next tile's partials overwrite `part`
-  }
-}
-
-// One (norm, epilogue) pair's kernel on a persistent grid: at most two blocks per SM (what __launch_bounds__ fits),
-// each walking tiles. p == nullptr only asks whether the pair is built (decode_linear_has_kernel).
-template <typename T, int kNT, int kNorm, int kEpi>
-cudaError_t launch(const DecodeLinearParams* p, cudaStream_t stream) {
-  if (p == nullptr) return cudaSuccess;
-  const int64_t blocks = std::min<int64_t>((p->rows + 15) / 16, 2 * static_cast<int64_t>(p->num_sms));
-  const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
-  return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpi>, grid, block, 0, stream, 1, *p);
-}
-
-// The (norm, epilogue) pairs with a kernel, listed once: those the fused decoder step runs
-// (eet_hf/engine/fused_decoder.py; eet_hf/ops/decode.py KERNEL_PAIRS mirrors this list).
-template <typename T, int kNT>
-cudaError_t dispatch(DecodeNorm norm, DecodeEpilogue epilogue, const DecodeLinearParams* p, cudaStream_t stream) {
-  switch (norm) {
-    case DecodeNorm::kNone:  // o_proj / down_proj / out_proj / fc2 with the residual add
-      switch (epilogue) {
-        case DecodeEpilogue::kResidual: return launch<T, kNT, kNormNone, kEpiResidual>(p, stream);
-        default: return cudaErrorInvalidValue;
-      }
-    case DecodeNorm::kRms:  // Llama-style: packed QKV + rotary + KV write, gate/up + act, the LM head, Qwen3's QKV
-      switch (epilogue) {
-        case DecodeEpilogue::kStore: return launch<T, kNT, kNormRms, kEpiStore>(p, stream);
-        case DecodeEpilogue::kSiluMul: return launch<T, kNT, kNormRms, kEpiSiluMul>(p, stream);
-        case DecodeEpilogue::kGeluTanhMul: return launch<T, kNT, kNormRms, kEpiGeluTanhMul>(p, stream);
-        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormRms, kEpiRotaryKv>(p, stream);
-        default: return cudaErrorInvalidValue;
-      }
-    case DecodeNorm::kLayer:  // OPT, GPT-2: packed QKV (+ q scale) + KV write (no rotary), fc1 + ReLU or c_fc +
-                              // gelu_new, the LM head
-      switch (epilogue) {
-        case DecodeEpilogue::kStore: return launch<T, kNT, kNormLayer, kEpiStore>(p, stream);
-        case DecodeEpilogue::kRelu: return launch<T, kNT, kNormLayer, kEpiRelu>(p, stream);
-        case DecodeEpilogue::kGeluNew: return launch<T, kNT, kNormLayer, kEpiGeluNew>(p, stream);
-        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormLayer, kEpiRotaryKv>(p, stream);
-        default: return cudaErrorInvalidValue;
-      }
-    default: return cudaErrorInvalidValue;
-  }
-}
-
-template <typename T>
-cudaError_t launch_typed(const DecodeLinearParams& p, cudaStream_t stream) {
-  if (p.m <= 8) return dispatch<T, 1>(p.norm, p.epilogue, &p, stream);
-  return dispatch<T, 2>(p.norm, p.epilogue, &p, stream);
-}
-
-}  // namespace
 
 int64_t decode_linear_out_cols(const DecodeLinearParams& p) {
   switch (p.epilogue) {
@@ -300,7 +49,26 @@ int64_t decode_linear_out_cols(const DecodeLinearParams& p) {
 }
 
 bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue) {
-  return dispatch<__half, 1>(norm, epilogue, nullptr, nullptr) == cudaSuccess;
+  return decode_linear_split8(DType::kFloat16, nullptr, norm, epilogue, nullptr) == cudaSuccess;
+}
+
+int decode_linear_pick_split(const DecodeLinearParams& p) {
+  if (p.warps_per_tile != 0) return p.warps_per_tile;
+  // Cost model in units of one W step (32 columns) per warp: all tiles run in rounds of 16 * SMs / split tiles (16
+  // warps per SM), and a round costs the steps of one warp's K slice plus about one step for the tile's reduction and
+  // epilogue (the next tiles' loads are in flight meanwhile). Ties keep 8.
+  const int64_t tiles = (p.rows + 15) / 16, steps = (p.k + 31) / 32;
+  int best = 8;
+  int64_t best_cost = INT64_MAX;
+  for (const int split : {8, 16, 2}) {
+    const int64_t per_round = 16 * static_cast<int64_t>(p.num_sms) / split;
+    const int64_t cost = (tiles + per_round - 1) / per_round * ((steps + split - 1) / split + 1);
+    if (cost < best_cost) {
+      best = split;
+      best_cost = cost;
+    }
+  }
+  return best;
 }
 
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream) {
@@ -308,7 +76,8 @@ cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t
   const bool paired_rows = gated || p.epilogue == DecodeEpilogue::kRotaryKv;  // tile_row pairs whole 16-row tiles
   if (p.m < 1 || p.m > kDecodeLinearMaxRows || p.k <= 0 || p.k % 8 != 0 || p.rows <= 0 ||
       (paired_rows && p.rows % 16 != 0) || p.ldx % 8 != 0 || p.ldw % 8 != 0 || !is_aligned(p.x, 16) || !is_aligned(p.weight, 16) ||
-      !is_aligned(p.norm_weight, 16) || !is_aligned(p.norm_bias, 16) || p.num_sms <= 0) {
+      !is_aligned(p.norm_weight, 16) || !is_aligned(p.norm_bias, 16) || p.num_sms <= 0 ||
+      (p.warps_per_tile != 0 && p.warps_per_tile != 2 && p.warps_per_tile != 8 && p.warps_per_tile != 16)) {
     return cudaErrorInvalidValue;
   }
   if ((p.norm == DecodeNorm::kNone) != (p.norm_weight == nullptr) ||
@@ -320,10 +89,11 @@ cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t
        p.rows != static_cast<int64_t>(p.heads_q + 2 * p.heads_kv) * p.head_dim)) {
     return cudaErrorInvalidValue;
   }
-  switch (dtype) {
-    case DType::kFloat16: return launch_typed<__half>(p, stream);
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
-    default: return cudaErrorInvalidValue;  // fp32 has no m16n8k16 path: the caller uses torch's GEMM
+  switch (decode_linear_pick_split(p)) {
+    case 2: return decode_linear_split2(dtype, &p, p.norm, p.epilogue, stream);
+    case 8: return decode_linear_split8(dtype, &p, p.norm, p.epilogue, stream);
+    case 16: return decode_linear_split16(dtype, &p, p.norm, p.epilogue, stream);
+    default: return cudaErrorInvalidValue;
   }
 }
 

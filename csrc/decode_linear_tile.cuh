@@ -1,6 +1,7 @@
 // One 16-row tile of decode_linear.cu: where its W rows are (plain or paired), its x fragments with the norm
-// prologue's roundings, and its epilogue after the warps' partial tiles are summed. Included by decode_linear.cu
-// only (an anonymous namespace: one translation unit).
+// prologue's roundings, and its epilogue after the warps' partial tiles are summed. Included through
+// decode_linear_kernel.cuh by the decode_linear_split*.cu files (an anonymous namespace: one copy per translation
+// unit).
 #pragma once
 
 #include <cstdint>
@@ -15,8 +16,6 @@ namespace {
 
 using attn::pack2;
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int kNormNone = static_cast<int>(DecodeNorm::kNone);
 constexpr int kNormRms = static_cast<int>(DecodeNorm::kRms);
 constexpr int kNormLayer = static_cast<int>(DecodeNorm::kLayer);
@@ -78,16 +77,17 @@ __device__ __forceinline__ void x_fragments(const uint4& raw, const uint4& nw, c
   }
 }
 
-// Partial tiles of the 8 warps summed in warp order, then the epilogue for every output of the tile.
-template <typename T, int kNT, int kEpi>
-__device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t tile, int64_t pair,
-                                            const float (&part)[kWarps][16][8 * kNT + 1], int tid) {
+// One output unit u (0..255) of a tile after its kSplit warps' partial tiles (`part`, the first of them) are summed in
+// warp order: an output (row u % 16, x row u / 16), or for the paired epilogues a row pair (u % 8, x row u / 8).
+template <typename T, int kNT, int kEpi, int kSplit>
+__device__ __forceinline__ void finish_output(const DecodeLinearParams& p, int64_t tile, int64_t pair,
+                                              const float (*part)[16][8 * kNT + 1], int u) {
   const T* __restrict__ bias = static_cast<const T*>(p.bias);
   T* __restrict__ out = static_cast<T*>(p.out);
   auto tile_sum = [&](int r, int c) {
     float v = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kWarps; ++i) v += part[i][r][c];
+    for (int i = 0; i < kSplit; ++i) v += part[i][r][c];
     return v;
   };
   // y = round(acc + bias), HF's linear output in the storage type.
@@ -96,7 +96,7 @@ __device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t
   };
 
   if constexpr (!paired(kEpi)) {
-    const int r = tid % 16, c = tid / 16;  // 16 rows x 16 columns: every output of the tile
+    const int r = u % 16, c = u / 16;  // 16 rows x 16 columns: every output of the tile
     const int64_t row = tile_row(tile, r, 0);
     if (c < p.m && row < p.rows) {
       const float y = linear_out(row, tile_sum(r, c));
@@ -109,7 +109,7 @@ __device__ __forceinline__ void finish_tile(const DecodeLinearParams& p, int64_t
       out[c * p.rows + row] = from_float<T>(o);
     }
   } else {
-    const int r = tid % 8, c = tid / 8;  // 8 pairs x 32 columns (x rows past m idle)
+    const int r = u % 8, c = u / 8;  // 8 pairs x 32 columns (x rows past m idle)
     const int64_t row1 = tile_row(tile, r, pair), row2 = tile_row(tile, r + 8, pair);
     if (c < p.m && row2 < p.rows) {
       const float y1 = linear_out(row1, tile_sum(r, c)), y2 = linear_out(row2, tile_sum(r + 8, c));

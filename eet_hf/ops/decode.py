@@ -28,7 +28,7 @@ from ._build import ensure_loaded
 _LIB = torch.library.Library("eet", "FRAGMENT")
 _LIB.define(
     "decode_linear(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float eps, Tensor? residual, "
-    "str epilogue, Tensor? norm_bias=None, str norm='rms') -> Tensor"
+    "str epilogue, Tensor? norm_bias=None, str norm='rms', int warps_per_tile=0) -> Tensor"
 )
 _LIB.define(
     "qkv_rope_append(Tensor qkv, Tensor? q_norm, Tensor? k_norm, float eps, Tensor? cos, Tensor? sin, "
@@ -37,7 +37,7 @@ _LIB.define(
 _LIB.define(
     "decode_qkv_rope(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float eps, Tensor? cos, Tensor? sin, "
     "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor write_pos, int heads_q, int heads_kv, Tensor? norm_bias=None, "
-    "str norm='rms', float q_scale=1.0) -> Tensor"
+    "str norm='rms', float q_scale=1.0, int warps_per_tile=0) -> Tensor"
 )
 
 EPILOGUES = ("none", "residual", "silu_mul", "gelu_tanh_mul", "relu", "gelu_new")
@@ -71,7 +71,8 @@ def norm_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Ten
     return torch.ops.eet.rms_norm(x, weight, eps)
 
 
-def decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias=None, norm="rms"):
+def decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias=None, norm="rms",
+                            warps_per_tile=0):
     """HF's arithmetic: [RMSNorm | LayerNorm ->] linear [-> residual + y | relu(y) | gelu_new(y) | act(gate) * up].
     gelu_new is HF's NewGELUActivation (GPT-2) through eet's bias_gelu 'tanh_staged', which rounds as HF's formula
     does op by op, in one kernel on CUDA (prompts take this path). x: [rows, in];
@@ -119,7 +120,7 @@ def _write_cache(k_cache, v_cache, k, v, write_pos) -> None:
 
 
 def decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos, heads_q,
-                              heads_kv, norm_bias=None, norm="rms", q_scale=1.0):
+                              heads_kv, norm_bias=None, norm="rms", q_scale=1.0, warps_per_tile=0):
     """HF's attention prologue on a packed QKV weight [(heads_q + 2 heads_kv) * head_dim, hidden]: [RMSNorm |
     LayerNorm ->] q, k, v projections, apply_rotary_pos_emb on q and k (cos, sin None: none), q * q_scale (OPT's
     `q_proj(x) * scaling`), k and v stored at cache slots write_pos[b] + s (slots outside the cache skipped).
@@ -159,7 +160,8 @@ _LIB.impl("decode_qkv_rope", decode_qkv_rope_reference, "CompositeExplicitAutogr
 
 
 @torch.library.register_fake("eet::decode_linear")
-def _decode_linear_fake(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias=None, norm="rms"):
+def _decode_linear_fake(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias=None, norm="rms",
+                        warps_per_tile=0):
     cols = weight.shape[0] // 2 if epilogue in GATED else weight.shape[0]
     return x.new_empty((x.shape[0], cols))
 
@@ -173,7 +175,7 @@ def _qkv_rope_append_fake(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, 
 
 @torch.library.register_fake("eet::decode_qkv_rope")
 def _decode_qkv_rope_fake(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos, heads_q,
-                          heads_kv, norm_bias=None, norm="rms", q_scale=1.0):
+                          heads_kv, norm_bias=None, norm="rms", q_scale=1.0, warps_per_tile=0):
     batch, seq, _ = x.shape
     return x.new_empty((batch, heads_q, seq, weight.shape[0] // (heads_q + 2 * heads_kv)))
 
@@ -215,27 +217,32 @@ def _kernel_takes(x2d: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Te
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   norm_weight: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
-                  epilogue: str = "none", norm_bias: torch.Tensor | None = None, norm: str = "rms") -> torch.Tensor:
+                  epilogue: str = "none", norm_bias: torch.Tensor | None = None, norm: str = "rms",
+                  warps_per_tile: int = 0) -> torch.Tensor:
     """epilogue(norm(x) @ weight^T + bias); see decode_linear_reference. x: [rows, in]; weight: [out, in]; norm:
-    'rms' or 'layer', the kind of norm_weight (with norm_bias for 'layer')."""
+    'rms' or 'layer', the kind of norm_weight (with norm_bias for 'layer'). warps_per_tile: the kernel's work split
+    (2, 8 or 16 warps per 16 output rows; 0, the default: the kernel picks by shape); it never changes the result
+    beyond the fp32 summation order, and the reference ignores it."""
     if _kernel_takes(x, weight, norm_weight, norm_bias, norm, epilogue):
-        return torch.ops.eet.decode_linear(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm)
+        return torch.ops.eet.decode_linear(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm,
+                                           warps_per_tile)
     return decode_linear_reference(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm)
 
 
 def decode_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norm_weight: torch.Tensor | None,
                     eps: float, cos: torch.Tensor | None, sin: torch.Tensor | None, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, write_pos: torch.Tensor, heads_q: int, heads_kv: int,
-                    norm_bias: torch.Tensor | None = None, norm: str = "rms", q_scale: float = 1.0) -> torch.Tensor:
+                    norm_bias: torch.Tensor | None = None, norm: str = "rms", q_scale: float = 1.0,
+                    warps_per_tile: int = 0) -> torch.Tensor:
     """q of HF's attention prologue, k/v into the caches; see decode_qkv_rope_reference. x: [batch, seq, hidden];
-    cos, sin: [batch, seq, head_dim] or None (no rotary)."""
+    cos, sin: [batch, seq, head_dim] or None (no rotary). warps_per_tile: as decode_linear's."""
     head_dim = weight.shape[0] // (heads_q + 2 * heads_kv)
     tables = cos is None or (cos.shape[-1] == head_dim and cos.stride(-1) == 1 and sin.stride() == cos.stride())
     kernel = (x.shape[1] == 1 and head_dim % 16 == 0 and tables
               and _kernel_takes(x[:, 0], weight, norm_weight, norm_bias, norm, "rotary_kv"))
     if kernel:
         return torch.ops.eet.decode_qkv_rope(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache,
-                                             write_pos, heads_q, heads_kv, norm_bias, norm, q_scale)
+                                             write_pos, heads_q, heads_kv, norm_bias, norm, q_scale, warps_per_tile)
     return decode_qkv_rope_reference(x, weight, bias, norm_weight, eps, cos, sin, k_cache, v_cache, write_pos,
                                      heads_q, heads_kv, norm_bias, norm, q_scale)
 

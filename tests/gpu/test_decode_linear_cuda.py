@@ -23,6 +23,8 @@ SHAPES = quick_sample([(1, 64, 16), (1, 2048, 3072), (3, 2048, 2048), (8, 8192, 
                        (16, 2048, 4096), (5, 136, 48), (1, 2048, 32768), (2, 4104, 256)], 4)
 # decode_linear's (norm kind, epilogue) pairs with a kernel ('rotary_kv' is decode_qkv_rope's, tested below).
 PAIRS = sorted(pair for pair in D.KERNEL_PAIRS if pair[1] != "rotary_kv")
+# The kernel's work splits (warps per 16-row tile), each forced, and 0: the one the kernel picks for the shape.
+SPLITS = [0, 2, 8, 16]
 UNBUILT = [(n, e) for n in ("none", "rms", "layer") for e in D.EPILOGUES if (n, e) not in D.KERNEL_PAIRS]
 
 
@@ -72,12 +74,13 @@ def _linear_inputs(dtype, shape, norm, epilogue, with_bias):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("norm,epilogue", PAIRS)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_decode_linear_matches_reference(cuda_ops, dtype, shape, norm, epilogue, with_bias):
+@pytest.mark.parametrize("split", SPLITS)
+def test_decode_linear_matches_reference(cuda_ops, dtype, shape, norm, epilogue, with_bias, split):
     x, weight, bias, norm_weight, norm_bias, residual = _linear_inputs(dtype, shape, norm, epilogue, with_bias)
     rows, out_cols = x.shape[0], weight.shape[0] // (2 if epilogue in D.GATED else 1)
     args = (x, weight, bias, norm_weight, 1e-5, residual, epilogue, norm_bias, "rms" if norm == "none" else norm)
     poison_next_alloc(rows * out_cols, dtype)
-    got = torch.ops.eet.decode_linear(*args)
+    got = torch.ops.eet.decode_linear(*args, split)
     torch.cuda.synchronize()
     assert got.shape == (rows, out_cols)
     assert torch.isfinite(got).all(), "an output element was not written (NaN poison left)"
@@ -107,7 +110,8 @@ def test_layer_norm_prologue_without_bias_and_relu_bit_for_bit(cuda_ops, dtype, 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 768, 50257), (5, 136, 1000), (16, 64, 7)])
 @pytest.mark.parametrize("norm,epilogue", [p for p in PAIRS if p[1] not in D.GATED])
-def test_output_rows_not_a_multiple_of_16(cuda_ops, dtype, shape, norm, epilogue):
+@pytest.mark.parametrize("split", SPLITS)
+def test_output_rows_not_a_multiple_of_16(cuda_ops, dtype, shape, norm, epilogue, split):
     """A partial last 16-row tile (GPT-2's vocabulary of 50257): every output written (NaN poison gone), values as the
     full-tile rule above (writes past the last row are compute-sanitizer's to catch: tests/gpu/sanitize.sh)."""
     x, weight, bias, norm_weight, norm_bias, residual = _linear_inputs(dtype, shape, norm, epilogue, True)
@@ -115,7 +119,7 @@ def test_output_rows_not_a_multiple_of_16(cuda_ops, dtype, shape, norm, epilogue
     args = (x, weight, bias, norm_weight, 1e-5, residual, epilogue, norm_bias, "rms" if norm == "none" else norm)
     assert D._kernel_takes(x, weight, norm_weight, norm_bias, args[-1], epilogue)
     poison_next_alloc(rows * n, dtype)
-    got = torch.ops.eet.decode_linear(*args)
+    got = torch.ops.eet.decode_linear(*args, split)
     torch.cuda.synchronize()
     assert got.shape == (rows, n) and torch.isfinite(got).all()
     ulp = 2.0 ** (-8 if dtype == torch.bfloat16 else -11)
@@ -153,7 +157,8 @@ def test_pairs_without_a_kernel_are_refused_and_run_the_reference(cuda_ops, norm
 @pytest.mark.parametrize("batch", [1, 5, 16])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("mode", ["rms-rotary", "layer-q-scale"])
-def test_decode_qkv_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, with_bias, mode):
+@pytest.mark.parametrize("split", SPLITS)
+def test_decode_qkv_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, head_dim, batch, with_bias, mode, split):
     """Llama's prologue (RMSNorm, rotary) and OPT's (LayerNorm, no rotary, q * head_dim**-0.5: 1/sqrt(80) is not a
     power of two, so its rounding shows)."""
     hidden = 256
@@ -179,7 +184,7 @@ def test_decode_qkv_rope_matches_reference(cuda_ops, dtype, heads, kv_heads, hea
               for _ in range(4)]
     poison_next_alloc(batch * heads * head_dim, dtype)
     q = torch.ops.eet.decode_qkv_rope(x, weight, bias, norm_weight, 1e-5, cos, sin, caches[0], caches[1], write_pos,
-                                      heads, kv_heads, *extra)
+                                      heads, kv_heads, *extra, split)
     q_ref = D.decode_qkv_rope_reference(x, weight, bias, norm_weight, 1e-5, cos, sin, caches[2], caches[3],
                                         write_pos, heads, kv_heads, *extra)
     torch.cuda.synchronize()
@@ -235,6 +240,8 @@ def test_decode_linear_rejects_what_the_kernel_cannot_take(cuda_ops):
         torch.ops.eet.decode_linear(x[:2], w, None, n, 0.0, None, "none", n, "rms")
     with pytest.raises(RuntimeError, match="no kernel is built for norm 'none' with epilogue 'relu'"):
         torch.ops.eet.decode_linear(x[:2], w, None, None, 0.0, None, "relu")
+    with pytest.raises(RuntimeError, match="warps_per_tile must be 0"):
+        torch.ops.eet.decode_linear(x[:2], w, None, None, 0.0, None, "none", None, "rms", 4)
 
 
 def test_decode_linear_wrapper_routes_large_batches_to_torch(cuda_ops):

@@ -1,0 +1,296 @@
+// decode_linear's kernel template (decode_linear.cu says how it works) and its launch for one (norm, epilogue) pair
+// and one work split. Each decode_linear_split*.cu instantiates one split, so the JIT build compiles them in
+// parallel; decode_linear.cu picks the split per call.
+#pragma once
+
+#include <algorithm>
+
+#include "attention_ptx.cuh"
+#include "common.cuh"
+#include "decode_linear.h"
+#include "decode_linear_splits.h"
+#include "decode_linear_tile.cuh"
+
+namespace eet {
+namespace {
+
+using attn::mma_16816;
+
+constexpr int kStepCols = 32;  // K columns a warp consumes per step (4 lanes x 8 elements per row)
+
+// W steps in flight per warp: 4 x 32 bytes per lane, 4 KB per warp, 64 KB per SM at two blocks, which covers HBM
+// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of two blocks. The
+// norm's rings take registers from it (x, norm weight and LayerNorm's bias, 4 registers each per step and x tile), so
+// fewer steps fit without spilling: 3 with 16 x rows and RMSNorm, 3 with 8 x rows and LayerNorm, 2 (still 32 KB per
+// SM) with 16 x rows and LayerNorm.
+template <int kNT, int kNorm>
+constexpr int kAheadOf = kNorm == kNormNone ? 4 : kNorm == kNormRms ? (kNT == 2 ? 3 : 4) : (kNT == 2 ? 2 : 3);
+
+// W rows are read once per step: keep them out of L1, which x and the norm weight use.
+__device__ __forceinline__ uint4 ldg_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ uint4 ldg_keep(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+// kSplit warps share a 16-row tile, each streaming a 1/kSplit slice of K; a block of kWarps warps works on
+// kWarps / kSplit tiles at once. Both block sizes keep 16 warps per SM (two blocks of 8 or one of 16), which is what
+// the 128-register cap of kAhead's W ring allows.
+template <typename T, int kNT, int kNorm, int kEpi, int kWarps, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel(const DecodeLinearParams p) {
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kTiles = kWarps / kSplit;  // tiles a block works on at once
+  constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
+  constexpr int kAhead = kAheadOf<kNT, kNorm>;
+  static_assert(kWarps % kSplit == 0, "a block holds whole warp groups");
+  __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
+  __shared__ float rstd_s[kCols];
+  __shared__ float mean_s[kCols];
+  __shared__ float red[kWarps][kCols];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  // The block's tile this warp works on, and its slice of K.
+  const int group = kTiles == 1 ? 0 : warp / kSplit, slice = kTiles == 1 ? warp : warp % kSplit;
+  int64_t pair = 0;
+  if constexpr (kEpi == kEpiRotaryKv) pair = p.head_dim / 2;
+  if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = p.rows / 2;
+  // The last tile may be partial (LM heads: vocab 50257); loads and stores check row < rows.
+  const int tiles = static_cast<int>((p.rows + 15) / 16);
+  const T* __restrict__ w = static_cast<const T*>(p.weight);
+  const int steps = static_cast<int>((p.k + kStepCols - 1) / kStepCols);
+  const int s_begin = steps * slice / kSplit, s_end = steps * (slice + 1) / kSplit;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  auto col_ok = [&](int s) { return static_cast<int64_t>(s) * kStepCols + 8 * t + 8 <= p.k; };
+
+  // The block walks groups of kTiles tiles, first, first + stride, ... (a persistent grid of 16 warps per SM): its norm
+  // prologue runs once, and the next tiles' first W loads go out before the current ones' reduction and epilogue.
+  const int first = static_cast<int>(blockIdx.x) * kTiles, stride = static_cast<int>(gridDim.x) * kTiles;
+  const T* wa = nullptr;
+  const T* wb = nullptr;
+  bool ok_a = false, ok_b = false;
+  uint4 w_a[kAhead], w_b[kAhead];
+  auto start_tile = [&](int next_tile) {
+    const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);
+    ok_a = next_tile < tiles && row_a < p.rows;  // a warp group past the last tile loads nothing
+    ok_b = next_tile < tiles && row_b < p.rows;
+    wa = w + row_a * p.ldw + 8 * t;
+    wb = w + row_b * p.ldw + 8 * t;
+#pragma unroll
+    for (int i = 0; i < kAhead; ++i) {
+      const int s = s_begin + i;
+      const bool ok = s < s_end && col_ok(s);
+      w_a[i] = ok && ok_a ? ldg_stream(wa + s * kStepCols) : zero;
+      w_b[i] = ok && ok_b ? ldg_stream(wb + s * kStepCols) : zero;
+    }
+  };
+
+  pdl_trigger();
+  start_tile(first + group);
+  pdl_wait();  // x and the residual come from the previous kernels of the step
+
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ nw = static_cast<const T*>(p.norm_weight);
+  const T* __restrict__ nb = static_cast<const T*>(p.norm_bias);
+  if constexpr (kNorm == kNormRms) {
+    for (int r = 0; r < p.m; ++r) {
+      float sq = 0.0f;
+      for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
+        float v[8];
+        load_float<8>(x + r * p.ldx + c, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) sq += v[j] * v[j];
+      }
+      sq = warp_sum(sq);
+      if (lane == 0) red[warp][r] = sq;
+    }
+    __syncthreads();
+    if (tid < p.m) {
+      float total = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kWarps; ++i) total += red[i][tid];
+      rstd_s[tid] = rsqrtf(total / static_cast<float>(p.k) + p.eps);
+    }
+    __syncthreads();
+  }
+  if constexpr (kNorm == kNormLayer) {
+    // Two passes over x (L1 / L2 hits after the first): the mean, then the centered sum of squares (biased variance),
+    // the statistics of layernorm.cu.
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int r = 0; r < p.m; ++r) {
+        const float mu = pass == 0 ? 0.0f : mean_s[r];
+        float sum = 0.0f;
+        for (int64_t c = static_cast<int64_t>(tid) * 8; c < p.k; c += kThreads * 8) {
+          float v[8];
+          load_float<8>(x + r * p.ldx + c, v);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float d = v[j] - mu;
+            sum += pass == 0 ? v[j] : d * d;
+          }
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) red[warp][r] = sum;
+      }
+      __syncthreads();
+      if (tid < p.m) {
+        float total = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kWarps; ++i) total += red[i][tid];
+        if (pass == 0) {
+          mean_s[tid] = total / static_cast<float>(p.k);
+        } else {
+          rstd_s[tid] = rsqrtf(total / static_cast<float>(p.k) + p.eps);
+        }
+      }
+      __syncthreads();
+    }
+  }
+
+  // x rows of this lane's B fragments: g (n8 tile 0) and g + 8 (tile 1); rows >= m read as zero.
+  const T* xr[kNT];
+  bool x_ok[kNT];
+  float rstd[kNT], mean[kNT];
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int r = g + 8 * nt;
+    x_ok[nt] = r < p.m;
+    xr[nt] = x + (x_ok[nt] ? r : 0) * p.ldx + 8 * t;
+    rstd[nt] = kNorm != kNormNone && x_ok[nt] ? rstd_s[r] : 1.0f;
+    mean[nt] = kNorm == kNormLayer && x_ok[nt] ? mean_s[r] : 0.0f;
+  }
+  uint4 x_v[kAhead][kNT], n_v[kAhead], b_v[kAhead];
+  auto load_x = [&](int i, int s) {
+    const bool ok = s < s_end && col_ok(s);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
+    if constexpr (kNorm != kNormNone) n_v[i] = ok ? ldg_keep(nw + s * kStepCols + 8 * t) : zero;
+    if constexpr (kNorm == kNormLayer) b_v[i] = ok && nb != nullptr ? ldg_keep(nb + s * kStepCols + 8 * t) : zero;
+  };
+
+#pragma unroll
+  for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);
+  for (int base = first; base < tiles; base += stride) {
+    float acc[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+
+    const int s_stop = base + group < tiles ? s_end : s_begin;  // a group past the last tile skips its K loop
+    for (int s0 = s_begin; s0 < s_stop; s0 += kAhead) {
+#pragma unroll
+      for (int i = 0; i < kAhead; ++i) {
+        const int s = s0 + i;
+        if (s < s_end) {
+          const uint32_t a0[4] = {w_a[i].x, w_b[i].x, w_a[i].y, w_b[i].y};
+          const uint32_t a1[4] = {w_a[i].z, w_b[i].z, w_a[i].w, w_b[i].w};
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            uint32_t b[4];
+            x_fragments<T, kNorm>(x_v[i][nt], n_v[i], b_v[i], mean[nt], rstd[nt], b);
+            mma_16816<T>(acc[nt], a0, b[0], b[1]);
+            mma_16816<T>(acc[nt], a1, b[2], b[3]);
+          }
+          const int next = s + kAhead;
+          const bool ok = next < s_end && col_ok(next);
+          w_a[i] = ok && ok_a ? ldg_stream(wa + next * kStepCols) : zero;
+          w_b[i] = ok && ok_b ? ldg_stream(wb + next * kStepCols) : zero;
+          load_x(i, next);
+        }
+      }
+    }
+
+    // C fragment of lane (g, t): rows g / g + 8, x rows 2t, 2t + 1 of each n8 tile.
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      part[warp][g][nt * 8 + 2 * t] = acc[nt][0];
+      part[warp][g][nt * 8 + 2 * t + 1] = acc[nt][1];
+      part[warp][g + 8][nt * 8 + 2 * t] = acc[nt][2];
+      part[warp][g + 8][nt * 8 + 2 * t + 1] = acc[nt][3];
+    }
+    if (base + stride < tiles) {  // the next tiles' first loads, in flight during the reduction below
+      start_tile(base + stride + group);
+#pragma unroll
+      for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);  // every tile reads the same x columns
+    }
+    __syncthreads();
+    // Every thread of the block finishes outputs of the block's kTiles tiles (256 units each).
+    for (int idx = tid; idx < kTiles * 256; idx += kThreads) {
+      const int gi = idx / 256;
+      if (base + gi < tiles) finish_output<T, kNT, kEpi, kSplit>(p, base + gi, pair, &part[gi * kSplit], idx % 256);
+    }
+    __syncthreads();  // the next tiles' partials overwrite `part`
+  }
+}
+
+// One (norm, epilogue) pair's kernel with kSplit warps per tile on a persistent grid of 16 warps per SM (blocks of
+// 16 warps for kSplit 16, else of 8), each block walking groups of tiles. p == nullptr only asks whether the pair is
+// built (decode_linear_has_kernel).
+template <typename T, int kNT, int kNorm, int kEpi, int kSplit>
+cudaError_t launch(const DecodeLinearParams* p, cudaStream_t stream) {
+  if (p == nullptr) return cudaSuccess;
+  constexpr int kWarps = kSplit > 8 ? kSplit : 8;
+  constexpr int kTiles = kWarps / kSplit;
+  const int64_t tiles = (p->rows + 15) / 16;
+  const int64_t blocks = std::min<int64_t>((tiles + kTiles - 1) / kTiles, 16 / kWarps * static_cast<int64_t>(p->num_sms));
+  const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
+  return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpi, kWarps, kSplit>, grid, block, 0, stream, 1, *p);
+}
+
+// The (norm, epilogue) pairs with a kernel, listed once: those the fused decoder step runs
+// (eet_hf/engine/fused_decoder.py; eet_hf/ops/decode.py KERNEL_PAIRS mirrors this list).
+template <typename T, int kNT, int kSplit>
+cudaError_t dispatch(DecodeNorm norm, DecodeEpilogue epilogue, const DecodeLinearParams* p, cudaStream_t stream) {
+  switch (norm) {
+    case DecodeNorm::kNone:  // o_proj / down_proj / out_proj / fc2 with the residual add
+      switch (epilogue) {
+        case DecodeEpilogue::kResidual: return launch<T, kNT, kNormNone, kEpiResidual, kSplit>(p, stream);
+        default: return cudaErrorInvalidValue;
+      }
+    case DecodeNorm::kRms:  // Llama-style: packed QKV + rotary + KV write, gate/up + act, the LM head, Qwen3's QKV
+      switch (epilogue) {
+        case DecodeEpilogue::kStore: return launch<T, kNT, kNormRms, kEpiStore, kSplit>(p, stream);
+        case DecodeEpilogue::kSiluMul: return launch<T, kNT, kNormRms, kEpiSiluMul, kSplit>(p, stream);
+        case DecodeEpilogue::kGeluTanhMul: return launch<T, kNT, kNormRms, kEpiGeluTanhMul, kSplit>(p, stream);
+        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormRms, kEpiRotaryKv, kSplit>(p, stream);
+        default: return cudaErrorInvalidValue;
+      }
+    case DecodeNorm::kLayer:  // OPT, GPT-2: packed QKV (+ q scale) + KV write (no rotary), fc1 + ReLU or c_fc +
+                              // gelu_new, the LM head
+      switch (epilogue) {
+        case DecodeEpilogue::kStore: return launch<T, kNT, kNormLayer, kEpiStore, kSplit>(p, stream);
+        case DecodeEpilogue::kRelu: return launch<T, kNT, kNormLayer, kEpiRelu, kSplit>(p, stream);
+        case DecodeEpilogue::kGeluNew: return launch<T, kNT, kNormLayer, kEpiGeluNew, kSplit>(p, stream);
+        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormLayer, kEpiRotaryKv, kSplit>(p, stream);
+        default: return cudaErrorInvalidValue;
+      }
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+// The definition each split file instantiates: fp16 / bf16, 1-8 or 9-16 x rows.
+#define EET_DECODE_LINEAR_SPLIT(kSplit)                                                                        \
+  cudaError_t decode_linear_split##kSplit(DType dtype, const DecodeLinearParams* p, DecodeNorm norm,            \
+                                          DecodeEpilogue epilogue, cudaStream_t stream) {                      \
+    const bool wide = p != nullptr && p->m > 8;                                                                \
+    switch (dtype) {                                                                                           \
+      case DType::kFloat16:                                                                                    \
+        return wide ? dispatch<__half, 2, kSplit>(norm, epilogue, p, stream)                                   \
+                    : dispatch<__half, 1, kSplit>(norm, epilogue, p, stream);                                  \
+      case DType::kBFloat16:                                                                                   \
+        return wide ? dispatch<__nv_bfloat16, 2, kSplit>(norm, epilogue, p, stream)                            \
+                    : dispatch<__nv_bfloat16, 1, kSplit>(norm, epilogue, p, stream);                           \
+      default: return cudaErrorInvalidValue; /* fp32 has no m16n8k16 path: the caller uses torch's GEMM */      \
+    }                                                                                                          \
+  }
+
+}  // namespace eet
