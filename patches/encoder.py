@@ -34,6 +34,7 @@ from eet_hf import ops
 from eet_hf._log import logger, warn_once
 from eet_hf.bounds import SeqBounds
 from eet_hf.encoder import EncoderRuntime, graphs, model_graphs
+from eet_hf.encoder.model_graph_keys import sequence_fields
 
 from . import encoder_match, generic
 from ._rewire import PatchContext, inference_only
@@ -168,7 +169,14 @@ def _route_model_graphs(model: nn.Module, found: encoder_match.EncoderMatch, rec
                     type(model).__name__, order, record.inputs)
         return
     max_tokens = graphs.MODEL_MAX_TOKENS if type(model).__name__ in record.vocab_heads else graphs.MAX_TOKENS
-    ctx.set_attr(model, model_graphs.ATTR, model_graphs.ModelGraphs(max_tokens=max_tokens, input_names=order))
+    # Calls are padded up to a graph length (model_graphs.ModelGraphs) where the head's sequence-shaped outputs are
+    # known and the positions allow it.
+    config = model.config
+    graphed = model_graphs.ModelGraphs(
+        max_tokens=max_tokens, input_names=order, seq_fields=sequence_fields(type(model).__name__),
+        pad_id=getattr(config, "pad_token_id", None) or 0,
+        max_positions=getattr(config, "max_position_embeddings", None) or 0)
+    ctx.set_attr(model, model_graphs.ATTR, graphed)
     ctx.rewire(model, model_graphs.graphed_forward, label="<model>: whole-model CUDA graphs",
                reads_children=False)
     ctx.report.cuda_only["<model>: whole-model CUDA graphs"] = "the model's own forward, eet's modules inside"

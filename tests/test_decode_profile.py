@@ -20,6 +20,9 @@ def test_kernel_names_map_to_their_class():
     assert P.classify(name.replace("1, 4>", "2, 4>")) == "qkv+rope+kv"  # OPT: LayerNorm + QKV + q scale + KV write
     assert P.classify(name.replace("1, 4>", "2, 6>")) == "gate_up+act"  # GPT-2: LayerNorm + c_fc + gelu_new
     assert P.classify(name.replace("1, 1, 4>", "2, true, 4>")) == "qkv+rope+kv"  # profiles from before kNorm was int
+    # with the work split after the epilogue (kWarps, kSplit): its parameters are not the epilogue
+    assert P.classify(name.replace("1, 4>", "0, 1, 16, 16>")) == "o|down+residual"
+    assert P.classify(name.replace("1, 4>", "1, 2, 8, 2>")) == "gate_up+act"
     assert P.classify("void eet::attn::(anonymous namespace)::decode_kernel<__half, 64>(eet::AttentionParams)") == (
         "attention")
     assert P.classify("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<c10::Half, ArgMaxOps") == (

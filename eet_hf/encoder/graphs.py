@@ -42,6 +42,11 @@ MAX_BYTES = 512 * 2**20
 # so many more fit: a count cap and a byte cap on the static inputs and outputs, whichever binds first.
 MODEL_MAX_GRAPHS = 64
 MODEL_MAX_BYTES = 512 * 2**20
+# Whole-model graphs of heads whose output fields are known (model_graph_keys.sequence_fields) take a call padded to
+# the next multiple of this many tokens per row: one graph serves 16 lengths. A padded row costs little: it is a
+# segment of its own in the packed layout, skipped by attention and, for calls large enough to read the mask, by the
+# GEMMs too (capacity packing); below that the forward is bound by launches, not rows.
+SEQ_BUCKET = 16
 # Tests set this False to reach the eager packed path (which serves every call a graph cannot take).
 ENABLED = True
 MIN_BUCKET = 16

@@ -53,6 +53,46 @@ def plain_inputs(args: tuple, kwargs: dict[str, Any],
     return inputs
 
 
+# Output fields that carry the input's sequence dimension, by head class name suffix, first match wins (the base
+# model's "Model" last: BertLMHeadModel ends so too): a call padded to a longer graph length gets them cut back to its
+# own length. Heads not listed take exact shapes; a capture checks the list against the outputs (model_graphs.py).
+_SEQUENCE_FIELDS = {
+    "ForSequenceClassification": frozenset(),
+    "ForMultipleChoice": frozenset(),
+    "ForTokenClassification": frozenset({"logits"}),
+    "ForMaskedLM": frozenset({"logits"}),
+    "ForCausalLM": frozenset({"logits"}),
+    "LMHeadModel": frozenset({"logits"}),
+    "ForQuestionAnswering": frozenset({"start_logits", "end_logits"}),
+    "Model": frozenset({"last_hidden_state"}),
+}
+
+
+def sequence_fields(head: str) -> frozenset[str] | None:
+    """The output fields of head class `head` with the input's sequence dimension, or None when not known (then a
+    graph takes only calls of its exact length)."""
+    return next((fields for suffix, fields in _SEQUENCE_FIELDS.items() if head.endswith(suffix)), None)
+
+
+def padded_length(seq: int, bucket: int, limit: int) -> int:
+    """The graph length a call of `seq` tokens per row is padded to: the next multiple of `bucket`, unless that
+    passes `limit` (the model's positions), where the call keeps its own length."""
+    padded = -(-seq // bucket) * bucket
+    return padded if padded <= limit else seq
+
+
+def pad_to(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    """t [..., seq] with `value` appended along the last dimension up to `length`."""
+    return torch.nn.functional.pad(t, (0, length - t.shape[-1]), value=value)
+
+
+def fields_match(outputs: ModelOutput, fields: frozenset[str], ids_shape: torch.Size) -> bool:
+    """Whether exactly `fields` of a graph's outputs have the leading shape of its (padded) input ids [..., seq]:
+    the check that cutting them back along the sequence dimension gives the call's own outputs."""
+    dims = len(ids_shape)
+    return all((name in fields) == (t.dim() >= dims and t.shape[:dims] == ids_shape) for name, t in outputs.items())
+
+
 def right_padded(mask: torch.Tensor) -> torch.Tensor:
     """Bool scalar on mask's device: every row of mask [..., seq] is one run of nonzeros starting at column 0
     (right padding, no padding, or an empty row): the masks a capture computes correctly. No host read."""

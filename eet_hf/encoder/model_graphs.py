@@ -77,7 +77,9 @@ from .model_graph_keys import (
     OutputBuilder,
     WeightSignature,
     _tensor_output,
+    fields_match,
     output_builder,
+    padded_length,
     plain_inputs,
     right_padded,
 )
@@ -160,13 +162,25 @@ class _Entry:
 
 
 class ModelGraphs:
-    """Lazily captured, bounded whole-model CUDA graphs of one accelerated model's forward."""
+    """Lazily captured, bounded whole-model CUDA graphs of one accelerated model's forward.
+
+    seq_fields: the output fields with the input's sequence dimension (model_graph_keys.sequence_fields), or None:
+    then a graph takes calls of its exact shape only. With them, a call with a mask is padded up to a multiple of
+    seq_bucket tokens per row (padding: pad_id, mask 0, token type 0; never past max_positions) and those fields are
+    cut back to its own length: sentence-transformers' encode() pads every batch to its own longest sentence, 157
+    distinct shapes for 10,000 sentences of 8-256 tokens, which an LRU of exact shapes recaptured on every call."""
 
     def __init__(self, backend: GraphBackend | None = None, max_graphs: int = graphs.MODEL_MAX_GRAPHS,
                  max_tokens: int = graphs.MODEL_MAX_TOKENS, read_min_tokens: int = READ_MIN_TOKENS,
-                 input_names: tuple[str, ...] = INPUT_NAMES, max_bytes: int = graphs.MODEL_MAX_BYTES) -> None:
+                 input_names: tuple[str, ...] = INPUT_NAMES, max_bytes: int = graphs.MODEL_MAX_BYTES,
+                 seq_fields: frozenset[str] | None = None, seq_bucket: int = graphs.SEQ_BUCKET, pad_id: int = 0,
+                 max_positions: int = 0) -> None:
         self.backend = backend if backend is not None else CudaGraphBackend()
         self.input_names = input_names  # the tensors a plain call passes, in the forward's positional order
+        self.seq_fields = seq_fields
+        self.seq_bucket = seq_bucket
+        self.max_positions = max_positions
+        self.fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}  # a padded call's tail
         self.max_graphs = max_graphs
         self.max_bytes = max_bytes  # static inputs + outputs of all entries
         self.max_tokens = max_tokens
@@ -187,7 +201,8 @@ class ModelGraphs:
     def __deepcopy__(self, memo: dict) -> ModelGraphs:
         # Graphs hold the original's weight addresses: a copy starts empty (and walks its own modules).
         return ModelGraphs(self.backend if not isinstance(self.backend, CudaGraphBackend) else None,
-                           self.max_graphs, self.max_tokens, self.read_min_tokens, self.input_names, self.max_bytes)
+                           self.max_graphs, self.max_tokens, self.read_min_tokens, self.input_names, self.max_bytes,
+                           self.seq_fields, self.seq_bucket, self.fill["input_ids"], self.max_positions)
 
     def eligible(self, model: nn.Module, ids: torch.Tensor) -> bool:
         """Whether this call may take a graph (cheap checks only; the call's form was checked by plain_inputs)."""
@@ -205,24 +220,38 @@ class ModelGraphs:
             and not _is_compiling()
         )
 
-    def precheck(self, inputs: dict[str, torch.Tensor]) -> tuple[bool, int] | None:
+    def graph_length(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Tokens per row of the graph this call takes: its own, or padded up to the bucket (class docstring)."""
+        ids = inputs["input_ids"]
+        seq = ids.shape[-1]
+        if self.seq_fields is None or "attention_mask" not in inputs:
+            return seq
+        length = padded_length(seq, self.seq_bucket, self.max_positions)
+        return length if ids.numel() // seq * length <= self.max_tokens else seq
+
+    def precheck(self, inputs: dict[str, torch.Tensor], length: int | None = None) -> tuple[bool, int] | None:
         """(mask right-padded, graph row capacity) from one host read of the mask, for calls large enough
-        (module docstring); None for the others, which keep every row and check the mask after the replay."""
+        (module docstring); None for the others, which keep every row and check the mask after the replay.
+        length: the graph's tokens per row (None: the call's own)."""
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        if (mask is None or self.read_min_tokens <= 0 or ids.numel() < self.read_min_tokens
-                or ids.numel() == ids.shape[-1]):
+        rows = ids.numel() // ids.shape[-1]
+        length = ids.shape[-1] if length is None else length
+        if mask is None or self.read_min_tokens <= 0 or rows * length < self.read_min_tokens or rows == 1:
             return None
         total, ok = torch.stack([(mask != 0).sum(), right_padded(mask).to(torch.int64)]).tolist()
-        return bool(ok), capacity_for(int(total), ids.numel())
+        return bool(ok), capacity_for(int(total), rows * length)
 
-    def key(self, model: nn.Module, inputs: dict[str, torch.Tensor], capacity: int | None = None) -> tuple:
-        """The graph key; capacity: the packed rows (None: all of them). The weight signature comes last."""
+    def key(self, model: nn.Module, inputs: dict[str, torch.Tensor], capacity: int | None = None,
+            length: int | None = None) -> tuple:
+        """The graph key; capacity: the packed rows (None: all of them); length: the graph's tokens per row (None:
+        the call's own). The weight signature comes last."""
         ids = inputs["input_ids"]
         mask, types = inputs.get("attention_mask"), inputs.get("token_type_ids")
         weights = self.signature(model)
         if weights != self._weights:
             self._forget_stale(weights)
-        return (tuple(ids.shape), ids.dtype, ids.device, None if mask is None else mask.dtype,
+        shape = tuple(ids.shape) if length is None else (*ids.shape[:-1], length)
+        return (shape, ids.dtype, ids.device, None if mask is None else mask.dtype,
                 None if types is None else types.dtype, self.config_view(model.config)[1], capacity, weights)
 
     def _forget_stale(self, weights: tuple[int, ...]) -> None:
@@ -237,32 +266,45 @@ class ModelGraphs:
         """The model's output for these inputs through a graph, or None when the caller must run the eager
         forward: the shape's first call, a refused shape, or a mask found not right-padded (before the replay by
         precheck, or after it)."""
-        checked = self.precheck(inputs)
+        length = self.graph_length(inputs)
+        checked = self.precheck(inputs, length)
         if checked is not None and not checked[0]:
             self.fallbacks += 1
             return None  # not right-padded: the eager forward, without a wasted replay
         capacity = None if checked is None else checked[1]
-        key = self.key(model, inputs, capacity)
+        key = self.key(model, inputs, capacity, length)
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._first_calls(model, key, inputs, capacity, checked is not None)
+            entry = self._first_calls(model, key, inputs, capacity, checked is not None, length)
             if entry is None:
                 return None
         else:
             self._entries.move_to_end(key)
             for name, static in entry.inputs.items():
-                static.copy_(inputs[name])
+                self._copy_in(static, inputs[name], name)
         entry.replay()
         self.replays += 1
-        # The static outputs are overwritten by the next replay: hand out copies.
-        out = entry.build([(name, static.clone()) for name, static in entry.outputs])
+        # The static outputs are overwritten by the next replay: hand out copies, cut to the call's length.
+        seq = inputs["input_ids"].shape[-1]
+        dim = inputs["input_ids"].dim() - 1
+        out = entry.build([(name, (static.narrow(dim, 0, seq) if seq != length and name in self.seq_fields
+                                   else static).clone()) for name, static in entry.outputs])
         if checked is None and entry.ok is not None and not bool(entry.ok):  # the one host read, after the replay
             self.fallbacks += 1
             return None
         return out
 
+    def _copy_in(self, static: torch.Tensor, value: torch.Tensor, name: str) -> None:
+        """A call's input into a graph's static buffer, the tail past the call's length filled as padding."""
+        seq = value.shape[-1]
+        if seq == static.shape[-1]:
+            static.copy_(value)
+        else:
+            static[..., :seq].copy_(value)
+            static[..., seq:].fill_(self.fill[name])
+
     def _first_calls(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor], capacity: int | None,
-                     checked: bool) -> _Entry | None:
+                     checked: bool, length: int) -> _Entry | None:
         """None for a shape's first call (remembered) or a refused one; else the entry captured now. checked:
         the mask is known to be right-padded (precheck)."""
         if key in self._refused:
@@ -275,15 +317,17 @@ class ModelGraphs:
         mask = inputs.get("attention_mask")
         if mask is not None and not checked and not bool(right_padded(mask)):
             return None  # capture on a call the graph computes correctly; this one runs eagerly
-        return self._capture(model, key, inputs, capacity)
+        return self._capture(model, key, inputs, capacity, length)
 
-    def _capture(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor],
-                 capacity: int | None) -> _Entry | None:
+    def _capture(self, model: nn.Module, key: tuple, inputs: dict[str, torch.Tensor], capacity: int | None,
+                 length: int) -> _Entry | None:
         while len(self._entries) >= self.max_graphs:
             self._entries.popitem(last=False)
         with torch.inference_mode(False):  # static buffers stay writable outside inference_mode
-            static = {name: torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
-                      for name, t in inputs.items()}
+            static = {}
+            for name, t in inputs.items():
+                static[name] = torch.empty((*t.shape[:-1], length), dtype=t.dtype, device=t.device)
+                self._copy_in(static[name], t, name)
         forward = type(model).forward
 
         def captured() -> Outputs:
@@ -303,6 +347,12 @@ class ModelGraphs:
         if not _tensor_output(outputs):
             warn_once(f"whole-model CUDA graphs: {type(model).__name__} returned {type(outputs).__name__} with "
                       "non-tensor fields: the model's own forward runs")
+            self._refused.add(key)
+            return None
+        if self.seq_fields is not None and not fields_match(outputs, self.seq_fields, static["input_ids"].shape):
+            warn_once(f"whole-model CUDA graphs: {type(model).__name__}'s outputs with a sequence dimension are not "
+                      f"{sorted(self.seq_fields)}: its graphs take calls of their exact length only")
+            self.seq_fields = None  # keys of padded lengths are never made again
             self._refused.add(key)
             return None
         entry = _Entry(replay, static, list(outputs.items()), output_builder(outputs), ok)

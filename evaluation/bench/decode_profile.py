@@ -30,7 +30,8 @@ HEADLINE = ["step_us", "kernels_per_step", "copy_share", "gbps:qkv+rope+kv", "gb
             "crit_us:attention", "crit_us:idle"]
 LOG_METRICS = ("step_us", "kernels_per_step", "copy_share")
 PROMPT = 128
-# decode_linear_kernel<T, kNT, kNorm, kEpi> (csrc/decode_linear.cu; kNorm was a bool before OPT's LayerNorm): the
+# decode_linear_kernel<T, kNT, kNorm, kEpi, ...> (csrc/decode_linear_kernel.cuh; kNorm was a bool before OPT's
+# LayerNorm; the work split's parameters follow kEpi): the
 # epilogue id (DecodeEpilogue) names the projection. Class names are Llama's; OPT's fc1 + ReLU (5) and GPT-2's c_fc +
 # gelu_new (6) count as the MLP's input projection + activation, their QKV (4, no rotary) as qkv+rope+kv.
 _EPILOGUE_CLASS = {"0": "lm_head", "1": "o|down+residual", "2": "gate_up+act", "3": "gate_up+act", "4": "qkv+rope+kv",
@@ -57,7 +58,7 @@ def _plan(quick: bool) -> list[tuple[S.ModelShape, list[int]]]:
 
 
 def classify(name: str) -> str:
-    match = re.search(r"decode_linear_kernel<[^,]+, \d+, (?:true|false|\d+), (\d+)>", name)
+    match = re.search(r"decode_linear_kernel<[^,]+, \d+, (?:true|false|\d+), (\d+)[,>]", name)
     if match:
         return _EPILOGUE_CLASS[match.group(1)]
     return next((label for label, pattern in _CLASSES if pattern.search(name)), "other")

@@ -228,12 +228,31 @@ def test_large_small_output_calls_take_a_graph_at_the_defaults(cuda_ops):
     assert [key[-2] for key in cache._entries] == [3840], list(cache._entries)
     assert inner.replays == 0  # the replays were the whole model's, not the encoder's own graphs'
 
+@pytest.mark.parametrize("batch,lengths", [(4, (33, 40, 47, 35, 48)), (40, (100, 107, 112, 99))],
+                         ids=["small", "read-first"])
+def test_lengths_of_a_bucket_share_one_graph(cuda_ops, batch, lengths):
+    """sentence-transformers pads each batch to its own longest sentence: calls of 33..48 tokens per row take one
+    graph of 48 (97..112: one of 112, above MODEL_MAX_TOKENS, so the mask is read first and the rows packed), their
+    outputs cut back to their own length, with HF's values."""
+    models = _models(BertModel, torch.float16)
+    cache = _cache(models[0])
+    rng = random.Random(f"{SEED}-bucket-{batch}")
+    for call, seq in enumerate(lengths):
+        inputs = _inputs(rng, batch, seq)
+        if batch == 40:  # every row full: 3960..4480 real tokens, one capacity (4480) for all of them
+            inputs["attention_mask"].fill_(1)
+        got, base, truth = _call_all(models, inputs)
+        assert got.last_hidden_state.shape == base.last_hidden_state.shape
+        _check(got, base, truth, inputs["attention_mask"], torch.float16, f"call {call + 1} ({seq} tokens per row)")
+    assert (cache.captures, cache.replays, len(cache)) == (1, len(lengths) - 1, 1), (cache.captures, cache.replays)
+
+
 def test_graph_count_is_bounded(cuda_ops):
     models = _models(BertModel, torch.float16)
     cache = _cache(models[0])
     cache.max_graphs = 2
     rng = random.Random(f"{SEED}-lru")
-    for seq in (16, 24, 32, 40, 16):
+    for seq in (16, 32, 48, 64, 16):  # four graph lengths (multiples of 16: model_graphs pads up to them)
         for _ in range(2):
             inputs = _inputs(rng, 2, seq)
             got, base, truth = _call_all(models, inputs)
