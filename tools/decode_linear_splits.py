@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 from pathlib import Path
 
@@ -82,8 +83,8 @@ def measure(model: str, batch: int) -> list[dict]:
         norm_bias = torch.zeros(k, device="cuda", dtype=torch.float16) if norm == "layer" else None
         residual = torch.randn(batch, n, device="cuda", dtype=torch.float16) if epilogue == "residual" else None
         for split in SPLITS:
-            calls = [lambda w=w: torch.ops.eet.decode_linear(x, w, None, norm_weight, 1e-5, residual, epilogue,
-                                                              norm_bias, norm or "rms", split) for w in weights]
+            calls = [functools.partial(torch.ops.eet.decode_linear, x, w, None, norm_weight, 1e-5, residual, epilogue,
+                                       norm_bias, norm or "rms", split) for w in weights]
             micros = _time_calls(calls)
             gbps = n * k * 2 / micros / 1e3
             rows.append({"model": model, "projection": name, "rows": n, "k": k, "batch": batch, "split": split,
