@@ -41,6 +41,7 @@ def test_static_bytes_are_bounded_and_the_newest_graph_stays():
 
 
 def test_sentence_transformers_shape_mix_fits_the_default_bounds():
-    """encode() of mixed-length sentences pads each batch to its longest: dozens of shapes, each replayed on the
-    next encode() instead of being recaptured (an 8-graph LRU recaptured all of them every time)."""
+    """encode() of mixed-length sentences pads each batch to its longest: with lengths padded up to multiples of 16
+    and the token capacities of large calls, a few dozen graphs, each replayed on the next encode() instead of being
+    recaptured (an 8-graph LRU recaptured all of them every time)."""
     assert model_graphs.ModelGraphs(FakeGraphs()).max_graphs >= 40

@@ -35,11 +35,10 @@ MODEL_MAX_TOKENS = 4096
 # 64) makes ~8 (batch, bucket, capacity) keys above MODEL_MAX_TOKENS, so 8 graphs left no room for another mix.
 MAX_GRAPHS = 16
 MAX_BYTES = 512 * 2**20
-# Whole-model graphs (model_graphs.py) are per exact input shape, and sentence-transformers' encode() pads each batch
-# to its own longest sentence: 10,000 sentences of 8-256 tokens at batch 64 make ~37 distinct shapes of at most
-# MODEL_MAX_TOKENS tokens, which an 8-graph LRU recaptured on every repeated encode() (each capture costs an eager
-# run and a capture, for one replay). Their static buffers are small (at most MODEL_MAX_TOKENS x hidden per output),
-# so many more fit: a count cap and a byte cap on the static inputs and outputs, whichever binds first.
+# Whole-model graphs (model_graphs.py) are per input shape, lengths padded up to SEQ_BUCKET where the head allows:
+# sentence-transformers' encode() of 10,000 sentences of 8-256 tokens at batch 64 then needs 16 lengths, more with the
+# token capacities of the calls that read the mask first. Their static buffers are small (at most MAX_TOKENS x hidden
+# per output), so many fit: a count cap and a byte cap on the static inputs and outputs, whichever binds first.
 MODEL_MAX_GRAPHS = 64
 MODEL_MAX_BYTES = 512 * 2**20
 # Whole-model graphs of heads whose output fields are known (model_graph_keys.sequence_fields) take a call padded to
