@@ -6,7 +6,7 @@ and 0: the kernel's own choice), µs per call and GB/s of weight streamed.
 
 Each measurement is a CUDA graph of `layers` back-to-back calls over distinct weights (as a step runs them, so the L2
 cache never holds the next weight; PDL chains them as in the step), replayed 20 times between CUDA events. The
-copy ceiling of the same run (a device-to-device copy of 1 GiB) is printed for scale. Writes
+copy ceiling of the same run (decode-profile's: a device-to-device copy of 512 MiB) is printed for scale. Writes
 DIR/decode-linear-splits-<gpu>.json and .md.
 """
 
@@ -22,6 +22,7 @@ import torch
 
 import eet_hf.ops  # noqa: F401 - registers torch.ops.eet
 from eet_hf.ops import ensure_loaded
+from evaluation.bench.decode_profile import copy_gbps
 
 SPLITS = (0, 2, 8, 16)
 # (name, rows, k, norm, epilogue, residual) per projection; rows of the gated epilogue are [gate; up].
@@ -64,13 +65,6 @@ def _time_calls(calls, repeats: int = 20) -> float:
     return start.elapsed_time(end) * 1e3 / (repeats * len(calls))
 
 
-def copy_ceiling_gbps() -> float:
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    micros = _time_calls([lambda: dst.copy_(src)], repeats=10)
-    return 2 * src.numel() / micros / 1e3
-
-
 def measure(model: str, batch: int) -> list[dict]:
     rows = []
     layers = _LAYERS[model]
@@ -104,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available() or not ensure_loaded():
         parser.error("needs a CUDA GPU and the built extension")
-    ceiling = copy_ceiling_gbps()
+    ceiling = copy_gbps("cuda")
     print(f"copy ceiling {ceiling:.0f} GB/s", flush=True)
     rows = [r for m in args.models.split(",") for b in args.batch.split(",") for r in measure(m, int(b))]
     gpu = torch.cuda.get_device_name()
