@@ -75,8 +75,8 @@ void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, 
   p.eps = static_cast<float>(eps);
   p.q_scale = 1.0f;
   p.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  TORCH_CHECK(warps_per_tile == 0 || warps_per_tile == 2 || warps_per_tile == 8 || warps_per_tile == 16,
-              msg("eet::", op, ": warps_per_tile must be 0 (the kernel's choice), 2, 8 or 16, got ", warps_per_tile));
+  TORCH_CHECK(warps_per_tile == 0 || warps_per_tile == 8 || warps_per_tile == 16,
+              msg("eet::", op, ": warps_per_tile must be 0 (the kernel's choice), 8 or 16, got ", warps_per_tile));
   p.warps_per_tile = static_cast<int>(warps_per_tile);
 }
 

@@ -8,13 +8,12 @@
 // step for W rows g and g + 8 and for x row g; the two k16 mma of the step take them as logical columns
 // {2t, 2t+1, 2t+8, 2t+9} <- physical {8t, 8t+1, 8t+2, 8t+3}, then {8t+4 .. 8t+7}. No shuffle, no ldmatrix.
 //
-// Work split: kSplit warps per 16-row tile (2, 8 or 16), splitting K; their partial tiles are summed in shared memory
-// in warp order (deterministic) and the block applies the epilogue. The grid is persistent (16 warps per SM: two
-// blocks of 8 warps, or one of 16 for kSplit 16; each block walks groups of tiles): the norm prologue runs once per
-// block, and the next tiles' first W loads are in flight during the current ones' reduction and epilogue.
-// The split is picked per call (`pick_split`): a shape with few tiles (Llama's o / down: 128 tiles for 132 SMs x 16
-// warps) needs many warps per tile to keep enough loads in flight; one with many (gate/up: 1024 tiles) is better
-// served by long streams per warp and fewer reductions. Row tiles can pair rows instead of taking
+// Work split: kSplit warps per 16-row tile (8 or 16), splitting K; their partial tiles are summed in shared memory in
+// warp order (deterministic) and the block applies the epilogue. The grid is persistent (16 warps per SM: two blocks of
+// 8 warps, or one of 16; each block walks tiles): the norm prologue runs once per block, and the next tile's first W
+// loads are in flight during the current one's reduction and epilogue. The split is picked per call
+// (`decode_linear_pick_split`, from measurements): a shape with fewer tiles than SMs (Llama's o / down: 128 tiles
+// for 132 SMs) needs 16 warps per tile to keep every SM's loads in flight. Row tiles can pair rows instead of taking
 // 16 consecutive ones: mma rows g come from the first half of a pair and rows g + 8 from the second, `pair` rows
 // later. That puts each rotary partner (d, d + head_dim/2) and each gate/up pair (j, j + n_out) in one lane after the
 // reduction, so rotary + KV write and silu * up are lane-local epilogues of the projection itself.
@@ -54,21 +53,15 @@ bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue) {
 
 int decode_linear_pick_split(const DecodeLinearParams& p) {
   if (p.warps_per_tile != 0) return p.warps_per_tile;
-  // Cost model in units of one W step (32 columns) per warp: all tiles run in rounds of 16 * SMs / split tiles (16
-  // warps per SM), and a round costs the steps of one warp's K slice plus about one step for the tile's reduction and
-  // epilogue (the next tiles' loads are in flight meanwhile). Ties keep 8.
+  // Measured on an H100 (evaluation/results/decode-linear-splits-h100.md, decode steps of Llama-3.2-1B, Qwen3-1.7B and
+  // GPT-2 XL): 16 warps per tile win where the tiles do not fill the SMs (o / down / proj: 100-128 tiles, 20-30%
+  // faster than 8, which leaves half the SMs' warps idle) and on LM heads of many rounds whose K splits into 16 equal
+  // slices (128k-152k x 2048: 8-9%); 8 wins or ties everywhere else (QKV, gate/up, fc, GPT-2 XL's LM head, where K =
+  // 1600 leaves the 16 slices uneven). 2 warps per tile (several tiles per block) never won and was dropped.
   const int64_t tiles = (p.rows + 15) / 16, steps = (p.k + 31) / 32;
-  int best = 8;
-  int64_t best_cost = INT64_MAX;
-  for (const int split : {8, 16, 2}) {
-    const int64_t per_round = 16 * static_cast<int64_t>(p.num_sms) / split;
-    const int64_t cost = (tiles + per_round - 1) / per_round * ((steps + split - 1) / split + 1);
-    if (cost < best_cost) {
-      best = split;
-      best_cost = cost;
-    }
-  }
-  return best;
+  if (tiles <= p.num_sms) return 16;
+  if (steps % 16 == 0 && tiles >= 32 * static_cast<int64_t>(p.num_sms)) return 16;
+  return 8;
 }
 
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream) {
@@ -77,7 +70,7 @@ cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t
   if (p.m < 1 || p.m > kDecodeLinearMaxRows || p.k <= 0 || p.k % 8 != 0 || p.rows <= 0 ||
       (paired_rows && p.rows % 16 != 0) || p.ldx % 8 != 0 || p.ldw % 8 != 0 || !is_aligned(p.x, 16) || !is_aligned(p.weight, 16) ||
       !is_aligned(p.norm_weight, 16) || !is_aligned(p.norm_bias, 16) || p.num_sms <= 0 ||
-      (p.warps_per_tile != 0 && p.warps_per_tile != 2 && p.warps_per_tile != 8 && p.warps_per_tile != 16)) {
+      (p.warps_per_tile != 0 && p.warps_per_tile != 8 && p.warps_per_tile != 16)) {
     return cudaErrorInvalidValue;
   }
   if ((p.norm == DecodeNorm::kNone) != (p.norm_weight == nullptr) ||
@@ -90,7 +83,6 @@ cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t
     return cudaErrorInvalidValue;
   }
   switch (decode_linear_pick_split(p)) {
-    case 2: return decode_linear_split2(dtype, &p, p.norm, p.epilogue, stream);
     case 8: return decode_linear_split8(dtype, &p, p.norm, p.epilogue, stream);
     case 16: return decode_linear_split16(dtype, &p, p.norm, p.epilogue, stream);
     default: return cudaErrorInvalidValue;

@@ -60,15 +60,15 @@ struct DecodeLinearParams {
   float q_scale;  // 1: q as projected (and rotated)
   int heads_q, heads_kv, head_dim;
   int num_sms;  // the device's multiprocessor count: sizes the persistent grid
-  int warps_per_tile;  // the work split: 2, 8 or 16 warps per 16-row tile; 0: decode_linear_pick_split's choice
+  int warps_per_tile;  // the work split: 8 or 16 warps per 16-row tile; 0: decode_linear_pick_split's choice
 };
 
 // Output columns of the epilogue: rows for kStore / kResidual / kRelu / kGeluNew, rows / 2 for the gated ones, heads_q * head_dim
 // for kRotaryKv.
 int64_t decode_linear_out_cols(const DecodeLinearParams& p);
 
-// The work split a call runs: p.warps_per_tile if set, else the split a cost model of the shape (tiles, K, SMs) finds
-// fastest (decode_linear.cu).
+// The work split a call runs: p.warps_per_tile if set, else the one measured fastest for the shape (tiles, K, SMs;
+// decode_linear.cu).
 int decode_linear_pick_split(const DecodeLinearParams& p);
 
 // Whether a kernel is built for this (norm, epilogue) pair: only the pairs the fused decoder step runs are
@@ -76,7 +76,7 @@ int decode_linear_pick_split(const DecodeLinearParams& p);
 bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue);
 
 // cudaErrorInvalidValue (nothing launched) for what the kernel does not take: fp32, m outside [1, 16], k not a
-// multiple of 8, warps_per_tile other than 0, 2, 8 or 16, rows not a multiple of 16 for the paired epilogues (gated, rotary), a rotary head_dim not a multiple of 16, a (norm, epilogue) pair
+// multiple of 8, warps_per_tile other than 0, 8 or 16, rows not a multiple of 16 for the paired epilogues (gated, rotary), a rotary head_dim not a multiple of 16, a (norm, epilogue) pair
 // without a kernel.
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream);
 

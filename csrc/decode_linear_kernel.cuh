@@ -41,16 +41,13 @@ __device__ __forceinline__ uint4 ldg_keep(const void* p) {
   return r;
 }
 
-// kSplit warps share a 16-row tile, each streaming a 1/kSplit slice of K; a block of kWarps warps works on
-// kWarps / kSplit tiles at once. Both block sizes keep 16 warps per SM (two blocks of 8 or one of 16), which is what
-// the 128-register cap of kAhead's W ring allows.
-template <typename T, int kNT, int kNorm, int kEpi, int kWarps, int kSplit>
+// The kWarps warps of a block share a 16-row tile, each streaming a 1/kWarps slice of K. Both block sizes keep 16 warps
+// per SM (two blocks of 8 or one of 16), which is what the 128-register cap of kAhead's W ring allows.
+template <typename T, int kNT, int kNorm, int kEpi, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel(const DecodeLinearParams p) {
   constexpr int kThreads = kWarps * 32;
-  constexpr int kTiles = kWarps / kSplit;  // tiles a block works on at once
   constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
   constexpr int kAhead = kAheadOf<kNT, kNorm>;
-  static_assert(kWarps % kSplit == 0, "a block holds whole warp groups");
   __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
   __shared__ float rstd_s[kCols];
   __shared__ float mean_s[kCols];
@@ -58,8 +55,6 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  // The block's tile this warp works on, and its slice of K.
-  const int group = kTiles == 1 ? 0 : warp / kSplit, slice = kTiles == 1 ? warp : warp % kSplit;
   int64_t pair = 0;
   if constexpr (kEpi == kEpiRotaryKv) pair = p.head_dim / 2;
   if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = p.rows / 2;
@@ -67,21 +62,21 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
   const int tiles = static_cast<int>((p.rows + 15) / 16);
   const T* __restrict__ w = static_cast<const T*>(p.weight);
   const int steps = static_cast<int>((p.k + kStepCols - 1) / kStepCols);
-  const int s_begin = steps * slice / kSplit, s_end = steps * (slice + 1) / kSplit;
+  const int s_begin = steps * warp / kWarps, s_end = steps * (warp + 1) / kWarps;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   auto col_ok = [&](int s) { return static_cast<int64_t>(s) * kStepCols + 8 * t + 8 <= p.k; };
 
-  // The block walks groups of kTiles tiles, first, first + stride, ... (a persistent grid of 16 warps per SM): its norm
-  // prologue runs once, and the next tiles' first W loads go out before the current ones' reduction and epilogue.
-  const int first = static_cast<int>(blockIdx.x) * kTiles, stride = static_cast<int>(gridDim.x) * kTiles;
+  // The block walks tiles blockIdx.x, + gridDim.x, ... (a persistent grid of 16 warps per SM): its norm prologue runs
+  // once, and the next tile's first W loads go out before the current tile's reduction and epilogue.
+  int tile = blockIdx.x;
   const T* wa = nullptr;
   const T* wb = nullptr;
   bool ok_a = false, ok_b = false;
   uint4 w_a[kAhead], w_b[kAhead];
   auto start_tile = [&](int next_tile) {
     const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);
-    ok_a = next_tile < tiles && row_a < p.rows;  // a warp group past the last tile loads nothing
-    ok_b = next_tile < tiles && row_b < p.rows;
+    ok_a = row_a < p.rows;
+    ok_b = row_b < p.rows;
     wa = w + row_a * p.ldw + 8 * t;
     wb = w + row_b * p.ldw + 8 * t;
 #pragma unroll
@@ -94,7 +89,7 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
   };
 
   pdl_trigger();
-  start_tile(first + group);
+  if (tile < tiles) start_tile(tile);
   pdl_wait();  // x and the residual come from the previous kernels of the step
 
   const T* __restrict__ x = static_cast<const T*>(p.x);
@@ -178,13 +173,12 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
 
 #pragma unroll
   for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);
-  for (int base = first; base < tiles; base += stride) {
+  for (; tile < tiles; tile += gridDim.x) {
     float acc[kNT][4];
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 
-    const int s_stop = base + group < tiles ? s_end : s_begin;  // a group past the last tile skips its K loop
-    for (int s0 = s_begin; s0 < s_stop; s0 += kAhead) {
+    for (int s0 = s_begin; s0 < s_end; s0 += kAhead) {
 #pragma unroll
       for (int i = 0; i < kAhead; ++i) {
         const int s = s0 + i;
@@ -215,60 +209,55 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
       part[warp][g + 8][nt * 8 + 2 * t] = acc[nt][2];
       part[warp][g + 8][nt * 8 + 2 * t + 1] = acc[nt][3];
     }
-    if (base + stride < tiles) {  // the next tiles' first loads, in flight during the reduction below
-      start_tile(base + stride + group);
+    const int this_tile = tile;
+    if (tile + static_cast<int>(gridDim.x) < tiles) {  // the next tile's first loads, in flight during the reduction
+      start_tile(tile + gridDim.x);
 #pragma unroll
       for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);  // every tile reads the same x columns
     }
     __syncthreads();
-    // Every thread of the block finishes outputs of the block's kTiles tiles (256 units each).
-    for (int idx = tid; idx < kTiles * 256; idx += kThreads) {
-      const int gi = idx / 256;
-      if (base + gi < tiles) finish_output<T, kNT, kEpi, kSplit>(p, base + gi, pair, &part[gi * kSplit], idx % 256);
-    }
-    __syncthreads();  // the next tiles' partials overwrite `part`
+    // The tile's 256 output units (finish_output); with 16 warps, half the threads.
+    if (tid < 256) finish_output<T, kNT, kEpi, kWarps>(p, this_tile, pair, part, tid);
+    __syncthreads();  // the next tile's partials overwrite `part`
   }
 }
 
-// One (norm, epilogue) pair's kernel with kSplit warps per tile on a persistent grid of 16 warps per SM (blocks of
-// 16 warps for kSplit 16, else of 8), each block walking groups of tiles. p == nullptr only asks whether the pair is
-// built (decode_linear_has_kernel).
-template <typename T, int kNT, int kNorm, int kEpi, int kSplit>
+// One (norm, epilogue) pair's kernel with kWarps warps per tile on a persistent grid of 16 warps per SM (two blocks of
+// 8 warps or one of 16), each block walking tiles. p == nullptr only asks whether the pair is built
+// (decode_linear_has_kernel).
+template <typename T, int kNT, int kNorm, int kEpi, int kWarps>
 cudaError_t launch(const DecodeLinearParams* p, cudaStream_t stream) {
   if (p == nullptr) return cudaSuccess;
-  constexpr int kWarps = kSplit > 8 ? kSplit : 8;
-  constexpr int kTiles = kWarps / kSplit;
-  const int64_t tiles = (p->rows + 15) / 16;
-  const int64_t blocks = std::min<int64_t>((tiles + kTiles - 1) / kTiles, 16 / kWarps * static_cast<int64_t>(p->num_sms));
+  const int64_t blocks = std::min<int64_t>((p->rows + 15) / 16, 16 / kWarps * static_cast<int64_t>(p->num_sms));
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
-  return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpi, kWarps, kSplit>, grid, block, 0, stream, 1, *p);
+  return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpi, kWarps>, grid, block, 0, stream, 1, *p);
 }
 
 // The (norm, epilogue) pairs with a kernel, listed once: those the fused decoder step runs
 // (eet_hf/engine/fused_decoder.py; eet_hf/ops/decode.py KERNEL_PAIRS mirrors this list).
-template <typename T, int kNT, int kSplit>
+template <typename T, int kNT, int kWarps>
 cudaError_t dispatch(DecodeNorm norm, DecodeEpilogue epilogue, const DecodeLinearParams* p, cudaStream_t stream) {
   switch (norm) {
     case DecodeNorm::kNone:  // o_proj / down_proj / out_proj / fc2 with the residual add
       switch (epilogue) {
-        case DecodeEpilogue::kResidual: return launch<T, kNT, kNormNone, kEpiResidual, kSplit>(p, stream);
+        case DecodeEpilogue::kResidual: return launch<T, kNT, kNormNone, kEpiResidual, kWarps>(p, stream);
         default: return cudaErrorInvalidValue;
       }
     case DecodeNorm::kRms:  // Llama-style: packed QKV + rotary + KV write, gate/up + act, the LM head, Qwen3's QKV
       switch (epilogue) {
-        case DecodeEpilogue::kStore: return launch<T, kNT, kNormRms, kEpiStore, kSplit>(p, stream);
-        case DecodeEpilogue::kSiluMul: return launch<T, kNT, kNormRms, kEpiSiluMul, kSplit>(p, stream);
-        case DecodeEpilogue::kGeluTanhMul: return launch<T, kNT, kNormRms, kEpiGeluTanhMul, kSplit>(p, stream);
-        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormRms, kEpiRotaryKv, kSplit>(p, stream);
+        case DecodeEpilogue::kStore: return launch<T, kNT, kNormRms, kEpiStore, kWarps>(p, stream);
+        case DecodeEpilogue::kSiluMul: return launch<T, kNT, kNormRms, kEpiSiluMul, kWarps>(p, stream);
+        case DecodeEpilogue::kGeluTanhMul: return launch<T, kNT, kNormRms, kEpiGeluTanhMul, kWarps>(p, stream);
+        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormRms, kEpiRotaryKv, kWarps>(p, stream);
         default: return cudaErrorInvalidValue;
       }
     case DecodeNorm::kLayer:  // OPT, GPT-2: packed QKV (+ q scale) + KV write (no rotary), fc1 + ReLU or c_fc +
                               // gelu_new, the LM head
       switch (epilogue) {
-        case DecodeEpilogue::kStore: return launch<T, kNT, kNormLayer, kEpiStore, kSplit>(p, stream);
-        case DecodeEpilogue::kRelu: return launch<T, kNT, kNormLayer, kEpiRelu, kSplit>(p, stream);
-        case DecodeEpilogue::kGeluNew: return launch<T, kNT, kNormLayer, kEpiGeluNew, kSplit>(p, stream);
-        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormLayer, kEpiRotaryKv, kSplit>(p, stream);
+        case DecodeEpilogue::kStore: return launch<T, kNT, kNormLayer, kEpiStore, kWarps>(p, stream);
+        case DecodeEpilogue::kRelu: return launch<T, kNT, kNormLayer, kEpiRelu, kWarps>(p, stream);
+        case DecodeEpilogue::kGeluNew: return launch<T, kNT, kNormLayer, kEpiGeluNew, kWarps>(p, stream);
+        case DecodeEpilogue::kRotaryKv: return launch<T, kNT, kNormLayer, kEpiRotaryKv, kWarps>(p, stream);
         default: return cudaErrorInvalidValue;
       }
     default: return cudaErrorInvalidValue;
@@ -278,17 +267,17 @@ cudaError_t dispatch(DecodeNorm norm, DecodeEpilogue epilogue, const DecodeLinea
 }  // namespace
 
 // The definition each split file instantiates: fp16 / bf16, 1-8 or 9-16 x rows.
-#define EET_DECODE_LINEAR_SPLIT(kSplit)                                                                        \
-  cudaError_t decode_linear_split##kSplit(DType dtype, const DecodeLinearParams* p, DecodeNorm norm,            \
+#define EET_DECODE_LINEAR_SPLIT(kWarps)                                                                        \
+  cudaError_t decode_linear_split##kWarps(DType dtype, const DecodeLinearParams* p, DecodeNorm norm,            \
                                           DecodeEpilogue epilogue, cudaStream_t stream) {                      \
     const bool wide = p != nullptr && p->m > 8;                                                                \
     switch (dtype) {                                                                                           \
       case DType::kFloat16:                                                                                    \
-        return wide ? dispatch<__half, 2, kSplit>(norm, epilogue, p, stream)                                   \
-                    : dispatch<__half, 1, kSplit>(norm, epilogue, p, stream);                                  \
+        return wide ? dispatch<__half, 2, kWarps>(norm, epilogue, p, stream)                                   \
+                    : dispatch<__half, 1, kWarps>(norm, epilogue, p, stream);                                  \
       case DType::kBFloat16:                                                                                   \
-        return wide ? dispatch<__nv_bfloat16, 2, kSplit>(norm, epilogue, p, stream)                            \
-                    : dispatch<__nv_bfloat16, 1, kSplit>(norm, epilogue, p, stream);                           \
+        return wide ? dispatch<__nv_bfloat16, 2, kWarps>(norm, epilogue, p, stream)                            \
+                    : dispatch<__nv_bfloat16, 1, kWarps>(norm, epilogue, p, stream);                           \
       default: return cudaErrorInvalidValue; /* fp32 has no m16n8k16 path: the caller uses torch's GEMM */      \
     }                                                                                                          \
   }

@@ -10,8 +10,6 @@
 
 namespace eet {
 
-cudaError_t decode_linear_split2(DType dtype, const DecodeLinearParams* p, DecodeNorm norm, DecodeEpilogue epilogue,
-                                 cudaStream_t stream);
 cudaError_t decode_linear_split8(DType dtype, const DecodeLinearParams* p, DecodeNorm norm, DecodeEpilogue epilogue,
                                  cudaStream_t stream);
 cudaError_t decode_linear_split16(DType dtype, const DecodeLinearParams* p, DecodeNorm norm, DecodeEpilogue epilogue,

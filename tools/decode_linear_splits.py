@@ -1,5 +1,5 @@
 """decode_linear's work splits on the projections of real decode steps (a measurement, not the benchmark): for each
-projection of a model (QKV, o, gate/up or fc, down or proj, LM head) and each split (2, 8, 16 warps per 16-row tile,
+projection of a model (QKV, o, gate/up or fc, down or proj, LM head) and each split (8 or 16 warps per 16-row tile,
 and 0: the kernel's own choice), µs per call and GB/s of weight streamed.
 
     python tools/decode_linear_splits.py [--models llama-1b,gpt2-xl] [--batch 1] [--out DIR]
@@ -24,7 +24,7 @@ import eet_hf.ops  # noqa: F401 - registers torch.ops.eet
 from eet_hf.ops import ensure_loaded
 from evaluation.bench.decode_profile import copy_gbps
 
-SPLITS = (0, 2, 8, 16)
+SPLITS = (0, 8, 16)
 # (name, rows, k, norm, epilogue, residual) per projection; rows of the gated epilogue are [gate; up].
 _PROJECTIONS = {
     "llama-1b": lambda: [("qkv", 3072, 2048, "rms", "none"), ("o", 2048, 2048, None, "residual"),

@@ -221,7 +221,7 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   warps_per_tile: int = 0) -> torch.Tensor:
     """epilogue(norm(x) @ weight^T + bias); see decode_linear_reference. x: [rows, in]; weight: [out, in]; norm:
     'rms' or 'layer', the kind of norm_weight (with norm_bias for 'layer'). warps_per_tile: the kernel's work split
-    (2, 8 or 16 warps per 16 output rows; 0, the default: the kernel picks by shape); it never changes the result
+    (8 or 16 warps per 16 output rows; 0, the default: the kernel picks by shape); it never changes the result
     beyond the fp32 summation order, and the reference ignores it."""
     if _kernel_takes(x, weight, norm_weight, norm_bias, norm, epilogue):
         return torch.ops.eet.decode_linear(x, weight, bias, norm_weight, eps, residual, epilogue, norm_bias, norm,

@@ -1,6 +1,0 @@
-// decode_linear's kernels with 2 warps per 16-row tile (decode_linear_kernel.cuh; decode_linear.cu picks the split).
-#include "decode_linear_kernel.cuh"
-
-namespace eet {
-EET_DECODE_LINEAR_SPLIT(2)
-}  // namespace eet
