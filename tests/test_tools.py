@@ -20,6 +20,7 @@ HELP = {
     "gpu_wheels.sh": ["bash", str(TOOLS / "gpu_wheels.sh"), "--help"],
     "readme_tables.py": [sys.executable, str(TOOLS / "readme_tables.py"), "--help"],
     "ttft_anatomy.py": [sys.executable, str(TOOLS / "ttft_anatomy.py"), "--help"],
+    "decode_linear_splits.py": [sys.executable, str(TOOLS / "decode_linear_splits.py"), "--help"],
 }
 
 

@@ -16,13 +16,15 @@ import argparse
 import datetime
 import functools
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-import eet_hf.ops  # noqa: F401 - registers torch.ops.eet
-from eet_hf.ops import ensure_loaded
-from evaluation.bench.decode_profile import copy_gbps
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evaluation/ from a checkout
+
+from eet_hf.ops import ensure_loaded  # noqa: E402 - also registers torch.ops.eet
+from evaluation.bench.decode_profile import copy_gbps  # noqa: E402
 
 SPLITS = (0, 8, 16)
 # (name, rows, k, norm, epilogue, residual) per projection; rows of the gated epilogue are [gate; up].
