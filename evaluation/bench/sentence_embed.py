@@ -7,7 +7,8 @@ whose token lengths are drawn uniformly from 8..256 (sentences.py; sentence-tran
 157 batches are padded to many different lengths). Two untimed encodes come first: `warmup_s` is the first
 (compilation, kernel builds); the second shows every shape a second time, since eet's whole-model graphs and
 reduce-overhead's CUDA graphs both record a shape on its second call. `encode_s` is the median of ctx.repeats timed
-encodes, `sentences_per_s` the sentences over it.
+encodes, `sentences_per_s` the sentences over it. `tokenize_s` (engine "reference") is encode()'s tokenization alone,
+the same batches through the model's own tokenization on the host: the floor under every engine's encode_s.
 
 Models (shapes.SENTENCE_SIZES): Transformer + mean Pooling around a BERT-base shaped BertModel and an XLM-R-base
 shaped XLMRobertaModel, seeded random weights, fp16 on CUDA, saved to a temporary directory with the embedded BERT's
@@ -45,7 +46,7 @@ from .sentences import mixed_length_sentences, token_lengths
 from .timing import free_memory, sync
 
 NAME = "sentence-embed"
-HEADLINE = ["sentences_per_s", "min_centered_cosine", "min_cosine", "warmup_s"]
+HEADLINE = ["sentences_per_s", "encode_s", "tokenize_s", "min_centered_cosine", "min_cosine", "warmup_s"]
 LOG_METRICS = ("warmup_s",)
 LOW, HIGH = 8, 256  # token lengths, [CLS] and [SEP] included
 
@@ -98,6 +99,7 @@ def model_cases(ctx: RunContext, shape: S.ModelShape, tokenizer, engines: list[s
         if "hf-sdpa" not in engines and engines:
             ctx.notes.append(f"{case}: hf-sdpa not selected; its embeddings computed untimed as the reference")
             reference = _encode(load(folder, ctx.device, ctx.dtype), sentences, batch)
+        rows += tokenize_rows(ctx, folder, case, sentences, batch)
         for engine in engines:
             engine_rows, embeddings = engine_case(ctx, folder, engine, case, sentences, batch)
             reference = embeddings if engine == "hf-sdpa" else reference
@@ -134,6 +136,27 @@ def engine_case(ctx: RunContext, folder: str, engine: str, case: str, sentences:
         row(case, engine, "encode_s", seconds, "s"),
         row(case, engine, "warmup_s", warmup, "s"),
     ], timed[-1][1]
+
+
+def tokenize_rows(ctx: RunContext, folder: str, case: str, sentences: list[str], batch: int) -> list[dict]:
+    """`tokenize_s` (engine "reference"): encode()'s tokenization alone, the same batches (sorted longest first, as
+    encode() sorts them) through the model's own tokenization, median of ctx.repeats. No engine's encode() can take
+    less: it is the host-side floor of every engine's encode_s."""
+    if ctx.budget.spent():
+        return []
+    model = load(folder, "cpu", torch.float32)
+    tokenize = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers 6 / earlier
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+    batches = [[sentences[j] for j in order[i:i + batch]] for i in range(0, len(sentences), batch)]
+    times = []
+    for _ in range(max(1, ctx.repeats)):
+        start = time.perf_counter()
+        for texts in batches:
+            tokenize(texts)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    ctx.log(f"  tokenization alone: {seconds:.2f} s")
+    return [row(case, "reference", "tokenize_s", seconds, "s")]
 
 
 def agreement_rows(case: str, engine: str, got: torch.Tensor | None, reference: torch.Tensor | None) -> list[dict]:
