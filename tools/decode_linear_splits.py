@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evaluation/ from a checkout
 
 from eet_hf.ops import ensure_loaded  # noqa: E402 - also registers torch.ops.eet
-from evaluation.bench.decode_profile import copy_gbps  # noqa: E402
+from evaluation.bench.decode_profile import _replay_us, copy_gbps  # noqa: E402
 
 SPLITS = (0, 8, 16)
 # (name, rows, k, norm, epilogue, residual) per projection; rows of the gated epilogue are [gate; up].
@@ -57,14 +57,7 @@ def _time_calls(calls, repeats: int = 20) -> float:
     with torch.cuda.graph(graph):
         for call in calls:
             call()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / (repeats * len(calls))
+    return _replay_us(graph, rewind=lambda: None, repeats=repeats) / len(calls)
 
 
 def measure(model: str, batch: int) -> list[dict]:
