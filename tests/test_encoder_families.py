@@ -2,7 +2,7 @@
 DistilBERT) on CPU (reference ops), accelerated vs an unpatched deep copy: every graphed head on right-padded and
 unpadded batches through the packed encoder, packing as views with an identical state_dict, restore(),
 save_pretrained round trips, the calls handed to HF's layer loop, a model the record does not describe, parts replaced
-after accelerate(), pipelines, and whole-model graphs with the fake capture backend of test_encoder_model_graphs."""
+after accelerate(), and pipelines. Whole-model graphs per family: test_encoder_families_graphs.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from eet_hf import patches
 from eet_hf.encoder import model_graphs, packed_qkv
 
 from .helpers import assert_close, make_tokenizer, padded_batch
-from .test_encoder_model_graphs import FakeGraphs, _compare
+from .test_encoder_model_graphs import _compare
 
 FP32_ATOL = 1e-4  # the project's fp32 logits contract
 RECORDS = patches.encoder_records.RECORDS
@@ -370,44 +370,3 @@ def test_pipelines_unchanged_on_real_tokens(family, task, packed_calls):
             assert [d["label"] for d in row_got] == [d["label"] for d in row_exp]
             assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(row_got, row_exp))
     assert packed_calls
-
-
-# ------------------------------------------------------------------------------------------------ whole-model graphs
-
-
-GRAPHED = [(family, head) for family in FAMILIES for head in RECORDS[family].heads
-           if head.endswith(("Model", "ForSequenceClassification", "ForMultipleChoice"))]
-
-
-@pytest.mark.parametrize("family, head", GRAPHED, ids=[f"{f}-{h}" for f, h in GRAPHED])
-def test_whole_model_graphs_capture_and_replay_like_hf(family, head):
-    """With the fake capture backend: eager (first sight), capture + replay, replay, for keyword calls and for
-    positional ones in the head's own order (RoBERTa's multiple choice head: input_ids, token_type_ids, mask)."""
-    model, ref = _pair(family, head)
-    eet_hf.accelerate(model)
-    installed = model.__dict__[model_graphs.ATTR]
-    cache = model.__dict__[model_graphs.ATTR] = model_graphs.ModelGraphs(
-        FakeGraphs(), max_tokens=installed.max_tokens, input_names=installed.input_names)
-    choices = 2 if head.endswith("MultipleChoice") else None
-    with torch.no_grad():
-        for call, lengths in enumerate([[9, 4, 1, 9], [2, 9, 9, 5], [9, 9, 9, 9]]):
-            inputs = _inputs(model, lengths, 9, choices=choices)
-            _compare(model(**inputs), ref(**inputs), inputs["attention_mask"])
-            assert (cache.captures, cache.replays) == ([0, 1, 1][call], [0, 1, 2][call])
-        args = [inputs[name] for name in cache.input_names if name in inputs]
-        _compare(model(*args), ref(*args), inputs["attention_mask"])
-    assert (cache.replays, cache.fallbacks) == (3, 0)
-
-
-def test_distilbert_calls_with_token_types_bypass_the_graphs():
-    """DistilBERT takes no token types: such a call is not of the plain form and runs the model's own forward."""
-    model, ref = _pair("distilbert")
-    eet_hf.accelerate(model)
-    cache = model.__dict__[model_graphs.ATTR] = model_graphs.ModelGraphs(FakeGraphs(), input_names=(
-        "input_ids", "attention_mask"))
-    inputs = _inputs(model, [6, 3], 6)
-    with torch.no_grad():
-        for _ in range(3):
-            out = model(**inputs, token_type_ids=torch.zeros_like(inputs["input_ids"]))
-    _compare(out, ref(**inputs), inputs["attention_mask"])
-    assert (cache.captures, cache.replays, len(cache._seen)) == (0, 0, 0)
