@@ -71,7 +71,8 @@ fi
 # (cudaErrorStreamCaptureUnsupported, measured); "launched" reads the profiler, which the sanitizer displaces.
 # The kernel test files (model-level files build whole models, far too slow under the sanitizer);
 # EET_SANITIZER_TESTS overrides the list.
-mapfile -t TESTS < <(ls ${EET_SANITIZER_TESTS:-tests/gpu/test_attention_cuda.py tests/gpu/test_norm_gelu_cuda.py \
+mapfile -t TESTS < <(ls ${EET_SANITIZER_TESTS:-tests/gpu/test_attention_cuda.py tests/gpu/test_attention_contracts_cuda.py \
+  tests/gpu/test_norm_gelu_cuda.py \
   tests/gpu/test_embedding_kv_cuda.py tests/gpu/test_rotary_cuda.py tests/gpu/test_small_linear_cuda.py \
   tests/gpu/test_attention_decode_cuda.py tests/gpu/test_attention_decode_launch_cuda.py \
   tests/gpu/test_decode_linear_cuda.py tests/gpu/test_argmax_cuda.py})
