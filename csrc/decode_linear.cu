@@ -12,7 +12,7 @@
 // warp order (deterministic) and the block applies the epilogue. The grid is persistent (16 warps per SM: two blocks of
 // 8 warps, or one of 16; each block walks tiles): the norm prologue runs once per block, and the next tile's first W
 // loads are in flight during the current one's reduction and epilogue. The split is picked per call
-// (`decode_linear_pick_split`, from measurements): a shape with fewer tiles than SMs (Llama's o / down: 128 tiles
+// (`pick_split`, from measurements): a shape with fewer tiles than SMs (Llama's o / down: 128 tiles
 // for 132 SMs) needs 16 warps per tile to keep every SM's loads in flight. Row tiles can pair rows instead of taking
 // 16 consecutive ones: mma rows g come from the first half of a pair and rows g + 8 from the second, `pair` rows
 // later. That puts each rotary partner (d, d + head_dim/2) and each gate/up pair (j, j + n_out) in one lane after the
@@ -51,7 +51,10 @@ bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue) {
   return decode_linear_split8(DType::kFloat16, nullptr, norm, epilogue, nullptr) == cudaSuccess;
 }
 
-int decode_linear_pick_split(const DecodeLinearParams& p) {
+namespace {
+
+// The work split a call runs: p.warps_per_tile if set, else the one measured fastest for the shape.
+int pick_split(const DecodeLinearParams& p) {
   if (p.warps_per_tile != 0) return p.warps_per_tile;
   // Measured on an H100 (evaluation/results/decode-linear-splits-h100.md, decode steps of Llama-3.2-1B, Qwen3-1.7B and
   // GPT-2 XL): 16 warps per tile win where the tiles do not fill the SMs (o / down / proj: 100-128 tiles, 20-30%
@@ -63,6 +66,8 @@ int decode_linear_pick_split(const DecodeLinearParams& p) {
   if (steps % 16 == 0 && tiles >= 32 * static_cast<int64_t>(p.num_sms)) return 16;
   return 8;
 }
+
+}  // namespace
 
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream) {
   const bool gated = p.epilogue == DecodeEpilogue::kSiluMul || p.epilogue == DecodeEpilogue::kGeluTanhMul;
@@ -82,7 +87,7 @@ cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t
        p.rows != static_cast<int64_t>(p.heads_q + 2 * p.heads_kv) * p.head_dim)) {
     return cudaErrorInvalidValue;
   }
-  switch (decode_linear_pick_split(p)) {
+  switch (pick_split(p)) {
     case 8: return decode_linear_split8(dtype, &p, p.norm, p.epilogue, stream);
     case 16: return decode_linear_split16(dtype, &p, p.norm, p.epilogue, stream);
     default: return cudaErrorInvalidValue;

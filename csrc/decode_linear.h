@@ -60,16 +60,12 @@ struct DecodeLinearParams {
   float q_scale;  // 1: q as projected (and rotated)
   int heads_q, heads_kv, head_dim;
   int num_sms;  // the device's multiprocessor count: sizes the persistent grid
-  int warps_per_tile;  // the work split: 8 or 16 warps per 16-row tile; 0: decode_linear_pick_split's choice
+  int warps_per_tile;  // the work split: 8 or 16 warps per 16-row tile; 0: the one measured fastest for the shape (decode_linear.cu)
 };
 
 // Output columns of the epilogue: rows for kStore / kResidual / kRelu / kGeluNew, rows / 2 for the gated ones, heads_q * head_dim
 // for kRotaryKv.
 int64_t decode_linear_out_cols(const DecodeLinearParams& p);
-
-// The work split a call runs: p.warps_per_tile if set, else the one measured fastest for the shape (tiles, K, SMs;
-// decode_linear.cu).
-int decode_linear_pick_split(const DecodeLinearParams& p);
 
 // Whether a kernel is built for this (norm, epilogue) pair: only the pairs the fused decoder step runs are
 // (eet_hf/ops/decode.py KERNEL_PAIRS lists the same ones and sends every other call to the reference).

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evaluation/ from a checkout
 
 from eet_hf.ops import ensure_loaded  # noqa: E402 - also registers torch.ops.eet
-from evaluation.bench.decode_profile import _replay_us, copy_gbps  # noqa: E402
+from evaluation.bench.decode_profile import copy_gbps, replay_us  # noqa: E402
 
 SPLITS = (0, 8, 16)
 # (name, rows, k, norm, epilogue, residual) per projection; rows of the gated epilogue are [gate; up].
@@ -57,7 +57,7 @@ def _time_calls(calls, repeats: int = 20) -> float:
     with torch.cuda.graph(graph):
         for call in calls:
             call()
-    return _replay_us(graph, rewind=lambda: None, repeats=repeats) / len(calls)
+    return replay_us(graph, rewind=lambda: None, repeats=repeats) / len(calls)
 
 
 def measure(model: str, batch: int) -> list[dict]:

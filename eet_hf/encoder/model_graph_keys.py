@@ -81,11 +81,6 @@ def padded_length(seq: int, bucket: int, limit: int) -> int:
     return padded if padded <= limit else seq
 
 
-def pad_to(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
-    """t [..., seq] with `value` appended along the last dimension up to `length`."""
-    return torch.nn.functional.pad(t, (0, length - t.shape[-1]), value=value)
-
-
 def fields_match(outputs: ModelOutput, fields: frozenset[str], ids_shape: torch.Size) -> bool:
     """Whether exactly `fields` of a graph's outputs have the leading shape of its (padded) input ids [..., seq]:
     the check that cutting them back along the sequence dimension gives the call's own outputs."""

@@ -125,7 +125,7 @@ def _graph(model):
     return graph, state
 
 
-def _replay_us(graph: torch.cuda.CUDAGraph, rewind, repeats: int = 50) -> float:
+def replay_us(graph: torch.cuda.CUDAGraph, rewind, repeats: int = 50) -> float:
     for _ in range(5):
         graph.replay()
     rewind()
@@ -189,7 +189,7 @@ def one_case(ctx: RunContext, shape: S.ModelShape, batch: int, ceiling: float | 
         # inference_mode (by generate), so it is rewound there too.
         with torch.inference_mode():
             counters = state.counters.clone()
-            step_us = _replay_us(graph, lambda: state.counters.copy_(counters))
+            step_us = replay_us(graph, lambda: state.counters.copy_(counters))
             state.counters.copy_(counters)
             kernels = _profile(graph.replay, 10, ProfilerActivity.CUDA)
         steps = 10
