@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from eet_hf.cuda_graphs import warm_up_and_capture
+
 from .packing import capacity_for
 
 # Encoder batches up to this many padded tokens (batch * bucket) take graphs. With the token capacity in the
@@ -149,15 +151,8 @@ class GraphCache:
         entry = _Graph(torch.cuda.CUDAGraph(), static_hidden, static_start, static_end, static_hidden)
         self._load(entry, hidden, start, end)
         with torch.no_grad():
-            # One eager run on a side stream first: lazy initialisation (cuBLAS workspaces, kernel attributes)
-            # must not happen inside the capture.
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                fn(static_hidden, static_start, static_end, capacity=capacity)
-            torch.cuda.current_stream(device).wait_stream(side)
-            with torch.cuda.graph(entry.graph, pool=self._pool):
-                entry.out = fn(static_hidden, static_start, static_end, capacity=capacity)
+            entry.out = warm_up_and_capture(
+                entry.graph, lambda: fn(static_hidden, static_start, static_end, capacity=capacity), self._pool, device)
         self._graphs[key] = entry
         self.captures += 1
         while len(self._graphs) > 1 and self.static_bytes() > self.max_bytes:  # the newest graph always stays

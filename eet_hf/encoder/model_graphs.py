@@ -69,6 +69,7 @@ from transformers.utils import ModelOutput
 
 from eet_hf._log import warn_once
 from eet_hf.attention import _is_compiling
+from eet_hf.cuda_graphs import warm_up_and_capture
 
 from . import graphs
 from .model_graph_keys import (
@@ -119,15 +120,7 @@ class CudaGraphBackend:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            # One eager run on a side stream first: lazy initialisation (cuBLAS workspaces, kernel attributes)
-            # must not happen inside the capture.
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                fn()
-            torch.cuda.current_stream(device).wait_stream(side)
-            with torch.cuda.graph(graph, pool=self._pool):
-                outputs = fn()
+            outputs = warm_up_and_capture(graph, fn, self._pool, device)
         return graph.replay, outputs
 
 

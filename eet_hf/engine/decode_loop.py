@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from eet_hf.cuda_graphs import warm_up_and_capture
+
 from . import prefill_graphs
 from .decode_model import DecodeModel, StepBounds
 from .kv_cache import KVArena, required_bytes, round_capacity
@@ -240,19 +242,13 @@ class DecodeEngine:
         return None, state, PolicyRunner(policy, w.vocab, device)
 
     def _capture(self, w, kv, state, runner, batch, capacity, policy, keep_scores, keep_logits):
-        """Run this step eagerly on a side stream (warms up cuBLAS and the allocator), then capture the step body
-        once; later steps and calls with the same key replay it."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._step(w, kv, state, runner)
-        torch.cuda.current_stream().wait_stream(side)
-        self.stats["eager_steps"] += 1
+        """Run this step eagerly once (it is the call's first step), then capture the step body; later steps and
+        calls with the same key replay it."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._step(w, kv, state, runner)
+        warm_up_and_capture(graph, lambda: self._step(w, kv, state, runner), self._pool, kv.device)
+        self.stats["eager_steps"] += 1
         self.stats["graphs_captured"] += 1
         key = self._key(batch, capacity, policy, keep_scores, keep_logits)
         self._graphs[key] = (graph, state, runner)

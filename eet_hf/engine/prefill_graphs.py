@@ -16,6 +16,7 @@ from collections import OrderedDict
 import torch
 
 from eet_hf._log import warn_once
+from eet_hf.cuda_graphs import warm_up_and_capture
 
 from .decode_model import DecodeModel, StepBounds
 
@@ -87,18 +88,13 @@ class PrefillGraphs:
         batch, seq = tokens.shape
         captured = _Captured(batch, seq, tokens.device)
         captured.load(tokens, positions, pads)
-        # A warm-up on a side stream first (cuBLAS workspaces, the allocator), as torch's graph capture asks.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            w.forward_last_logits(captured.tokens, captured.positions, kv, captured.bounds, padded=padded)
-        torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         try:
-            with torch.cuda.graph(captured.graph, pool=self._pool):
-                captured.logits = w.forward_last_logits(captured.tokens, captured.positions, kv, captured.bounds,
-                                                        padded=padded)
+            captured.logits = warm_up_and_capture(
+                captured.graph, lambda: w.forward_last_logits(captured.tokens, captured.positions, kv, captured.bounds,
+                                                              padded=padded),
+                self._pool, tokens.device)
         except RuntimeError as error:  # something in this model's forward reads the host (a family's own code)
             warn_once(f"generate: the prompt's forward could not be captured in a CUDA graph ({error}); prompts "
                       "run eagerly")
