@@ -68,6 +68,9 @@ void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, 
   p.norm_bias = norm_bias ? norm_bias->data_ptr() : nullptr;
   p.norm = !norm_weight ? DecodeNorm::kNone : kind == "layer" ? DecodeNorm::kLayer : DecodeNorm::kRms;
   p.m = m;
+  // The kernel indexes W rows and tiles with 32-bit integers (csrc/decode_linear_tile.cuh, tile_row).
+  TORCH_CHECK(weight.size(0) < (int64_t{1} << 31) - 16,
+              msg("eet::", op, ": weight has ", weight.size(0), " rows; fewer than 2^31 are supported"));
   p.rows = weight.size(0);
   p.k = k;
   p.ldx = x.stride(0);

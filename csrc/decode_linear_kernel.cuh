@@ -53,9 +53,9 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  int64_t pair = 0;
-  if constexpr (kEpi == kEpiRotaryKv) pair = p.head_dim / 2;
-  if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = p.rows / 2;
+  int pair = 0;
+  if constexpr (kEpi == kEpiRotaryKv) pair = static_cast<int>(p.head_dim / 2);
+  if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) pair = static_cast<int>(p.rows / 2);
   // The last tile may be partial (LM heads: vocab 50257); loads and stores check row < rows.
   const int tiles = static_cast<int>((p.rows + 15) / 16);
   const T* __restrict__ w = static_cast<const T*>(p.weight);
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
   bool ok_a = false, ok_b = false;
   uint4 w_a[kAhead], w_b[kAhead];
   auto start_tile = [&](int next_tile) {
-    const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);
+    const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);  // x ldw: 64-bit
     ok_a = row_a < p.rows;
     ok_b = row_b < p.rows;
     wa = w + row_a * p.ldw + 8 * t;

@@ -32,11 +32,14 @@ constexpr bool paired(int epi) { return epi == kEpiSiluMul || epi == kEpiGeluTan
 
 // Physical W row of tile row r (0..15). pair == 0: 16 consecutive rows. Otherwise rows 0..7 are 8 consecutive rows of
 // a first half and rows 8..15 the rows `pair` later; halves alternate every `pair` rows (rotary: pair = head_dim / 2
-// inside each head; gate/up: pair = n_out, the whole gate half then the whole up half).
-__device__ __forceinline__ int64_t tile_row(int64_t tile, int r, int64_t pair) {
+// inside each head; gate/up: pair = n_out, the whole gate half then the whole up half). 32-bit arithmetic (the host
+// keeps rows below 2^31): a 64-bit division is ~4x a 32-bit one, and this one sits on each tile's critical path (the
+// next tile's load addresses, the epilogue's output rows).
+__device__ __forceinline__ int tile_row(int tile, int r, int pair) {
   if (pair == 0) return tile * 16 + r;
-  const int64_t groups = pair / 8;
-  const int64_t base = (tile / groups) * 2 * pair + (tile % groups) * 8;
+  const int groups = pair >> 3;  // pair is a multiple of 8
+  const int group = tile / groups;
+  const int base = group * 2 * pair + (tile - group * groups) * 8;
   return base + (r < 8 ? r : pair + (r - 8));
 }
 
@@ -80,7 +83,7 @@ __device__ __forceinline__ void x_fragments(const uint4& raw, const uint4& nw, c
 // One output unit u (0..255) of a tile after its kSplit warps' partial tiles (`part`, the first of them) are summed in
 // warp order: an output (row u % 16, x row u / 16), or for the paired epilogues a row pair (u % 8, x row u / 8).
 template <typename T, int kNT, int kEpi, int kSplit>
-__device__ __forceinline__ void finish_output(const DecodeLinearParams& p, int64_t tile, int64_t pair,
+__device__ __forceinline__ void finish_output(const DecodeLinearParams& p, int tile, int pair,
                                               const float (*part)[16][8 * kNT + 1], int u) {
   const T* __restrict__ bias = static_cast<const T*>(p.bias);
   T* __restrict__ out = static_cast<T*>(p.out);
@@ -97,7 +100,7 @@ __device__ __forceinline__ void finish_output(const DecodeLinearParams& p, int64
 
   if constexpr (!paired(kEpi)) {
     const int r = u % 16, c = u / 16;  // 16 rows x 16 columns: every output of the tile
-    const int64_t row = tile_row(tile, r, 0);
+    const int row = tile_row(tile, r, 0);
     if (c < p.m && row < p.rows) {
       const float y = linear_out(row, tile_sum(r, c));
       float o = y;
@@ -110,16 +113,16 @@ __device__ __forceinline__ void finish_output(const DecodeLinearParams& p, int64
     }
   } else {
     const int r = u % 8, c = u / 8;  // 8 pairs x 32 columns (x rows past m idle)
-    const int64_t row1 = tile_row(tile, r, pair), row2 = tile_row(tile, r + 8, pair);
+    const int row1 = tile_row(tile, r, pair), row2 = tile_row(tile, r + 8, pair);
     if (c < p.m && row2 < p.rows) {
       const float y1 = linear_out(row1, tile_sum(r, c)), y2 = linear_out(row2, tile_sum(r + 8, c));
       if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) {
         const float act = round_to<T>(kEpi == kEpiSiluMul ? silu(y1) : gelu_tanh(y1));
-        out[c * pair + row1] = from_float<T>(__fmul_rn(act, y2));
+        out[static_cast<int64_t>(c) * pair + row1] = from_float<T>(__fmul_rn(act, y2));
       } else {
-        const int64_t hd = p.head_dim, half = hd / 2;
-        const int64_t q_rows = static_cast<int64_t>(p.heads_q) * hd, k_rows = static_cast<int64_t>(p.heads_kv) * hd;
-        const int64_t j = row1 % hd;  // < half: row2 is its rotary partner j + half
+        const int hd = static_cast<int>(p.head_dim), half = hd / 2;  // 32-bit, as tile_row
+        const int q_rows = p.heads_q * hd, k_rows = p.heads_kv * hd;
+        const int j = row1 % hd;  // < half: row2 is its rotary partner j + half
         float o1 = y1, o2 = y2;
         // No tables (OPT): q and k as projected. Identity tables (cos 1, sin 0) would round the same way, but cost two
         // table reads per element and turn an overflowed partner into NaN (inf * 0) where HF keeps this element.
@@ -136,12 +139,12 @@ __device__ __forceinline__ void finish_output(const DecodeLinearParams& p, int64
             o1 = __fmul_rn(round_to<T>(o1), p.q_scale);
             o2 = __fmul_rn(round_to<T>(o2), p.q_scale);
           }
-          out[c * q_rows + row1] = from_float<T>(o1);
-          out[c * q_rows + row2] = from_float<T>(o2);
+          out[static_cast<int64_t>(c) * q_rows + row1] = from_float<T>(o1);
+          out[static_cast<int64_t>(c) * q_rows + row2] = from_float<T>(o2);
         } else {
           const bool is_k = row1 < q_rows + k_rows;
-          const int64_t local = row1 - (is_k ? q_rows : q_rows + k_rows);
-          const int64_t head = local / hd;
+          const int local = row1 - (is_k ? q_rows : q_rows + k_rows);
+          const int head = local / hd;
           const int64_t slot = p.write_pos[c];
           if (slot >= 0 && slot < p.cache_len) {
             const int64_t* st = is_k ? p.k_stride : p.v_stride;
