@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
   bool ok_a = false, ok_b = false;
   uint4 w_a[kAhead], w_b[kAhead];
   auto start_tile = [&](int next_tile) {
-    const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);  // x ldw: 64-bit
+    const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);  // row * ldw in 64 bits
     ok_a = row_a < p.rows;
     ok_b = row_b < p.rows;
     wa = w + row_a * p.ldw + 8 * t;
