@@ -228,7 +228,7 @@ at::Tensor qkv_rope_append(const at::Tensor& qkv, const std::optional<at::Tensor
   TORCH_CHECK(heads_q > 0 && heads_kv > 0 && qkv.size(2) % (heads_q + 2 * heads_kv) == 0, msg("eet::qkv_rope_append: width ", qkv.size(2), " is not (heads_q + 2 * heads_kv) heads"));
   const int64_t head_dim = qkv.size(2) / (heads_q + 2 * heads_kv);
   TORCH_CHECK(head_dim % 2 == 0 && head_dim <= 256, msg("eet::qkv_rope_append: head_dim must be even and at most 256, got ", head_dim));
-  TORCH_CHECK(qkv.is_contiguous() && batch * seq <= 65535, msg("eet::qkv_rope_append: qkv must be contiguous with at most 65535 tokens, got ", qkv.sizes()));
+  TORCH_CHECK(qkv.is_contiguous(), msg("eet::qkv_rope_append: qkv must be contiguous, got strides ", qkv.strides()));
   TORCH_CHECK(q_norm.has_value() == k_norm.has_value(), msg("eet::qkv_rope_append: q_norm and k_norm go together"));
   if (q_norm) {
     for (const auto* w : {&*q_norm, &*k_norm}) {

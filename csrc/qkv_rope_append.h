@@ -26,7 +26,7 @@ struct QkvRopeAppendParams {
   int heads_q, heads_kv, head_dim;
 };
 
-// cudaErrorInvalidValue (nothing launched) for head_dim > 256 or odd, or more than 65535 tokens.
+// cudaErrorInvalidValue (nothing launched) for head_dim > 256 or odd.
 cudaError_t qkv_rope_append(DType dtype, const QkvRopeAppendParams& p, cudaStream_t stream);
 
 }  // namespace eet

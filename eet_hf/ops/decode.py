@@ -254,7 +254,6 @@ def qkv_rope_append(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torc
     head_dim = qkv.shape[-1] // (heads_q + 2 * heads_kv)
     tables = cos is None or (cos.shape[-1] == head_dim and cos.is_contiguous() and sin.is_contiguous())
     kernel = (not _REFERENCE_ONLY.get() and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16, torch.float32)
-              and qkv.is_contiguous() and head_dim <= 256 and head_dim % 2 == 0 and tables
-              and qkv.shape[0] * qkv.shape[1] <= 65535 and ensure_loaded())
+              and qkv.is_contiguous() and head_dim <= 256 and head_dim % 2 == 0 and tables and ensure_loaded())
     op = torch.ops.eet.qkv_rope_append if kernel else qkv_rope_append_reference
     return op(qkv, q_norm, k_norm, eps, cos, sin, k_cache, v_cache, write_pos, heads_q, heads_kv, q_scale)
