@@ -77,7 +77,15 @@ void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, 
   p.ldw = weight.stride(0);
   p.eps = static_cast<float>(eps);
   p.q_scale = 1.0f;
-  p.num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  p.num_sms = props->multiProcessorCount;
+  p.smem_per_block = static_cast<int64_t>(props->sharedMemPerBlockOptin);
+  p.smem_per_sm = static_cast<int64_t>(props->sharedMemPerMultiprocessor);
+  if (norm_weight) {
+    const int64_t need = decode_linear_staged_bytes(m, k) + kDecodeLinearStaticSmem16;
+    TORCH_CHECK(need <= p.smem_per_block, msg("eet::", op, ": the norm's ", m, " normalized rows of ", k, " columns need ", need,
+                                              " bytes of shared memory; this device has ", p.smem_per_block, " per block"));
+  }
   TORCH_CHECK(warps_per_tile == 0 || warps_per_tile == 8 || warps_per_tile == 16,
               msg("eet::", op, ": warps_per_tile must be 0 (the kernel's choice), 8 or 16, got ", warps_per_tile));
   p.warps_per_tile = static_cast<int>(warps_per_tile);

@@ -21,8 +21,10 @@
 // Every warp keeps kAhead steps of W loads in flight (32 bytes per lane per step); the first ones are issued before
 // pdl_wait(), because no kernel of a step writes W, so their HBM latency overlaps the previous kernel's tail.
 // The norm prologue computes each row's statistics from x in the block after the wait (RMSNorm: 1/rms; LayerNorm: the
-// mean, then 1/std from the centered sum of squares, as layernorm.cu), and the x fragments are normalized as they are
-// loaded, with HF's roundings: RMSNorm round(round(x * rstd) * w), LayerNorm round((x - mean) * rstd * w + b).
+// mean, then 1/std from the centered sum of squares, as layernorm.cu) and writes the normalized rows to shared memory
+// once, with HF's roundings (RMSNorm round(round(x * rstd) * w), LayerNorm round((x - mean) * rstd * w + b)); the
+// main loop reads its x fragments from there. A hidden size whose 8 or 16 staged rows do not fit a block's shared
+// memory is refused (eet_hf/ops/decode.py runs the reference).
 //
 // Only the (norm, epilogue) pairs the fused decoder step runs are instantiated (`dispatch` in decode_linear_kernel.cuh),
 // which keeps the JIT build short; eet_hf/ops/decode.py sends every other call to its reference. The kernels are in
@@ -87,7 +89,17 @@ cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t
        p.rows != static_cast<int64_t>(p.heads_q + 2 * p.heads_kv) * p.head_dim)) {
     return cudaErrorInvalidValue;
   }
-  switch (pick_split(p)) {
+  int split = pick_split(p);
+  if (p.norm != DecodeNorm::kNone) {
+    const int64_t staged = decode_linear_staged_bytes(p.m, p.k);
+    if (staged + kDecodeLinearStaticSmem16 > p.smem_per_block) return cudaErrorInvalidValue;
+    // Two blocks of 8 warps per SM need the staged rows twice; where they do not fit, one block of 16 keeps 16 warps.
+    if (p.warps_per_tile == 0 && split == 8 &&
+        2 * (staged + kDecodeLinearStaticSmem8 + kSmemReservedPerBlock) > p.smem_per_sm) {
+      split = 16;
+    }
+  }
+  switch (split) {
     case 8: return decode_linear_split8(dtype, &p, p.norm, p.epilogue, stream);
     case 16: return decode_linear_split16(dtype, &p, p.norm, p.epilogue, stream);
     default: return cudaErrorInvalidValue;

@@ -37,6 +37,17 @@ enum class DecodeEpilogue : int { kStore = 0, kResidual = 1, kSiluMul = 2, kGelu
 
 constexpr int64_t kDecodeLinearMaxRows = 16;
 
+// A norm kernel stages its normalized x rows in shared memory: 8 rows (m <= 8) or 16, each decode_linear_staged_ld(k)
+// elements apart. The row stride is 16 bytes more than a multiple of 128, so a warp's 16-byte fragment reads
+// (8 rows x 4 columns) fall in 8 different 16-byte bank groups, 4 lanes each: the minimum of 4 wavefronts.
+constexpr int64_t decode_linear_staged_ld(int64_t k) { return (k + 63) / 64 * 64 + 8; }
+constexpr int64_t decode_linear_staged_bytes(int64_t m, int64_t k) { return (m > 8 ? 16 : 8) * decode_linear_staged_ld(k) * 2; }
+// Shared memory a block of 16 warps needs besides the staged rows (the partial tiles, 16 x 17 floats per warp), and
+// what the hardware reserves per block.
+constexpr int64_t kDecodeLinearStaticSmem16 = 16 * 16 * 17 * 4;
+constexpr int64_t kDecodeLinearStaticSmem8 = 8 * 16 * 17 * 4;
+constexpr int64_t kSmemReservedPerBlock = 1024;
+
 struct DecodeLinearParams {
   const void* x;            // [m, k], row stride ldx, 16-byte aligned rows
   const void* weight;       // [rows, k], row stride ldw (nn.Linear layout), 16-byte aligned rows
@@ -60,6 +71,7 @@ struct DecodeLinearParams {
   float q_scale;  // 1: q as projected (and rotated)
   int heads_q, heads_kv, head_dim;
   int num_sms;  // the device's multiprocessor count: sizes the persistent grid
+  int64_t smem_per_block, smem_per_sm;  // the device's shared memory: per block (opt-in) and per multiprocessor
   int warps_per_tile;  // the work split: 8 or 16 warps per 16-row tile; 0: the one measured fastest for the shape (decode_linear.cu)
 };
 
@@ -72,7 +84,7 @@ int64_t decode_linear_out_cols(const DecodeLinearParams& p);
 bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue);
 
 // cudaErrorInvalidValue (nothing launched) for what the kernel does not take: fp32, m outside [1, 16], k not a
-// multiple of 8, warps_per_tile other than 0, 8 or 16, rows not a multiple of 16 for the paired epilogues (gated, rotary), a rotary head_dim not a multiple of 16, a (norm, epilogue) pair
+// multiple of 8, a norm whose staged rows do not fit a block's shared memory (16 rows: k up to ~6,600 on an H100), warps_per_tile other than 0, 8 or 16, rows not a multiple of 16 for the paired epilogues (gated, rotary), a rotary head_dim not a multiple of 16, a (norm, epilogue) pair
 // without a kernel.
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream);
 

@@ -18,13 +18,9 @@ using attn::mma_16816;
 
 constexpr int kStepCols = 32;  // K columns a warp consumes per step (4 lanes x 8 elements per row)
 
-// W steps in flight per warp: 4 x 32 bytes per lane, 4 KB per warp, 64 KB per SM at two blocks, which covers HBM
-// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of two blocks. The
-// norm's rings take registers from it (x, norm weight and LayerNorm's bias, 4 registers each per step and x tile), so
-// fewer steps fit without spilling: 3 with 16 x rows and RMSNorm, 3 with 8 x rows and LayerNorm, 2 (still 32 KB per
-// SM) with 16 x rows and LayerNorm.
-template <int kNT, int kNorm>
-constexpr int kAheadOf = kNorm == kNormNone ? 4 : kNorm == kNormRms ? (kNT == 2 ? 3 : 4) : (kNT == 2 ? 2 : 3);
+// W steps in flight per warp: 4 x 32 bytes per lane, 4 KB per warp, 64 KB per SM at 16 warps, which covers HBM
+// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of 16 warps per SM.
+constexpr int kAhead = 4;
 
 // W rows are read once per step: keep them out of L1, which x and the norm weight use.
 __device__ __forceinline__ uint4 ldg_stream(const void* p) {
@@ -42,14 +38,15 @@ __device__ __forceinline__ uint4 ldg_keep(const void* p) {
 }
 
 // The kWarps warps of a block share a 16-row tile, each streaming a 1/kWarps slice of K. Both block sizes keep 16 warps
-// per SM (two blocks of 8 or one of 16), which is what the 128-register cap of kAhead's W ring allows.
+// per SM (two blocks of 8 or one of 16), which is what the 128-register cap of kAhead's W ring allows. Norm kernels
+// take dynamic shared memory for the staged x rows (decode_linear_staged_bytes).
 template <typename T, int kNT, int kNorm, int kEpi, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel(const DecodeLinearParams p) {
   constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
-  constexpr int kAhead = kAheadOf<kNT, kNorm>;
+  constexpr bool kStaged = kNorm != kNormNone;
   __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
-  __shared__ float rstd_s[kCols];
-  __shared__ float mean_s[kCols];
+  extern __shared__ __align__(16) unsigned char staged_smem[];
+  T* const staged = reinterpret_cast<T*>(staged_smem);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -91,17 +88,18 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
   pdl_wait();  // x and the residual come from the previous kernels of the step
 
   const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ nw = static_cast<const T*>(p.norm_weight);
-  const T* __restrict__ nb = static_cast<const T*>(p.norm_bias);
-  // The norm prologue's statistics, one warp per x row (rows warp, warp + kWarps, ...): the rows' loads are independent
-  // of each other, so the rows cost one chain of L2 round trips, not one each. (A block-wide reduction per row, the
-  // earlier form, serialized the rows: ~4 µs more per kernel at 8 rows, GPT-2's batch-8 steps 1.4x their batch-1.)
-  // Measured against it in one H100 call (decode-profile, step µs, bs1 / bs8): GPT-2 XL 2211 / 2785 -> 2303 / 2496,
-  // llama-1b 1270 / 1386 -> 1288 / 1316. Unrolling the row loop by 2 or 8 instead of 4, or splitting a row over a
-  // group of warps when rows are fewer than warps, was slower at both batch sizes.
-  // RMSNorm: 1/rms. LayerNorm: the mean, then 1/std from the centered sum of squares (biased variance), the
-  // statistics of layernorm.cu; the second pass reads the row again from L1 / L2.
-  if constexpr (kNorm != kNormNone) {
+  const int64_t ld_staged = decode_linear_staged_ld(p.k);
+  // Norm kernels normalize x once per block into shared memory, one warp per x row (rows warp, warp + kWarps, ...),
+  // with HF's roundings (x_normalized), and the main loop reads the mma's B fragments from there. Normalizing each
+  // fragment as it was loaded, the earlier form, redid the norm for every tile and cost ~60 instructions per step:
+  // the kernel issued an instruction every ~2 cycles per scheduler (ncu, H100) and streamed W ~20% slower than a
+  // plain copy. The rows' loads are independent of each other, so the rows cost one chain of L2 round trips, not one
+  // each (a block-wide reduction per row serialized them: ~4 µs more per kernel at 8 rows). RMSNorm: 1/rms.
+  // LayerNorm: the mean, then 1/std from the centered sum of squares (biased variance), the statistics of
+  // layernorm.cu; each later pass reads the row again from L1 / L2.
+  if constexpr (kStaged) {
+    const T* __restrict__ nw = static_cast<const T*>(p.norm_weight);
+    const T* __restrict__ nb = static_cast<const T*>(p.norm_bias);
     for (int r = warp; r < p.m; r += kWarps) {
       const T* __restrict__ row = x + r * p.ldx;
       float sum = 0.0f;
@@ -113,10 +111,11 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
         for (int j = 0; j < 8; ++j) sum += kNorm == kNormRms ? v[j] * v[j] : v[j];
       }
       sum = warp_sum(sum);
+      float mean = 0.0f, rstd;
       if constexpr (kNorm == kNormRms) {
-        if (lane == 0) rstd_s[r] = rsqrtf(sum / static_cast<float>(p.k) + p.eps);
+        rstd = rsqrtf(sum / static_cast<float>(p.k) + p.eps);
       } else {
-        const float mu = sum / static_cast<float>(p.k);
+        mean = sum / static_cast<float>(p.k);
         float sq = 0.0f;
 #pragma unroll 4
         for (int64_t c = static_cast<int64_t>(lane) * 8; c < p.k; c += 32 * 8) {
@@ -124,15 +123,18 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
           load_float<8>(row + c, v);
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
-            const float d = v[j] - mu;
+            const float d = v[j] - mean;
             sq += d * d;
           }
         }
-        sq = warp_sum(sq);
-        if (lane == 0) {
-          mean_s[r] = mu;
-          rstd_s[r] = rsqrtf(sq / static_cast<float>(p.k) + p.eps);
-        }
+        rstd = rsqrtf(warp_sum(sq) / static_cast<float>(p.k) + p.eps);
+      }
+#pragma unroll 2
+      for (int64_t c = static_cast<int64_t>(lane) * 8; c < p.k; c += 32 * 8) {
+        const uint4 raw = ldg_keep(row + c);
+        const uint4 w8 = ldg_keep(nw + c);
+        const uint4 b8 = kNorm == kNormLayer && nb != nullptr ? ldg_keep(nb + c) : make_uint4(0u, 0u, 0u, 0u);
+        *reinterpret_cast<uint4*>(staged + r * ld_staged + c) = x_normalized<T, kNorm>(raw, w8, b8, mean, rstd);
       }
     }
     __syncthreads();
@@ -141,22 +143,27 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
   // x rows of this lane's B fragments: g (n8 tile 0) and g + 8 (tile 1); rows >= m read as zero.
   const T* xr[kNT];
   bool x_ok[kNT];
-  float rstd[kNT], mean[kNT];
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) {
     const int r = g + 8 * nt;
     x_ok[nt] = r < p.m;
-    xr[nt] = x + (x_ok[nt] ? r : 0) * p.ldx + 8 * t;
-    rstd[nt] = kNorm != kNormNone && x_ok[nt] ? rstd_s[r] : 1.0f;
-    mean[nt] = kNorm == kNormLayer && x_ok[nt] ? mean_s[r] : 0.0f;
+    xr[nt] = (kStaged ? staged + r * ld_staged : x + (x_ok[nt] ? r : 0) * p.ldx) + 8 * t;
   }
-  uint4 x_v[kAhead][kNT], n_v[kAhead], b_v[kAhead];
+  // Without a norm, x comes from global memory (L1 / L2) kAhead steps ahead, as W does.
+  uint4 x_v[kStaged ? 1 : kAhead][kNT];
   auto load_x = [&](int i, int s) {
-    const bool ok = s < s_end && col_ok(s);
+    if constexpr (!kStaged) {
+      const bool ok = s < s_end && col_ok(s);
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
-    if constexpr (kNorm != kNormNone) n_v[i] = ok ? ldg_keep(nw + s * kStepCols + 8 * t) : zero;
-    if constexpr (kNorm == kNormLayer) b_v[i] = ok && nb != nullptr ? ldg_keep(nb + s * kStepCols + 8 * t) : zero;
+      for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
+    }
+  };
+  auto x_fragment = [&](int i, int s, int nt) {
+    if constexpr (kStaged) {
+      return col_ok(s) && x_ok[nt] ? *reinterpret_cast<const uint4*>(xr[nt] + s * kStepCols) : zero;
+    } else {
+      return x_v[i][nt];
+    }
   };
 
 #pragma unroll
@@ -175,10 +182,9 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
           const uint32_t a1[4] = {w_a[i].z, w_b[i].z, w_a[i].w, w_b[i].w};
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
-            uint32_t b[4];
-            x_fragments<T, kNorm>(x_v[i][nt], n_v[i], b_v[i], mean[nt], rstd[nt], b);
-            mma_16816<T>(acc[nt], a0, b[0], b[1]);
-            mma_16816<T>(acc[nt], a1, b[2], b[3]);
+            const uint4 b = x_fragment(i, s, nt);
+            mma_16816<T>(acc[nt], a0, b.x, b.y);
+            mma_16816<T>(acc[nt], a1, b.z, b.w);
           }
           const int next = s + kAhead;
           const bool ok = next < s_end && col_ok(next);
@@ -218,7 +224,13 @@ cudaError_t launch(const DecodeLinearParams* p, cudaStream_t stream) {
   if (p == nullptr) return cudaSuccess;
   const int64_t blocks = std::min<int64_t>((p->rows + 15) / 16, 16 / kWarps * static_cast<int64_t>(p->num_sms));
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
-  return launch_pdl(decode_linear_kernel<T, kNT, kNorm, kEpi, kWarps>, grid, block, 0, stream, 1, *p);
+  const auto kernel = decode_linear_kernel<T, kNT, kNorm, kEpi, kWarps>;
+  const int64_t smem = kNorm == kNormNone ? 0 : decode_linear_staged_bytes(p->m, p->k);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  return launch_pdl(kernel, grid, block, static_cast<size_t>(smem), stream, 1, *p);
 }
 
 // The (norm, epilogue) pairs with a kernel, listed once: those the fused decoder step runs

@@ -1,5 +1,5 @@
-// One 16-row tile of decode_linear.cu: where its W rows are (plain or paired), its x fragments with the norm
-// prologue's roundings, and its epilogue after the warps' partial tiles are summed. Included through
+// One 16-row tile of decode_linear.cu: where its W rows are (plain or paired), the norm prologue's roundings of x,
+// and its epilogue after the warps' partial tiles are summed. Included through
 // decode_linear_kernel.cuh by the decode_linear_split*.cu files (an anonymous namespace: one copy per translation
 // unit).
 #pragma once
@@ -50,34 +50,26 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.0f + tanhf(inner));
 }
 
-// Eight x values (one 16-byte chunk) as the two B-operand registers of each of a step's two mma, normalized first:
-// RMSNorm round(round(x * rstd) * w), HF Llama's order; LayerNorm round((x - mean) * rstd * w + b), torch's
-// layer_norm kernel's expression (it contracts `... * w + b` to one fma; the intrinsics pin that order here).
+// Eight x values (one 16-byte chunk) normalized, as the B-operand registers of a step's two mma: RMSNorm
+// round(round(x * rstd) * w), HF Llama's order; LayerNorm round((x - mean) * rstd * w + b), torch's layer_norm
+// kernel's expression (it contracts `... * w + b` to one fma; the intrinsics pin that order here).
 template <typename T, int kNorm>
-__device__ __forceinline__ void x_fragments(const uint4& raw, const uint4& nw, const uint4& nb, float mean, float rstd,
-                                            uint32_t (&b)[4]) {
-  if constexpr (kNorm == kNormNone) {
-    b[0] = raw.x;
-    b[1] = raw.y;
-    b[2] = raw.z;
-    b[3] = raw.w;
+__device__ __forceinline__ uint4 x_normalized(const uint4& raw, const uint4& nw, const uint4& nb, float mean,
+                                              float rstd) {
+  const T* xv = reinterpret_cast<const T*>(&raw);
+  const T* wv = reinterpret_cast<const T*>(&nw);
+  float y[8];
+  if constexpr (kNorm == kNormRms) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) y[j] = round_to<T>(__fmul_rn(round_to<T>(__fmul_rn(to_float(xv[j]), rstd)), to_float(wv[j])));
   } else {
-    const T* xv = reinterpret_cast<const T*>(&raw);
-    const T* wv = reinterpret_cast<const T*>(&nw);
-    float y[8];
-    if constexpr (kNorm == kNormRms) {
+    const T* bv = reinterpret_cast<const T*>(&nb);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) y[j] = round_to<T>(__fmul_rn(round_to<T>(__fmul_rn(to_float(xv[j]), rstd)), to_float(wv[j])));
-    } else {
-      const T* bv = reinterpret_cast<const T*>(&nb);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        y[j] = round_to<T>(__fmaf_rn(__fmul_rn(__fsub_rn(to_float(xv[j]), mean), rstd), to_float(wv[j]), to_float(bv[j])));
-      }
+    for (int j = 0; j < 8; ++j) {
+      y[j] = round_to<T>(__fmaf_rn(__fmul_rn(__fsub_rn(to_float(xv[j]), mean), rstd), to_float(wv[j]), to_float(bv[j])));
     }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) b[j] = pack2<T>(y[2 * j], y[2 * j + 1]);
   }
+  return make_uint4(pack2<T>(y[0], y[1]), pack2<T>(y[2], y[3]), pack2<T>(y[4], y[5]), pack2<T>(y[6], y[7]));
 }
 
 // One output unit u (0..255) of a tile after its kSplit warps' partial tiles (`part`, the first of them) are summed in

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -212,7 +213,25 @@ def _kernel_takes(x2d: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Te
         return False
     if not all(t is None or _aligned(t) for t in (x2d, weight, norm_weight, norm_bias)):
         return False
+    if norm_weight is not None and not _staged_rows_fit(x2d.shape[0], x2d.shape[-1], x2d.device):
+        return False
     return ensure_loaded()
+
+
+# csrc/decode_linear.h: a norm kernel stages its normalized x rows (8 or 16) in shared memory, beside 17 KB of
+# partial tiles; hidden sizes past ~6,600 (16 rows) or ~13,000 (8 rows) on an H100 take the reference path.
+_STATIC_SMEM = 16 * 16 * 17 * 4
+
+
+def _staged_rows_fit(m: int, k: int, device: torch.device) -> bool:
+    staged = (16 if m > 8 else 8) * ((k + 63) // 64 * 64 + 8) * 2
+    return staged + _STATIC_SMEM <= _smem_per_block(device.index if device.index is not None else
+                                                    torch.cuda.current_device())
+
+
+@functools.cache
+def _smem_per_block(index: int) -> int:
+    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
 
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

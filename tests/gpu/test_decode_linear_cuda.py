@@ -244,6 +244,23 @@ def test_decode_linear_rejects_what_the_kernel_cannot_take(cuda_ops):
         torch.ops.eet.decode_linear(x[:2], w, None, None, 0.0, None, "none", None, "rms", 2)
 
 
+def test_norm_rows_too_wide_for_shared_memory_take_the_reference(cuda_ops):
+    """A norm kernel stages its normalized x rows in shared memory: 16 rows of 12288 columns (393 KB) do not fit a
+    block's, so the op refuses them by name and the wrapper runs the reference; 8 rows (197 KB) fit."""
+    k = 12288
+    x = torch.randn(16, k, device="cuda", dtype=torch.float16)
+    w = torch.randn(32, k, device="cuda", dtype=torch.float16) / 128
+    n = 1 + 0.1 * torch.randn(k, device="cuda", dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="bytes of shared memory"):
+        torch.ops.eet.decode_linear(x, w, None, n, 1e-6, None, "none", None, "rms")
+    assert torch.equal(D.decode_linear(x, w, None, n, 1e-6), D.decode_linear_reference(x, w, None, n, 1e-6, None, "none"))
+    args = (x[:8], w, None, n, 1e-6, None, "none", None, "rms")
+    poison_next_alloc(8 * 32, torch.float16)
+    got = torch.ops.eet.decode_linear(*args)
+    exact = _fp64_linear(*args)
+    assert rel_err(got, exact) <= 2 * rel_err(D.decode_linear_reference(*args), exact) + 2.0**-11
+
+
 def test_decode_linear_wrapper_routes_large_batches_to_torch(cuda_ops):
     """Prompts (> 16 rows) and fp32 take the reference (cuBLAS) path and give HF's arithmetic exactly."""
     x = torch.randn(40, 64, device="cuda", dtype=torch.float16)
