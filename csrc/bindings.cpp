@@ -1,7 +1,8 @@
 // CUDA implementations of the eet ops. The schemas are declared once, in eet_hf/ops/_library.py, so that
 // machines without a GPU have the same ops (reference implementations); this file registers the CUDA
 // kernels for them. The entry points live in bindings_norm_gelu.cpp, bindings_attention.cpp,
-// bindings_embedding_kv.cpp, bindings_rotary.cpp and bindings_small_linear.cpp (the only files besides this one
+// bindings_embedding_kv.cpp, bindings_padding.cpp, bindings_rotary.cpp, bindings_small_linear.cpp and
+// bindings_decode_linear.cpp (the only files besides this one
 // that include torch):
 // they check arguments with messages a user can act on, map dtypes, and launch on the current stream of the
 // inputs' device under a device guard (bindings.h).
@@ -26,6 +27,10 @@ TORCH_LIBRARY_IMPL(eet, CUDA, m) {
   m.impl("embedding", &eet::bindings::embedding);
   // Row-wise argmax: the greedy token choice of the decode engine over the LM head's logits.
   m.impl("argmax_rows", &eet::bindings::argmax_rows);
+  // Attention-mask bookkeeping: each row's run of real keys (eet's mask function, the encoder's graph checks) and
+  // the encoder's in-place packing plan.
+  m.impl("padding_runs", &eet::bindings::padding_runs);
+  m.impl("in_place_packing", &eet::bindings::in_place_packing);
   // Fused QKV (+ bias) split into q and the preallocated KV cache: GPT-2 c_attn output, prefill and decode.
   m.impl("kv_append", &eet::bindings::kv_append);
   // Rotary position embedding of q and k: Llama / Mistral / Qwen2 / GPT-NeoX attention in the decode engine.

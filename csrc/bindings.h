@@ -104,6 +104,10 @@ at::Tensor argmax_rows(const at::Tensor& x);
 at::Tensor kv_append(const at::Tensor& qkv, const std::optional<at::Tensor>& bias, at::Tensor& k_cache,
                      at::Tensor& v_cache, const at::Tensor& write_pos, int64_t heads_q, int64_t heads_kv);
 
+// bindings_padding.cpp
+std::tuple<at::Tensor, at::Tensor, at::Tensor> padding_runs(const at::Tensor& mask);
+std::tuple<at::Tensor, at::Tensor> in_place_packing(const at::Tensor& start, const at::Tensor& end, int64_t seq_len);
+
 // bindings_rotary.cpp
 std::tuple<at::Tensor, at::Tensor> rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                           const at::Tensor& sin);

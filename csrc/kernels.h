@@ -100,6 +100,19 @@ cudaError_t embedding(DType dtype,
 cudaError_t argmax_rows(DType dtype, const void* x, int64_t* out, int64_t rows, int64_t cols, int64_t ld,
                         cudaStream_t stream);
 
+// Per-row runs of real keys of an attention mask [rows, cols] (padding_runs.cu): start[r] / end[r] = the first
+// nonzero column and one past the last (0 / 0 for a row without one); flags[0] = every row is one run of nonzeros
+// (or none), flags[1] = no zero anywhere, flags[2] = every row is one run starting at column 0 (right padding).
+// mask_bytes: 1 (bool / uint8 / int8), 4 (int32) or 8 (int64); row stride ld in elements, columns contiguous.
+cudaError_t padding_runs(const void* mask, int mask_bytes, int64_t rows, int64_t cols, int64_t ld, int32_t* start,
+                         int32_t* end, int32_t* flags, cudaStream_t stream);
+
+// The encoder's in-place packing plan (eet_hf/encoder/packing.py) for runs [start[b], end[b]) of rows of length seq:
+// cu_seqlens[3b .. 3b + 2] = b * seq + (0, s, e) with the run clamped to 0 <= s <= e <= seq, cu_seqlens[3 * batch] =
+// batch * seq; real[b, p] = s <= p < e. batch * seq < 2^31.
+cudaError_t in_place_packing(const int32_t* start, const int32_t* end, int64_t batch, int64_t seq,
+                             int32_t* cu_seqlens, bool* real, cudaStream_t stream);
+
 // Fused QKV projection output -> q and the KV cache, with the bias add (fp32, one rounding). Token s of
 // sequence b goes to cache slot write_pos[b] + s; slots outside [0, cache_len) are skipped. Strides are
 // in elements; every last dim is contiguous.

@@ -111,9 +111,9 @@ def eet_mask(
     if mask_function is causal_mask_function or mask_function is bidirectional_mask_function:
         # Padding with holes ([1, 0, 1, ...]) is not a run of keys; checking costs one read-back, skipped
         # while compiling or capturing, where eet assumes left/right padding (documented in the README).
-        contiguous, full = True, attention_mask is None
+        contiguous, full, runs = True, attention_mask is None, None
         if attention_mask is not None and not _is_compiling():
-            contiguous, full = inspect_padding(attention_mask[:, kv_offset : kv_offset + kv_length])
+            contiguous, full, runs = inspect_padding(attention_mask[:, kv_offset : kv_offset + kv_length])
         if contiguous:
             return from_padding_mask(
                 attention_mask,
@@ -125,6 +125,7 @@ def eet_mask(
                 causal=mask_function is causal_mask_function,
                 device=torch.device(device),
                 padded=not full,
+                runs=runs,
             )
         warn_once("padding mask with holes (not left/right padding): HF's mask and attention")
     else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import ops
 from .ops import reference
 
 
@@ -94,31 +95,21 @@ class DenseMask:
         return self if moved is self.mask else DenseMask(moved)
 
 
-def _int32(value: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.to(device=device, dtype=torch.int32).reshape(-1).expand(batch).contiguous()
-    return torch.full((batch,), int(value), dtype=torch.int32, device=device)
+def _relative_offsets(q_offset: int | torch.Tensor, kv_offset: int, batch: int, device: torch.device) -> torch.Tensor:
+    """q_offset - kv_offset as int32 [batch]: one fill for an int offset (a graph node fewer than fill, subtract)."""
+    if isinstance(q_offset, torch.Tensor):
+        return q_offset.to(device=device, dtype=torch.int32).reshape(-1).expand(batch) - int(kv_offset)
+    return torch.full((batch,), int(q_offset) - int(kv_offset), dtype=torch.int32, device=device)
 
 
-def inspect_padding(padding_mask: torch.Tensor) -> tuple[bool, bool]:
-    """(contiguous, full) for a [batch, kv] boolean mask: contiguous when every row is one run of True (left or
-    right padding, or none) or all False — the shapes SeqBounds can express; full when nothing is padding.
-    One read-back from the device for both answers."""
-    counts = padding_mask.sum(-1).to(torch.int32)
-    start, end = _run_bounds(padding_mask)
-    contiguous, full = torch.stack([(counts == end - start).all(), padding_mask.all()]).tolist()
-    return bool(contiguous), bool(full)
-
-
-def _run_bounds(padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """First True index and one past the last True index per row; (0, 0) for an all-False row."""
-    kv = padding_mask.shape[-1]
-    idx = torch.arange(kv, device=padding_mask.device, dtype=torch.int32)
-    any_true = padding_mask.any(-1)
-    start = torch.where(padding_mask, idx, kv).amin(-1)
-    end = torch.where(padding_mask, idx + 1, 0).amax(-1)
-    start = torch.where(any_true, start, 0)
-    return start.to(torch.int32), end.to(torch.int32)
+def inspect_padding(padding_mask: torch.Tensor) -> tuple[bool, bool, tuple[torch.Tensor, torch.Tensor]]:
+    """(contiguous, full, runs) for a [batch, kv] mask (nonzero: a real key): contiguous when every row is one run
+    of real keys (left or right padding, or none) or has none — the shapes SeqBounds can express; full when nothing
+    is padding; runs = (start, end) int32 [batch] of each row's run, which from_padding_mask takes so that they are
+    computed once. One kernel and one read-back from the device."""
+    start, end, flags = ops.padding_runs(padding_mask)
+    contiguous, full = flags[:2].tolist()
+    return bool(contiguous), bool(full), (start, end)
 
 
 def from_padding_mask(
@@ -131,14 +122,18 @@ def from_padding_mask(
     causal: bool,
     device: torch.device,
     padded: bool = True,
+    runs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SeqBounds:
-    """Bounds for HF's mask arguments: padding_mask is the 2D [batch, >=kv_offset] boolean mask (None: no
-    padding); q_offset and kv_offset are the absolute positions of the first query and first key."""
+    """Bounds for HF's mask arguments: padding_mask is the 2D [batch, >=kv_offset] mask (nonzero: a real key;
+    None: no padding); q_offset and kv_offset are the absolute positions of the first query and first key.
+    runs: the window's (start, end) when inspect_padding has computed them already."""
     if padding_mask is None:
         kv_start = torch.zeros(batch, dtype=torch.int32, device=device)
         kv_end = torch.full((batch,), kv_len, dtype=torch.int32, device=device)
+    elif runs is not None:
+        kv_start, kv_end = (bound.to(device) for bound in runs)
     else:
         window = padding_mask[:, kv_offset : kv_offset + kv_len]
-        kv_start, kv_end = _run_bounds(window.to(device=device, dtype=torch.bool))
-    rel_offset = _int32(q_offset, batch, device) - int(kv_offset)
+        kv_start, kv_end, _ = ops.padding_runs(window.to(device=device))
+    rel_offset = _relative_offsets(q_offset, kv_offset, batch, device)
     return SeqBounds(kv_start, kv_end, rel_offset, causal, q_len, kv_len, padded=padded and padding_mask is not None)

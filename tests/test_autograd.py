@@ -18,13 +18,15 @@ from transformers import BertModel, GPT2LMHeadModel, LlamaConfig, LlamaForCausal
 import eet_hf
 from eet_hf import ops
 from eet_hf.ops import _library, reference
+from eet_hf.ops.autograd import NOT_DIFFERENTIABLE
 
 from .helpers import bert_config, gpt2_config
 from .test_ops import OPCHECK_INPUTS
 
 MISSING_AUTOGRAD = "autograd kernel was not registered"
-# kv_append mutates the caches (its own rule); argmax_rows returns indices, which have no gradient.
-FUNCTIONAL = sorted(name for name in _library.SCHEMAS if name not in ("kv_append", "argmax_rows"))
+# kv_append mutates the caches (its own rule); argmax_rows and the mask bookkeeping ops return indices and flags,
+# which have no gradient.
+FUNCTIONAL = sorted(name for name in _library.SCHEMAS if name not in ("kv_append", *NOT_DIFFERENTIABLE))
 
 
 def _with_grad(args: tuple) -> list:

@@ -154,6 +154,8 @@ OPCHECK_INPUTS = {
     ),
     "small_linear": lambda: (torch.randn(3, 16), torch.randn(16, 24), torch.randn(24), "tanh_staged"),
     "argmax_rows": lambda: (torch.randn(3, 40),),
+    "padding_runs": lambda: (torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]]),),
+    "in_place_packing": lambda: (torch.tensor([1, 0, 2], dtype=torch.int32), torch.tensor([3, 4, 9], dtype=torch.int32), 4),
 }
 
 

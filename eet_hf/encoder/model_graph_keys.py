@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from eet_hf import ops
 from eet_hf.module_walk import TensorDicts
 
 # The inputs a graphed call may pass, in the leading positional order of BERT's heads; a family's record says which
@@ -89,10 +91,11 @@ def fields_match(outputs: ModelOutput, fields: frozenset[str], ids_shape: torch.
 
 
 def right_padded(mask: torch.Tensor) -> torch.Tensor:
-    """Bool scalar on mask's device: every row of mask [..., seq] is one run of nonzeros starting at column 0
-    (right padding, no padding, or an empty row): the masks a capture computes correctly. No host read."""
-    real = mask != 0
-    return ~(real[..., 1:] & ~real[..., :-1]).any()
+    """int32 scalar on mask's device, nonzero when every row of mask [..., seq] is one run of nonzeros starting at
+    column 0 (right padding, no padding, or an empty row): the masks a capture computes correctly. No host read;
+    one kernel on CUDA (eet::padding_runs)."""
+    rows = mask.reshape(math.prod(mask.shape[:-1]), mask.shape[-1])
+    return ops.padding_runs(rows)[2][2]
 
 
 _data_ptr = torch.Tensor.data_ptr

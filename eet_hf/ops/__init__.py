@@ -26,9 +26,11 @@ __all__ = [
     "decode_qkv_rope",
     "embedding",
     "ensure_loaded",
+    "in_place_packing",
     "kv_append",
     "layer_norm",
     "linear_gelu",
+    "padding_runs",
     "qkv_rope_append",
     "reference",
     "rms_norm",
@@ -96,6 +98,21 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """torch.argmax(x, dim=-1) for x [rows, cols] (a greedy step's logits), int64 [rows]: one block per row on CUDA."""
     _prepare(x)
     return _run(_ops.argmax_rows, x)
+
+
+def padding_runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's run of real keys of a 2-D mask [batch, keys] (bool or integer, nonzero: real; see
+    reference.padding_runs): (start, end, flags) int32, flags = (one run per row, no padding, right padding).
+    One kernel on CUDA, where torch's formulation is ~13 launches."""
+    _prepare(mask)
+    return _run(_ops.padding_runs, mask)
+
+
+def in_place_packing(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cu_seqlens int32 [3 * batch + 1], real bool [batch, seq_len]) of the encoder's in-place packing of runs
+    [start, end) (int32 [batch]; see reference.in_place_packing). One kernel on CUDA."""
+    _prepare(start)
+    return _run(_ops.in_place_packing, start, end, seq_len)
 
 
 def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:

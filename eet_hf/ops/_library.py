@@ -37,6 +37,8 @@ SCHEMAS = {
     ),
     "small_linear": "small_linear(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor",
     "argmax_rows": "argmax_rows(Tensor x) -> Tensor",
+    "padding_runs": "padding_runs(Tensor mask) -> (Tensor, Tensor, Tensor)",
+    "in_place_packing": "in_place_packing(Tensor start, Tensor end, int seq_len) -> (Tensor, Tensor)",
 }
 
 for _name, _schema in SCHEMAS.items():
@@ -47,6 +49,19 @@ for _name, _schema in SCHEMAS.items():
 @torch.library.register_fake("eet::argmax_rows")
 def _argmax_rows_fake(x):
     return x.new_empty((x.shape[0],), dtype=torch.long)
+
+
+@torch.library.register_fake("eet::padding_runs")
+def _padding_runs_fake(mask):
+    rows = mask.shape[0]
+    return (mask.new_empty((rows,), dtype=torch.int32), mask.new_empty((rows,), dtype=torch.int32),
+            mask.new_empty((3,), dtype=torch.int32))
+
+
+@torch.library.register_fake("eet::in_place_packing")
+def _in_place_packing_fake(start, end, seq_len):
+    batch = start.shape[0]
+    return start.new_empty((3 * batch + 1,), dtype=torch.int32), start.new_empty((batch, seq_len), dtype=torch.bool)
 
 
 @torch.library.register_fake("eet::layer_norm")

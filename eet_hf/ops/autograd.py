@@ -23,8 +23,10 @@ import torch
 
 from . import _library, reference
 
-# kv_append mutates the caches (its own rule below); argmax_rows returns indices, which have no gradient.
-FUNCTIONAL_OPS = tuple(name for name in _library.SCHEMAS if name not in ("kv_append", "argmax_rows"))
+# kv_append mutates the caches (its own rule below); argmax_rows returns indices and padding_runs /
+# in_place_packing mask bookkeeping, which have no gradient.
+NOT_DIFFERENTIABLE = ("argmax_rows", "padding_runs", "in_place_packing")
+FUNCTIONAL_OPS = tuple(name for name in _library.SCHEMAS if name not in ("kv_append", *NOT_DIFFERENTIABLE))
 # The reference each op's backward differentiates, where it is not the op's own: attention_varlen's loops over
 # the sequences with a host read of cu_seqlens, which torch.compile cannot trace; its masked form can.
 DIFFERENTIATED = {"attention_varlen": reference.attention_varlen_masked}

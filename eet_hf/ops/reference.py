@@ -54,6 +54,40 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.argmax(x, dim=-1)
 
 
+def padding_runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's run of real keys in a 2-D mask [rows, cols] (nonzero: real). Returns (start, end, flags), int32:
+    start[r] / end[r] the first real column and one past the last (0 / 0 for a row without one); flags = (every
+    row is one run of real keys or none, no padding anywhere, every row is one run starting at column 0)."""
+    if mask.dim() != 2:
+        raise ValueError(f"eet::padding_runs: mask must be 2-D [batch, keys], got shape {tuple(mask.shape)}")
+    real = mask != 0
+    rows, cols = real.shape
+    if rows == 0 or cols == 0:
+        zeros = torch.zeros(rows, dtype=torch.int32, device=mask.device)
+        return zeros, zeros.clone(), torch.ones(3, dtype=torch.int32, device=mask.device)
+    idx = torch.arange(cols, device=mask.device, dtype=torch.int32)
+    any_real = real.any(-1)
+    start = torch.where(any_real, torch.where(real, idx, cols).amin(-1), 0).to(torch.int32)
+    end = torch.where(real, idx + 1, 0).amax(-1).to(torch.int32)
+    one_run = real.sum(-1, dtype=torch.int32) == end - start
+    flags = torch.stack([one_run.all(), real.all(), (one_run & (start == 0)).all()]).to(torch.int32)
+    return start, end, flags
+
+
+def in_place_packing(start: torch.Tensor, end: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's in-place packing plan (eet_hf/encoder/packing.py) for runs [start[b], end[b]) of rows of
+    seq_len positions, each run clamped into its row (0 <= s <= e <= seq_len). Returns (cu_seqlens int32
+    [3 * batch + 1]: row b's segments [b*seq, +s), [+s, +e), [+e, (b+1)*seq); real bool [batch, seq_len]: s <= p < e)."""
+    batch = start.shape[0]
+    s = start.to(torch.int64).clamp(0, seq_len)
+    e = torch.maximum(end.to(torch.int64).clamp(0, seq_len), s)
+    base = torch.arange(batch, dtype=torch.int64, device=start.device) * seq_len
+    bounds = torch.stack([base, base + s, base + e], 1).reshape(-1)
+    cu_seqlens = torch.cat([bounds, bounds.new_full((1,), batch * seq_len)]).to(torch.int32)
+    pos = torch.arange(seq_len, device=start.device).view(1, -1)
+    return cu_seqlens, (pos >= s.view(-1, 1)) & (pos < e.view(-1, 1))
+
+
 def visible_keys(
     kv_start: torch.Tensor, kv_end: torch.Tensor, q_offset: torch.Tensor, causal: bool, q_len: int, kv_len: int
 ) -> torch.Tensor:
