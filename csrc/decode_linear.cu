@@ -19,9 +19,13 @@
 // reduction, so rotary + KV write and silu * up are lane-local epilogues of the projection itself.
 //
 // Every warp keeps kAhead steps of W loads in flight (32 bytes per lane per step); the first ones are issued before
-// pdl_wait(), because no kernel of a step writes W, so their HBM latency overlaps the previous kernel's tail.
+// pdl_wait(), because no kernel of a step writes W, so their HBM latency overlaps the previous kernel's tail. W loads
+// carry an L2 evict-first policy (a step streams far more weight than L2 holds; what it reads again stays). What the
+// epilogue reads besides the sums (bias, residual, rotary entries, cache slot) is loaded when a tile starts, so that
+// round trip overlaps the W stream instead of following the reduction.
 // The norm prologue computes each row's statistics from x in the block after the wait (RMSNorm: 1/rms; LayerNorm: the
-// mean, then 1/std from the centered sum of squares, as layernorm.cu) and writes the normalized rows to shared memory
+// mean, then 1/std from the centered sum of squares, as layernorm.cu; at up to two 256-column chunks per warp from
+// one load of x and the norm weights, else one warp per row) and writes the normalized rows to shared memory
 // once, with HF's roundings (RMSNorm round(round(x * rstd) * w), LayerNorm round((x - mean) * rstd * w + b)); the
 // main loop reads its x fragments from there. A hidden size whose 8 or 16 staged rows do not fit a block's shared
 // memory is refused (eet_hf/ops/decode.py runs the reference).

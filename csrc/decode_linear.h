@@ -41,7 +41,16 @@ constexpr int64_t kDecodeLinearMaxRows = 16;
 // elements apart. The row stride is 16 bytes more than a multiple of 128, so a warp's 16-byte fragment reads
 // (8 rows x 4 columns) fall in 8 different 16-byte bank groups, 4 lanes each: the minimum of 4 wavefronts.
 constexpr int64_t decode_linear_staged_ld(int64_t k) { return (k + 63) / 64 * 64 + 8; }
-constexpr int64_t decode_linear_staged_bytes(int64_t m, int64_t k) { return (m > 8 ? 16 : 8) * decode_linear_staged_ld(k) * 2; }
+constexpr int64_t decode_linear_staged_rows_bytes(int64_t m, int64_t k) { return (m > 8 ? 16 : 8) * decode_linear_staged_ld(k) * 2; }
+// The norm prologue of a few rows spreads each row's 256-column chunks over the warps (kNormHeld per warp) and sums
+// the rows' statistics in shared memory after the staged rows: two [16][kNormMaxChunks] float arrays.
+constexpr int kNormChunk = 256;
+constexpr int kNormMaxChunks = 32;
+constexpr int kNormHeld = 2;
+constexpr int64_t kDecodeLinearNormStatsBytes = 2 * 16 * kNormMaxChunks * 4;
+constexpr int64_t decode_linear_staged_bytes(int64_t m, int64_t k) {
+  return decode_linear_staged_rows_bytes(m, k) + kDecodeLinearNormStatsBytes;
+}
 // Shared memory a block of 16 warps needs besides the staged rows (the partial tiles, 16 x 17 floats per warp), and
 // what the hardware reserves per block.
 constexpr int64_t kDecodeLinearStaticSmem16 = 16 * 16 * 17 * 4;

@@ -72,13 +72,76 @@ __device__ __forceinline__ uint4 x_normalized(const uint4& raw, const uint4& nw,
   return make_uint4(pack2<T>(y[0], y[1]), pack2<T>(y[2], y[3]), pack2<T>(y[4], y[5]), pack2<T>(y[6], y[7]));
 }
 
-// One output unit u (0..255) of a tile after its kSplit warps' partial tiles (`part`, the first of them) are summed in
-// warp order: an output (row u % 16, x row u / 16), or for the paired epilogues a row pair (u % 8, x row u / 8).
-template <typename T, int kNT, int kEpi, int kSplit>
-__device__ __forceinline__ void finish_output(const DecodeLinearParams& p, int tile, int pair,
-                                              const float (*part)[16][8 * kNT + 1], int u) {
+// What one output unit's epilogue reads besides the tile's sums: the bias, the residual, the rotary table entries and
+// the cache slot. None of it depends on the tile's arithmetic, so the kernel loads it when the tile starts and the
+// L2 round trip overlaps the tile's W stream instead of following its reduction.
+struct EpilogueInputs {
+  float bias1 = 0.0f, bias2 = 0.0f;  // bias of the unit's row (paired: of its two rows); 0 without a bias
+  float residual = 0.0f;             // kResidual
+  float cos1 = 1.0f, sin1 = 0.0f, cos2 = 1.0f, sin2 = 0.0f;  // kRotaryKv with tables: entries j and j + head_dim / 2
+  int64_t slot = -1;                 // kRotaryKv k / v rows: the cache slot of the unit's x row
+};
+
+// The unit u (0..255) of a tile: an output (row u % 16, x row u / 16), or for the paired epilogues a row pair (u % 8,
+// x row u / 8). `live`: the unit has an output (x row < m, row < rows).
+struct TileUnit {
+  int r, c, row1, row2;
+  bool live;
+};
+
+template <int kEpi>
+__device__ __forceinline__ TileUnit tile_unit(const DecodeLinearParams& p, int tile, int pair, int u) {
+  TileUnit t;
+  if constexpr (!paired(kEpi)) {
+    t.r = u % 16;
+    t.c = u / 16;
+    t.row1 = t.row2 = tile_row(tile, t.r, 0);
+  } else {
+    t.r = u % 8;
+    t.c = u / 8;
+    t.row1 = tile_row(tile, t.r, pair);
+    t.row2 = tile_row(tile, t.r + 8, pair);
+  }
+  t.live = t.c < p.m && t.row2 < p.rows;
+  return t;
+}
+
+template <typename T, int kEpi>
+__device__ __forceinline__ EpilogueInputs load_epilogue_inputs(const DecodeLinearParams& p, const TileUnit& t) {
+  EpilogueInputs in;
+  if (!t.live) return in;
   const T* __restrict__ bias = static_cast<const T*>(p.bias);
+  if (bias != nullptr) {
+    in.bias1 = to_float(bias[t.row1]);
+    in.bias2 = to_float(bias[t.row2]);
+  }
+  if constexpr (kEpi == kEpiResidual) {
+    in.residual = to_float(static_cast<const T*>(p.residual)[t.c * p.ld_res + t.row1]);
+  }
+  if constexpr (kEpi == kEpiRotaryKv) {
+    const int hd = static_cast<int>(p.head_dim), half = hd / 2;  // 32-bit, as tile_row
+    const int q_rows = p.heads_q * hd, k_rows = p.heads_kv * hd;
+    const int j = t.row1 % hd;
+    if (p.cos != nullptr && t.row1 < q_rows + k_rows) {
+      const T* cs = static_cast<const T*>(p.cos) + t.c * p.ld_cs;
+      const T* sn = static_cast<const T*>(p.sin) + t.c * p.ld_cs;
+      in.cos1 = to_float(cs[j]);
+      in.sin1 = to_float(sn[j]);
+      in.cos2 = to_float(cs[j + half]);
+      in.sin2 = to_float(sn[j + half]);
+    }
+    if (t.row1 >= q_rows) in.slot = p.write_pos[t.c];
+  }
+  return in;
+}
+
+// A unit's output once the tile's kSplit warps' partial tiles (`part`) are summed in warp order.
+template <typename T, int kNT, int kEpi, int kSplit>
+__device__ __forceinline__ void finish_output(const DecodeLinearParams& p, const TileUnit& t,
+                                              const EpilogueInputs& in, const float (*part)[16][8 * kNT + 1]) {
+  if (!t.live) return;
   T* __restrict__ out = static_cast<T*>(p.out);
+  const bool has_bias = p.bias != nullptr;
   auto tile_sum = [&](int r, int c) {
     float v = 0.0f;
 #pragma unroll
@@ -86,64 +149,49 @@ __device__ __forceinline__ void finish_output(const DecodeLinearParams& p, int t
     return v;
   };
   // y = round(acc + bias), HF's linear output in the storage type.
-  auto linear_out = [&](int64_t row, float v) {
-    return round_to<T>(bias != nullptr ? __fadd_rn(v, to_float(bias[row])) : v);
-  };
+  auto linear_out = [&](float v, float b) { return round_to<T>(has_bias ? __fadd_rn(v, b) : v); };
 
   if constexpr (!paired(kEpi)) {
-    const int r = u % 16, c = u / 16;  // 16 rows x 16 columns: every output of the tile
-    const int row = tile_row(tile, r, 0);
-    if (c < p.m && row < p.rows) {
-      const float y = linear_out(row, tile_sum(r, c));
-      float o = y;
-      if constexpr (kEpi == kEpiResidual) {
-        o = __fadd_rn(to_float(static_cast<const T*>(p.residual)[c * p.ld_res + row]), y);
-      }
-      if constexpr (kEpi == kEpiRelu) o = y < 0.0f ? 0.0f : y;  // torch's relu: NaN stays NaN
-      if constexpr (kEpi == kEpiGeluNew) o = gelu_tanh_staged<T>(y);
-      out[c * p.rows + row] = from_float<T>(o);
-    }
+    const float y = linear_out(tile_sum(t.r, t.c), in.bias1);
+    float o = y;
+    if constexpr (kEpi == kEpiResidual) o = __fadd_rn(in.residual, y);
+    if constexpr (kEpi == kEpiRelu) o = y < 0.0f ? 0.0f : y;  // torch's relu: NaN stays NaN
+    if constexpr (kEpi == kEpiGeluNew) o = gelu_tanh_staged<T>(y);
+    out[t.c * p.rows + t.row1] = from_float<T>(o);
   } else {
-    const int r = u % 8, c = u / 8;  // 8 pairs x 32 columns (x rows past m idle)
-    const int row1 = tile_row(tile, r, pair), row2 = tile_row(tile, r + 8, pair);
-    if (c < p.m && row2 < p.rows) {
-      const float y1 = linear_out(row1, tile_sum(r, c)), y2 = linear_out(row2, tile_sum(r + 8, c));
-      if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) {
-        const float act = round_to<T>(kEpi == kEpiSiluMul ? silu(y1) : gelu_tanh(y1));
-        out[static_cast<int64_t>(c) * pair + row1] = from_float<T>(__fmul_rn(act, y2));
-      } else {
-        const int hd = static_cast<int>(p.head_dim), half = hd / 2;  // 32-bit, as tile_row
-        const int q_rows = p.heads_q * hd, k_rows = p.heads_kv * hd;
-        const int j = row1 % hd;  // < half: row2 is its rotary partner j + half
-        float o1 = y1, o2 = y2;
-        // No tables (OPT): q and k as projected. Identity tables (cos 1, sin 0) would round the same way, but cost two
-        // table reads per element and turn an overflowed partner into NaN (inf * 0) where HF keeps this element.
-        if (p.cos != nullptr && row1 < q_rows + k_rows) {
-          const T* cs = static_cast<const T*>(p.cos) + c * p.ld_cs;
-          const T* sn = static_cast<const T*>(p.sin) + c * p.ld_cs;
-          // HF: q * cos + rotate_half(q) * sin, each product rounded, then the sum (rotary.cu).
-          o1 = __fadd_rn(round_to<T>(__fmul_rn(y1, to_float(cs[j]))), round_to<T>(__fmul_rn(-y2, to_float(sn[j]))));
-          o2 = __fadd_rn(round_to<T>(__fmul_rn(y2, to_float(cs[j + half]))),
-                         round_to<T>(__fmul_rn(y1, to_float(sn[j + half]))));
+    const float y1 = linear_out(tile_sum(t.r, t.c), in.bias1), y2 = linear_out(tile_sum(t.r + 8, t.c), in.bias2);
+    if constexpr (kEpi == kEpiSiluMul || kEpi == kEpiGeluTanhMul) {
+      const int pair = static_cast<int>(p.rows / 2);
+      const float act = round_to<T>(kEpi == kEpiSiluMul ? silu(y1) : gelu_tanh(y1));
+      out[static_cast<int64_t>(t.c) * pair + t.row1] = from_float<T>(__fmul_rn(act, y2));
+    } else {
+      const int hd = static_cast<int>(p.head_dim), half = hd / 2;  // 32-bit, as tile_row
+      const int q_rows = p.heads_q * hd, k_rows = p.heads_kv * hd;
+      const int j = t.row1 % hd;  // < half: row2 is its rotary partner j + half
+      float o1 = y1, o2 = y2;
+      // No tables (OPT): q and k as projected. Identity tables (cos 1, sin 0) would round the same way, but cost two
+      // table reads per element and turn an overflowed partner into NaN (inf * 0) where HF keeps this element.
+      if (p.cos != nullptr && t.row1 < q_rows + k_rows) {
+        // HF: q * cos + rotate_half(q) * sin, each product rounded, then the sum (rotary.cu).
+        o1 = __fadd_rn(round_to<T>(__fmul_rn(y1, in.cos1)), round_to<T>(__fmul_rn(-y2, in.sin1)));
+        o2 = __fadd_rn(round_to<T>(__fmul_rn(y2, in.cos2)), round_to<T>(__fmul_rn(y1, in.sin2)));
+      }
+      if (t.row1 < q_rows) {
+        if (p.q_scale != 1.0f) {  // HF OPT's `q_proj(x) * scaling`: the rounded q times the scale in fp32, rounded
+          o1 = __fmul_rn(round_to<T>(o1), p.q_scale);
+          o2 = __fmul_rn(round_to<T>(o2), p.q_scale);
         }
-        if (row1 < q_rows) {
-          if (p.q_scale != 1.0f) {  // HF OPT's `q_proj(x) * scaling`: the rounded q times the scale in fp32, rounded
-            o1 = __fmul_rn(round_to<T>(o1), p.q_scale);
-            o2 = __fmul_rn(round_to<T>(o2), p.q_scale);
-          }
-          out[static_cast<int64_t>(c) * q_rows + row1] = from_float<T>(o1);
-          out[static_cast<int64_t>(c) * q_rows + row2] = from_float<T>(o2);
-        } else {
-          const bool is_k = row1 < q_rows + k_rows;
-          const int local = row1 - (is_k ? q_rows : q_rows + k_rows);
-          const int head = local / hd;
-          const int64_t slot = p.write_pos[c];
-          if (slot >= 0 && slot < p.cache_len) {
-            const int64_t* st = is_k ? p.k_stride : p.v_stride;
-            T* cache = static_cast<T*>(is_k ? p.k_cache : p.v_cache) + c * st[0] + head * st[1] + slot * st[2];
-            cache[j] = from_float<T>(o1);
-            cache[j + half] = from_float<T>(o2);
-          }
+        out[static_cast<int64_t>(t.c) * q_rows + t.row1] = from_float<T>(o1);
+        out[static_cast<int64_t>(t.c) * q_rows + t.row2] = from_float<T>(o2);
+      } else {
+        const bool is_k = t.row1 < q_rows + k_rows;
+        const int local = t.row1 - (is_k ? q_rows : q_rows + k_rows);
+        const int head = local / hd;
+        if (in.slot >= 0 && in.slot < p.cache_len) {
+          const int64_t* st = is_k ? p.k_stride : p.v_stride;
+          T* cache = static_cast<T*>(is_k ? p.k_cache : p.v_cache) + t.c * st[0] + head * st[1] + in.slot * st[2];
+          cache[j] = from_float<T>(o1);
+          cache[j + half] = from_float<T>(o2);
         }
       }
     }

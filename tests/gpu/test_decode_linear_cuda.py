@@ -91,6 +91,26 @@ def test_decode_linear_matches_reference(cuda_ops, dtype, shape, norm, epilogue,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm", ["rms", "layer"])
+@pytest.mark.parametrize("split", [8, 16])
+# (x rows, in_features): the norm prologue spreads 256-column chunks over the warps while rows x chunks <= 2 per warp
+# (1 x 4104 and 2 x 1032: a last chunk of 8 columns; 2 x 2048 with 8 warps and 4 x 2048 with 16: exactly 2 per warp;
+# 3 x 2048 with 8 warps and 9 x 1024: one past it, the per-row loop).
+@pytest.mark.parametrize("rows,k", [(1, 4104), (2, 1032), (2, 2048), (4, 2048), (3, 2048), (9, 1024), (1, 8192),
+                                    (1, 8200)])
+def test_norm_prologue_both_forms_match_reference(cuda_ops, dtype, norm, split, rows, k):
+    x, weight, bias, norm_weight, norm_bias, _ = _linear_inputs(dtype, (rows, k, 96), norm, "none", True)
+    args = (x, weight, bias, norm_weight, 1e-5, None, "none", norm_bias, norm)
+    poison_next_alloc(rows * 96, dtype)
+    got = torch.ops.eet.decode_linear(*args, split)
+    torch.cuda.synchronize()
+    assert torch.isfinite(got).all(), "an output element was not written (NaN poison left)"
+    exact = _fp64_linear(*args)
+    ulp = 2.0 ** (-8 if dtype == torch.bfloat16 else -11)
+    assert rel_err(got, exact) <= 2 * rel_err(D.decode_linear_reference(*args), exact) + ulp
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", quick_sample([(1, 2048, 8192), (7, 136, 48), (16, 1024, 512)], 2))
 def test_layer_norm_prologue_without_bias_and_relu_bit_for_bit(cuda_ops, dtype, shape):
     """LayerNorm without a bias (nn.LayerNorm(bias=False)) against the reference; ReLU is exactly relu() of the same
