@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Side-by-side builds for one device call: compare the working tree with other revisions of eet_hf on the same GPU,
+# in the same run (timings are only comparable there), without a second machine start per variant.
+#
+#   bash tools/ab_trees.sh prepare NAME REV     # here: REV's code into .ab/NAME (git archive; no results, no weights)
+#   bash tools/ab_trees.sh run [NAME...]        # there: build "head" (this tree) and every NAME, then the suite
+#
+# `run` builds every tree's CUDA extension in parallel (each in its own TORCH_EXTENSIONS_DIR, so they never share a
+# build), then runs `python -m evaluation.bench --suite $AB_SUITE` (default decode-profile) once per tree and round,
+# the trees alternating within a round (AB_ROUNDS, default 2), each run with its own --out-dir under $OUT/ab/. It
+# stops starting runs when AB_BUDGET seconds (default 540) are nearly spent, keeps $OUT/ab.tgz up to date after every
+# run (a call cut short still returns what finished), and prints one line per (tree, round, case) last:
+# step_us and copy_share for decode-profile, else every row of the case's first metric.
+# Other variables: AB_MODELS (default llama-1b,gpt2-xl), AB_ENV_<NAME> (extra environment for one tree's runs, e.g.
+# AB_ENV_head="EET_DECODE_GRAPHS=0").
+# With the device tool: carry [".ab"] (and ".torch_ext" is kept on a warm machine); $OUT is the tool's.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+prepare() {
+  local name=$1 rev=$2 dest=$ROOT/.ab/$1
+  rm -rf "$dest" && mkdir -p "$dest"
+  git archive "$rev" csrc eet_hf patches evaluation tools setup.py pyproject.toml | tar x -C "$dest"
+  # Results and the embedded models' weights are not needed to build and benchmark, and the device tool carries
+  # at most 64 MiB.
+  rm -rf "$dest/evaluation/results" "$dest"/eet_hf/models/*-tiny
+  echo "$name: $(git rev-parse --short "$rev") in $dest ($(du -sh "$dest" | cut -f1))"
+}
+
+summarize() {  # DIR LABEL: one line per case of the suite's JSON in DIR
+  python3 - "$1" "$2" <<'PY'
+import glob, json, sys
+for path in glob.glob(sys.argv[1] + "/*.json"):
+    rows = json.load(open(path))["rows"]
+    got = {(r["case"], r["metric"]): r["value"] for r in rows}
+    cases = sorted({c for c, _ in got if c != "device"})
+    for case in cases:
+        if (case, "step_us") in got:
+            text = f"step_us {got[(case, 'step_us')]:9.1f}  copy_share {got.get((case, 'copy_share'), float('nan')):.3f}"
+        else:
+            first = next(m for c, m in got if c == case)
+            text = f"{first} {got[(case, first)]}"
+        print(f"{sys.argv[2]:18s} {case:28s} {text}")
+PY
+}
+
+run() {
+  local out=${OUT:-$ROOT/out} start budget rounds names=(head "$@")
+  start=$(date +%s)
+  budget=${AB_BUDGET:-540}
+  rounds=${AB_ROUNDS:-2}
+  mkdir -p "$out/ab"
+  export PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+  export MAX_JOBS=$(( ($(nproc) + ${#names[@]} - 1) / ${#names[@]} ))
+  dir_of() { if [ "$1" = head ]; then echo "$ROOT"; else echo "$ROOT/.ab/$1"; fi; }
+  local pids=() name
+  for name in "${names[@]}"; do
+    (cd "$(dir_of "$name")" && TORCH_EXTENSIONS_DIR=$PWD/.torch_ext python3 -c \
+      "import sys, eet_hf.ops as o; sys.exit(0 if o.ensure_loaded() else 1)") >"$out/ab/build-$name.log" 2>&1 &
+    pids+=($!)
+  done
+  local i failed=()
+  for i in "${!names[@]}"; do wait "${pids[$i]}" || failed+=("${names[$i]}"); done
+  echo "builds: $(( $(date +%s) - start )) s; failed: ${failed[*]:-none}" | tee "$out/ab/summary.txt"
+  local round env_var
+  for round in $(seq 1 "$rounds"); do
+    for name in "${names[@]}"; do
+      [[ " ${failed[*]:-} " == *" $name "* ]] && continue
+      local left=$(( budget - ($(date +%s) - start) ))
+      if [ "$left" -lt 60 ]; then echo "$name round $round: skipped, budget spent" | tee -a "$out/ab/summary.txt"; continue; fi
+      env_var=AB_ENV_$name
+      # shellcheck disable=SC2086 # AB_ENV_<name>: a list of VAR=value words
+      (cd "$(dir_of "$name")" && env TORCH_EXTENSIONS_DIR=$PWD/.torch_ext ${!env_var:-} timeout $(( left - 10 )) \
+        python3 -m evaluation.bench --suite "${AB_SUITE:-decode-profile}" --models "${AB_MODELS:-llama-1b,gpt2-xl}" \
+        --budget-s $(( left - 20 )) --out-dir "$out/ab/$name-$round") >"$out/ab/$name-$round.log" 2>&1
+      summarize "$out/ab/$name-$round" "$name round $round" >>"$out/ab/summary.txt"
+      tar czf "$out/ab.tgz" -C "$out" ab 2>/dev/null
+    done
+  done
+  tar czf "$out/ab.tgz" -C "$out" ab 2>/dev/null
+  cat "$out/ab/summary.txt"
+}
+
+case "${1:-}" in
+  prepare) [ $# -eq 3 ] || { echo "usage: $0 prepare NAME REV" >&2; exit 2; }; prepare "$2" "$3" ;;
+  run) shift; run "$@" ;;
+  *) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
+esac
