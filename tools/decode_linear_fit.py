@@ -22,9 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eet_hf, evaluation/ and tools/ from a checkout
 
-from eet_hf.ops import ensure_loaded  # noqa: E402 - also registers torch.ops.eet
-from evaluation.bench.decode_profile import copy_gbps  # noqa: E402
-from tools.decode_linear_splits import _time_calls  # noqa: E402
+from tools.decode_linear_splits import _time_calls, cuda_ceiling  # noqa: E402 - also registers torch.ops.eet
 
 K = 2048
 ROWS = (1024, 2048, 4096, 8192, 16384, 32768)
@@ -66,10 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
-    if not torch.cuda.is_available() or not ensure_loaded():
-        parser.error("needs a CUDA GPU and the built extension")
-    ceiling = copy_gbps("cuda")
-    print(f"copy ceiling {ceiling:.0f} GB/s", flush=True)
+    ceiling = cuda_ceiling(parser)
     rows, fits = [], []
     for norm, epilogue in KINDS:
         points = measure(norm, epilogue)

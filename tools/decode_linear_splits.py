@@ -85,16 +85,22 @@ def measure(model: str, batch: int) -> list[dict]:
     return rows
 
 
+def cuda_ceiling(parser: argparse.ArgumentParser) -> float:
+    """The copy ceiling of this GPU (GB/s), printed; a parser error without a GPU and the built extension."""
+    if not torch.cuda.is_available() or not ensure_loaded():
+        parser.error("needs a CUDA GPU and the built extension")
+    ceiling = copy_gbps("cuda")
+    print(f"copy ceiling {ceiling:.0f} GB/s", flush=True)
+    return ceiling
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="llama-1b,gpt2-xl")
     parser.add_argument("--batch", default="1", help="comma-separated decode batch sizes (rows of x, 1-16)")
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
-    if not torch.cuda.is_available() or not ensure_loaded():
-        parser.error("needs a CUDA GPU and the built extension")
-    ceiling = copy_gbps("cuda")
-    print(f"copy ceiling {ceiling:.0f} GB/s", flush=True)
+    ceiling = cuda_ceiling(parser)
     rows = [r for m in args.models.split(",") for b in args.batch.split(",") for r in measure(m, int(b))]
     gpu = torch.cuda.get_device_name()
     meta = {"gpu": gpu, "torch": torch.__version__, "copy_gbps": ceiling,
