@@ -4,6 +4,7 @@ a tool whose imports or arguments broke fails CI. Their real runs need a GPU (pr
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ HELP = {
     "readme_tables.py": [sys.executable, str(TOOLS / "readme_tables.py"), "--help"],
     "ttft_anatomy.py": [sys.executable, str(TOOLS / "ttft_anatomy.py"), "--help"],
     "decode_linear_splits.py": [sys.executable, str(TOOLS / "decode_linear_splits.py"), "--help"],
+    "decode_linear_fit.py": [sys.executable, str(TOOLS / "decode_linear_fit.py"), "--help"],
+    "ab_trees.sh": ["bash", str(TOOLS / "ab_trees.sh"), "--help"],
 }
 
 
@@ -57,3 +60,29 @@ def test_ttft_anatomy_without_cuda_says_so():
         pytest.skip("a GPU is here: the tool would run")
     done = _run([sys.executable, str(TOOLS / "ttft_anatomy.py")])
     assert done.returncode != 0 and "needs a CUDA GPU" in done.stderr
+
+
+def test_decode_linear_fit_without_cuda_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the tool would run")
+    done = _run([sys.executable, str(TOOLS / "decode_linear_fit.py")])
+    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr, done.stderr[-1000:]
+
+
+def test_ab_trees_prepare_puts_a_revisions_code_beside_the_tree():
+    """`prepare` archives a revision's code into .ab/NAME without the results and the embedded weights (the device
+    tool carries at most 64 MiB), and refuses a name that cannot name an environment variable."""
+    name = "test_prepare"
+    dest = REPO / ".ab" / name
+    try:
+        done = _run(["bash", str(TOOLS / "ab_trees.sh"), "prepare", name, "HEAD"])
+        if done.returncode != 0 and "not a git repository" in done.stderr:
+            pytest.skip("not a git checkout")
+        assert done.returncode == 0, done.stderr[-1000:]
+        assert (dest / "csrc" / "decode_linear.cu").is_file() and (dest / "eet_hf" / "ops" / "decode.py").is_file()
+        assert not (dest / "evaluation" / "results").exists()
+        assert not list((dest / "eet_hf" / "models").glob("*-tiny"))
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    bad = _run(["bash", str(TOOLS / "ab_trees.sh"), "prepare", "a-b", "HEAD"])
+    assert bad.returncode == 2 and "NAME" in bad.stderr

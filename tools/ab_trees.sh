@@ -2,8 +2,10 @@
 # Side-by-side builds for one device call: compare the working tree with other revisions of eet_hf on the same GPU,
 # in the same run (timings are only comparable there), without a second machine start per variant.
 #
+# Usage:
 #   bash tools/ab_trees.sh prepare NAME REV     # here: REV's code into .ab/NAME (git archive; no results, no weights)
 #   bash tools/ab_trees.sh run [NAME...]        # there: build "head" (this tree) and every NAME, then the suite
+# NAME: letters, digits and underscores (it also names the AB_ENV_<NAME> variable).
 #
 # `run` builds every tree's CUDA extension in parallel (each in its own TORCH_EXTENSIONS_DIR, so they never share a
 # build), then runs `python -m evaluation.bench --suite $AB_SUITE` (default decode-profile) once per tree and round,
@@ -83,7 +85,10 @@ run() {
 }
 
 case "${1:-}" in
-  prepare) [ $# -eq 3 ] || { echo "usage: $0 prepare NAME REV" >&2; exit 2; }; prepare "$2" "$3" ;;
+  prepare)
+    [ $# -eq 3 ] && [[ $2 =~ ^[A-Za-z0-9_]+$ ]] || { echo "usage: $0 prepare NAME REV (NAME: [A-Za-z0-9_]+)" >&2; exit 2; }
+    prepare "$2" "$3" ;;
   run) shift; run "$@" ;;
-  *) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
+  -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
+  *) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac
