@@ -173,7 +173,10 @@ def test_pairs_without_a_kernel_are_refused_and_run_the_reference(cuda_ops, norm
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 64), (32, 8, 64), (12, 2, 128), (3, 1, 16), (4, 4, 80)])
+# (64, 8, 128): 640 tiles, more than the persistent grid's blocks, so blocks walk several tiles and each loads its
+# next tile's rotary entries and cache slots while finishing the current one.
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 64), (32, 8, 64), (12, 2, 128), (3, 1, 16), (4, 4, 80),
+                                                     (64, 8, 128)])
 @pytest.mark.parametrize("batch", [1, 5, 16])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("mode", ["rms-rotary", "layer-q-scale"])
