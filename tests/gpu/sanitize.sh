@@ -75,7 +75,7 @@ mapfile -t TESTS < <(ls ${EET_SANITIZER_TESTS:-tests/gpu/test_attention_cuda.py 
   tests/gpu/test_norm_gelu_cuda.py \
   tests/gpu/test_embedding_kv_cuda.py tests/gpu/test_rotary_cuda.py tests/gpu/test_small_linear_cuda.py \
   tests/gpu/test_attention_decode_cuda.py tests/gpu/test_attention_decode_launch_cuda.py \
-  tests/gpu/test_decode_linear_cuda.py tests/gpu/test_argmax_cuda.py})
+  tests/gpu/test_decode_linear_cuda.py tests/gpu/test_qkv_rope_append_cuda.py tests/gpu/test_argmax_cuda.py})
 # One run per (tool, file), each with its own time limit, so that one slow file cannot leave the others unchecked;
 # the logs of one tool go into one file, $OUT/sanitizer-<tool>.log.
 status=0
