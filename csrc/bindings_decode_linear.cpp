@@ -82,7 +82,7 @@ void fill_common(const char* op, const at::Tensor& x, const at::Tensor& weight, 
   p.smem_per_block = static_cast<int64_t>(props->sharedMemPerBlockOptin);
   p.smem_per_sm = static_cast<int64_t>(props->sharedMemPerMultiprocessor);
   if (norm_weight) {
-    const int64_t need = decode_linear_staged_bytes(m, k) + kDecodeLinearStaticSmem16;
+    const int64_t need = decode_linear_norm_min_smem(m, k);
     TORCH_CHECK(need <= p.smem_per_block, msg("eet::", op, ": the norm's ", m, " normalized rows of ", k, " columns need ", need,
                                               " bytes of shared memory; this device has ", p.smem_per_block, " per block"));
   }

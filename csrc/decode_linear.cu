@@ -1,12 +1,13 @@
 // Decode-step linear layers over nn.Linear weights on tensor cores (decode_linear.h).
 //
 // At 1-16 rows a linear layer is bound by streaming W from HBM once; the arithmetic is 1-16 multiply-adds per weight.
-// So W goes straight from global memory into the A operand registers of mma.sync m16n8k16 and x into its B operand,
-// with no shared-memory staging: a warp's 16 output rows are the mma's M, the (up to 8) rows of x its N.
-// The trick that makes 16-byte loads fit the fragment layout: the order in which a dot product visits K does not
-// matter, as long as W and x visit it the same way. Lane (g, t) loads 8 consecutive columns 8t..8t+7 of a 32-column
+// So W streams through a per-thread ring in shared memory (cp.async, no register staging) into the A operand registers
+// of mma.sync m16n8k16 and x into its B operand: a warp's 16 output rows are the mma's M, the (up to 8) rows of x its N.
+// The trick that makes 16-byte copies fit the fragment layout: the order in which a dot product visits K does not
+// matter, as long as W and x visit it the same way. Lane (g, t) copies 8 consecutive columns 8t..8t+7 of a 32-column
 // step for W rows g and g + 8 and for x row g; the two k16 mma of the step take them as logical columns
-// {2t, 2t+1, 2t+8, 2t+9} <- physical {8t, 8t+1, 8t+2, 8t+3}, then {8t+4 .. 8t+7}. No shuffle, no ldmatrix.
+// {2t, 2t+1, 2t+8, 2t+9} <- physical {8t, 8t+1, 8t+2, 8t+3}, then {8t+4 .. 8t+7}. No shuffle, no ldmatrix, and no
+// thread reads another's slot, so the ring needs no barrier.
 //
 // Work split: kSplit warps per 16-row tile (8 or 16), splitting K; their partial tiles are summed in shared memory in
 // warp order (deterministic) and the block applies the epilogue. The grid is persistent (16 warps per SM: two blocks of
@@ -18,8 +19,10 @@
 // later. That puts each rotary partner (d, d + head_dim/2) and each gate/up pair (j, j + n_out) in one lane after the
 // reduction, so rotary + KV write and silu * up are lane-local epilogues of the projection itself.
 //
-// Every warp keeps kAhead steps of W loads in flight (32 bytes per lane per step); the first ones are issued before
-// pdl_wait(), because no kernel of a step writes W, so their HBM latency overlaps the previous kernel's tail. W loads
+// Every thread keeps up to kDecodeLinearMaxRing steps of W in flight (32 bytes per step; as many slots as the block's
+// share of shared memory holds beside the staged rows), and the ring runs on across the block's tiles, so the stream
+// does not drain at a tile's end. The first slots are filled before pdl_wait(), because no kernel of a step writes W:
+// their HBM latency overlaps the previous kernel's tail and this kernel's norm prologue. W copies
 // carry an L2 evict-first policy (a step streams far more weight than L2 holds; what it reads again stays). What the
 // epilogue reads besides the sums (bias, residual, rotary entries, cache slot) is loaded when a tile starts, so that
 // round trip overlaps the W stream instead of following the reduction.
@@ -96,10 +99,12 @@ cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t
   int split = pick_split(p);
   if (p.norm != DecodeNorm::kNone) {
     const int64_t staged = decode_linear_staged_bytes(p.m, p.k);
-    if (staged + kDecodeLinearStaticSmem16 > p.smem_per_block) return cudaErrorInvalidValue;
-    // Two blocks of 8 warps per SM need the staged rows twice; where they do not fit, one block of 16 keeps 16 warps.
+    if (decode_linear_norm_min_smem(p.m, p.k) > p.smem_per_block) return cudaErrorInvalidValue;
+    // Two blocks of 8 warps per SM need the staged rows twice; where they do not fit beside the smallest ring, one
+    // block of 16 keeps 16 warps.
     if (p.warps_per_tile == 0 && split == 8 &&
-        2 * (staged + kDecodeLinearStaticSmem8 + kSmemReservedPerBlock) > p.smem_per_sm) {
+        2 * (staged + kDecodeLinearStaticSmem8 + kDecodeLinearMinRing * decode_linear_ring_slot_bytes(8, 0) +
+             kSmemReservedPerBlock) > p.smem_per_sm) {
       split = 16;
     }
   }

@@ -37,11 +37,12 @@ enum class DecodeEpilogue : int { kStore = 0, kResidual = 1, kSiluMul = 2, kGelu
 
 constexpr int64_t kDecodeLinearMaxRows = 16;
 
-// A norm kernel stages its normalized x rows in shared memory: 8 rows (m <= 8) or 16, each decode_linear_staged_ld(k)
-// elements apart. The row stride is 16 bytes more than a multiple of 128, so a warp's 16-byte fragment reads
-// (8 rows x 4 columns) fall in 8 different 16-byte bank groups, 4 lanes each: the minimum of 4 wavefronts.
+// A norm kernel stages its m normalized x rows in shared memory, each decode_linear_staged_ld(k) elements apart (the
+// fragments of rows >= m are zeros, never read). The row stride is 16 bytes more than a multiple of 128, so a warp's
+// 16-byte fragment reads (8 rows x 4 columns) fall in 8 different 16-byte bank groups, 4 lanes each: the minimum of 4
+// wavefronts.
 constexpr int64_t decode_linear_staged_ld(int64_t k) { return (k + 63) / 64 * 64 + 8; }
-constexpr int64_t decode_linear_staged_rows_bytes(int64_t m, int64_t k) { return (m > 8 ? 16 : 8) * decode_linear_staged_ld(k) * 2; }
+constexpr int64_t decode_linear_staged_rows_bytes(int64_t m, int64_t k) { return m * decode_linear_staged_ld(k) * 2; }
 // The norm prologue of a few rows spreads each row's 256-column chunks over the warps (kNormHeld per warp) and sums
 // the rows' statistics in shared memory after the staged rows: two [16][kNormMaxChunks] float arrays.
 constexpr int kNormChunk = 256;
@@ -56,6 +57,20 @@ constexpr int64_t decode_linear_staged_bytes(int64_t m, int64_t k) {
 constexpr int64_t kDecodeLinearStaticSmem16 = 16 * 16 * 17 * 4;
 constexpr int64_t kDecodeLinearStaticSmem8 = 8 * 16 * 17 * 4;
 constexpr int64_t kSmemReservedPerBlock = 1024;
+// The W ring: every thread keeps its next steps' fragments in shared memory, one slot per step in flight, 16 bytes for
+// each of its two W rows (and, without a norm, for each of its x fragments). The launch takes as many slots as the
+// block's share of the multiprocessor's shared memory holds, up to kDecodeLinearMaxRing, and at least
+// kDecodeLinearMinRing (a norm whose staged rows leave less is refused).
+constexpr int kDecodeLinearMaxRing = 8;
+constexpr int kDecodeLinearMinRing = 2;
+constexpr int64_t decode_linear_ring_slot_bytes(int warps, int x_fragments) {
+  return static_cast<int64_t>(2 + x_fragments) * 16 * warps * 32;
+}
+// What a norm kernel needs at the least with 16 warps per block (the staged rows, the partial tiles, two ring slots).
+constexpr int64_t decode_linear_norm_min_smem(int64_t m, int64_t k) {
+  return decode_linear_staged_bytes(m, k) + kDecodeLinearStaticSmem16 +
+         kDecodeLinearMinRing * decode_linear_ring_slot_bytes(16, 0);
+}
 
 struct DecodeLinearParams {
   const void* x;            // [m, k], row stride ldx, 16-byte aligned rows
@@ -82,6 +97,7 @@ struct DecodeLinearParams {
   int num_sms;  // the device's multiprocessor count: sizes the persistent grid
   int64_t smem_per_block, smem_per_sm;  // the device's shared memory: per block (opt-in) and per multiprocessor
   int warps_per_tile;  // the work split: 8 or 16 warps per 16-row tile; 0: the one measured fastest for the shape (decode_linear.cu)
+  int ring_depth;      // set by the launch: W steps each thread keeps in flight (kDecodeLinearMinRing..kDecodeLinearMaxRing)
 };
 
 // Output columns of the epilogue: rows for kStore / kResidual / kRelu / kGeluNew, rows / 2 for the gated ones, heads_q * head_dim
@@ -93,7 +109,8 @@ int64_t decode_linear_out_cols(const DecodeLinearParams& p);
 bool decode_linear_has_kernel(DecodeNorm norm, DecodeEpilogue epilogue);
 
 // cudaErrorInvalidValue (nothing launched) for what the kernel does not take: fp32, m outside [1, 16], k not a
-// multiple of 8, a norm whose staged rows do not fit a block's shared memory (16 rows: k up to ~6,600 on an H100), warps_per_tile other than 0, 8 or 16, rows not a multiple of 16 for the paired epilogues (gated, rotary), a rotary head_dim not a multiple of 16, a (norm, epilogue) pair
+// multiple of 8, a norm whose staged rows do not fit a block's shared memory beside two W ring slots (16 rows: k up to
+// ~5,500 on an H100), warps_per_tile other than 0, 8 or 16, rows not a multiple of 16 for the paired epilogues (gated, rotary), a rotary head_dim not a multiple of 16, a (norm, epilogue) pair
 // without a kernel.
 cudaError_t decode_linear(DType dtype, const DecodeLinearParams& p, cudaStream_t stream);
 

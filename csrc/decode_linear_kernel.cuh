@@ -18,19 +18,6 @@ using attn::mma_16816;
 
 constexpr int kStepCols = 32;  // K columns a warp consumes per step (4 lanes x 8 elements per row)
 
-// W steps in flight per warp: 4 x 32 bytes per lane, 4 KB per warp, 64 KB per SM at 16 warps, which covers HBM
-// latency at the H200's bandwidth (~25 KB per SM needed); more spills under the 128-register cap of 16 warps per SM.
-constexpr int kAhead = 4;
-
-// W rows are read once per step: keep them out of L1, which x and the norm weight use, and first out of L2.
-__device__ __forceinline__ uint4 ldg_stream(const void* p, uint64_t policy) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p), "l"(policy));
-  return r;
-}
-
 // W is read once per step and the step streams far more than the L2 cache holds: an evict-first policy keeps W from
 // pushing out what is read again (x, the residual, the KV cache of the attention kernels, the norm weights).
 // Measured on an H100 (decode-profile, one call): llama-1b 1237 -> 1221 us per step at batch 1, 1310 -> 1289 at 8.
@@ -40,6 +27,35 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
   return policy;
 }
 
+// 16 bytes of W into this thread's ring slot, bypassing L1 (read once), evict-first in L2; zeros where !ok (nothing
+// is read then: src-size 0).
+__device__ __forceinline__ void cp_async_w(uint32_t dst, const void* src, bool ok, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+               "r"(ok ? 16 : 0), "l"(policy)
+               : "memory");
+}
+// 16 bytes of x into this thread's ring slot through L1: every tile reads the same x columns again.
+__device__ __forceinline__ void cp_async_x(uint32_t dst, const void* src, bool ok) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+// Wait until the oldest of the `depth` groups in flight has landed (wait_group takes an immediate).
+__device__ __forceinline__ void cp_async_wait_oldest(int depth) {
+  static_assert(kDecodeLinearMinRing >= 2 && kDecodeLinearMaxRing <= 12, "one case per ring depth");
+  switch (depth) {
+    case 2: attn::cp_async_wait<1>(); break;
+    case 3: attn::cp_async_wait<2>(); break;
+    case 4: attn::cp_async_wait<3>(); break;
+    case 5: attn::cp_async_wait<4>(); break;
+    case 6: attn::cp_async_wait<5>(); break;
+    case 7: attn::cp_async_wait<6>(); break;
+    case 8: attn::cp_async_wait<7>(); break;
+    case 9: attn::cp_async_wait<8>(); break;
+    case 10: attn::cp_async_wait<9>(); break;
+    case 11: attn::cp_async_wait<10>(); break;
+    default: attn::cp_async_wait<11>(); break;
+  }
+}
+
 __device__ __forceinline__ uint4 ldg_keep(const void* p) {
   uint4 r;
   asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
@@ -47,14 +63,18 @@ __device__ __forceinline__ uint4 ldg_keep(const void* p) {
 }
 
 // The kWarps warps of a block share a 16-row tile, each streaming a 1/kWarps slice of K. Both block sizes keep 16 warps
-// per SM (two blocks of 8 or one of 16), which is what the 128-register cap of kAhead's W ring allows. Norm kernels
-// take dynamic shared memory for the staged x rows (decode_linear_staged_bytes).
+// per SM (two blocks of 8 or one of 16). Dynamic shared memory holds the W ring (p.ring_depth slots per thread) and,
+// for the norm kernels, the staged x rows after it (decode_linear_staged_bytes).
 template <typename T, int kNT, int kNorm, int kEpi, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel(const DecodeLinearParams p) {
   constexpr int kCols = 8 * kNT;  // x rows one block covers: 8 per n8 tile
   constexpr bool kStaged = kNorm != kNormNone;
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kParts = 2 + (kStaged ? 0 : kNT);  // 16-byte fragments per thread and ring slot: W rows g, g + 8 (, x)
   __shared__ float part[kWarps][16][kCols + 1];  // +1: the finishing threads read a column across rows
-  extern __shared__ __align__(16) unsigned char staged_smem[];
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  const int depth = p.ring_depth;
+  unsigned char* const staged_smem = dyn_smem + static_cast<int64_t>(depth) * kParts * kThreads * 16;
   T* const staged = reinterpret_cast<T*>(staged_smem);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -71,30 +91,46 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
   const uint64_t policy = evict_first_policy();
   auto col_ok = [&](int s) { return static_cast<int64_t>(s) * kStepCols + 8 * t + 8 <= p.k; };
 
-  // The block walks tiles blockIdx.x, + gridDim.x, ... (a persistent grid of 16 warps per SM): its norm prologue runs
-  // once, and the next tile's first W loads go out before the current tile's reduction and epilogue.
-  int tile = blockIdx.x;
+  // The W ring. Slot i of this thread: kParts 16-byte fragments at ring_base + i * kSlotStride + part * kThreads * 16,
+  // so a warp's reads of one part are 512 contiguous bytes (no bank conflict). Each thread reads only what it copied
+  // itself, so cp.async.wait_group is the only synchronization. The ring runs across tiles: the load cursor (load_tile,
+  // load_step) walks this warp's steps of tile blockIdx.x, then of tile + gridDim.x, ..., `depth` steps ahead of the
+  // main loop, so the stream never drains at a tile's end and the first `depth` steps go out before pdl_wait().
+  constexpr uint32_t kSlotStride = kParts * kThreads * 16;
+  const uint32_t ring_base = attn::smem_addr(dyn_smem) + tid * 16;
+  int load_tile = blockIdx.x, load_step = s_begin;
   const T* wa = nullptr;
   const T* wb = nullptr;
   bool ok_a = false, ok_b = false;
-  uint4 w_a[kAhead], w_b[kAhead];
-  auto start_tile = [&](int next_tile) {
-    const int64_t row_a = tile_row(next_tile, g, pair), row_b = tile_row(next_tile, g + 8, pair);  // row * ldw in 64 bits
+  auto aim = [&](int tile) {  // W rows g and g + 8 of a tile, row * ldw in 64 bits
+    const int64_t row_a = tile_row(tile, g, pair), row_b = tile_row(tile, g + 8, pair);
     ok_a = row_a < p.rows;
     ok_b = row_b < p.rows;
     wa = w + row_a * p.ldw + 8 * t;
     wb = w + row_b * p.ldw + 8 * t;
-#pragma unroll
-    for (int i = 0; i < kAhead; ++i) {
-      const int s = s_begin + i;
-      const bool ok = s < s_end && col_ok(s);
-      w_a[i] = ok && ok_a ? ldg_stream(wa + s * kStepCols, policy) : zero;
-      w_b[i] = ok && ok_b ? ldg_stream(wb + s * kStepCols, policy) : zero;
+  };
+  if (s_begin < s_end && load_tile < tiles) aim(load_tile);
+  // W of the load cursor's step into `slot`, and the cursor one step on. Past the warp's last tile nothing is copied.
+  auto load_w = [&](int slot) {
+    const int s = load_step;
+    if (s_begin < s_end && load_tile < tiles) {
+      const bool ok = col_ok(s);
+      const uint32_t dst = ring_base + slot * kSlotStride;
+      cp_async_w(dst, ok && ok_a ? wa + s * kStepCols : w, ok && ok_a, policy);
+      cp_async_w(dst + kThreads * 16, ok && ok_b ? wb + s * kStepCols : w, ok && ok_b, policy);
+      if (++load_step == s_end) {
+        load_step = s_begin;
+        load_tile += gridDim.x;
+        if (load_tile < tiles) aim(load_tile);
+      }
     }
   };
 
   pdl_trigger();
-  if (tile < tiles) start_tile(tile);
+  for (int i = 0; i < depth; ++i) {  // the first steps' W, in flight across pdl_wait (no kernel of a step writes W)
+    load_w(i);
+    attn::cp_async_commit();
+  }
   pdl_wait();  // x and the residual come from the previous kernels of the step
 
   const T* __restrict__ x = static_cast<const T*>(p.x);
@@ -233,59 +269,79 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
     x_ok[nt] = r < p.m;
     xr[nt] = (kStaged ? staged + r * ld_staged : x + (x_ok[nt] ? r : 0) * p.ldx) + 8 * t;
   }
-  // Without a norm, x comes from global memory (L1 / L2) kAhead steps ahead, as W does.
-  uint4 x_v[kStaged ? 1 : kAhead][kNT];
-  auto load_x = [&](int i, int s) {
+  // Without a norm, x rides in the ring beside W: its copies for the slots already in flight go out now (x comes from
+  // the previous kernel), each its own group, so the first slot waits for its W and its x alike.
+  auto load_x = [&](int slot, int s) {
     if constexpr (!kStaged) {
-      const bool ok = s < s_end && col_ok(s);
+      const bool ok = col_ok(s);
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) x_v[i][nt] = ok && x_ok[nt] ? ldg_keep(xr[nt] + s * kStepCols) : zero;
+      for (int nt = 0; nt < kNT; ++nt) {
+        cp_async_x(ring_base + slot * kSlotStride + (2 + nt) * kThreads * 16, ok && x_ok[nt] ? xr[nt] + s * kStepCols : x,
+                   ok && x_ok[nt]);
+      }
     }
   };
-  auto x_fragment = [&](int i, int s, int nt) {
+  if constexpr (!kStaged) {
+    int s = s_begin;
+    for (int i = 0; i < depth; ++i) {  // the primed slots hold steps s_begin, s_begin + 1, ... wrapping per tile
+      if (s_begin < s_end) {
+        load_x(i, s);
+        if (++s == s_end) s = s_begin;
+      }
+      attn::cp_async_commit();
+    }
+  }
+  auto x_fragment = [&](int slot, int s, int nt) {
     if constexpr (kStaged) {
       return col_ok(s) && x_ok[nt] ? *reinterpret_cast<const uint4*>(xr[nt] + s * kStepCols) : zero;
     } else {
-      return x_v[i][nt];
+      uint4 v;
+      const uint32_t src = ring_base + slot * kSlotStride + (2 + nt) * kThreads * 16;
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(src));
+      return v;
     }
   };
+  auto w_fragment = [&](int slot, int part_index) {
+    uint4 v;
+    const uint32_t src = ring_base + slot * kSlotStride + part_index * kThreads * 16;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(src));
+    return v;
+  };
 
-#pragma unroll
-  for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);
   // The output unit this thread finishes (the tile's 256 units; with 16 warps, half the threads) and its epilogue
   // inputs, loaded as each tile starts (after pdl_wait: the residual comes from the previous kernel).
   const bool finisher = tid < 256;
+  int tile = blockIdx.x;
   TileUnit unit{};
   EpilogueInputs inputs{};
   if (finisher && tile < tiles) {
     unit = tile_unit<kEpi>(p, tile, pair, tid);
     inputs = load_epilogue_inputs<T, kEpi>(p, unit);
   }
+  int slot = 0;  // the ring slot of the main loop's step (its `depth`-th successor is being loaded)
   for (; tile < tiles; tile += gridDim.x) {
     float acc[kNT][4];
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 
-    for (int s0 = s_begin; s0 < s_end; s0 += kAhead) {
+    for (int s = s_begin; s < s_end; ++s) {
+      cp_async_wait_oldest(depth);
+      const uint4 w_a = w_fragment(slot, 0), w_b = w_fragment(slot, 1);
+      const uint32_t a0[4] = {w_a.x, w_b.x, w_a.y, w_b.y};
+      const uint32_t a1[4] = {w_a.z, w_b.z, w_a.w, w_b.w};
 #pragma unroll
-      for (int i = 0; i < kAhead; ++i) {
-        const int s = s0 + i;
-        if (s < s_end) {
-          const uint32_t a0[4] = {w_a[i].x, w_b[i].x, w_a[i].y, w_b[i].y};
-          const uint32_t a1[4] = {w_a[i].z, w_b[i].z, w_a[i].w, w_b[i].w};
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) {
-            const uint4 b = x_fragment(i, s, nt);
-            mma_16816<T>(acc[nt], a0, b.x, b.y);
-            mma_16816<T>(acc[nt], a1, b.z, b.w);
-          }
-          const int next = s + kAhead;
-          const bool ok = next < s_end && col_ok(next);
-          w_a[i] = ok && ok_a ? ldg_stream(wa + next * kStepCols, policy) : zero;
-          w_b[i] = ok && ok_b ? ldg_stream(wb + next * kStepCols, policy) : zero;
-          load_x(i, next);
-        }
+      for (int nt = 0; nt < kNT; ++nt) {
+        const uint4 b = x_fragment(slot, s, nt);
+        mma_16816<T>(acc[nt], a0, b.x, b.y);
+        mma_16816<T>(acc[nt], a1, b.z, b.w);
       }
+      // The slot is free once the mma above have their operands (they issue in order, after the shared loads they
+      // read): refill it with the step `depth` ahead.
+      const int next = load_step;
+      if (load_tile < tiles) load_x(slot, next);  // x of the same columns (without a norm)
+      load_w(slot);
+      attn::cp_async_commit();
+      slot = slot + 1 == depth ? 0 : slot + 1;
     }
 
     // C fragment of lane (g, t): rows g / g + 8, x rows 2t, 2t + 1 of each n8 tile.
@@ -297,11 +353,6 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
       part[warp][g + 8][nt * 8 + 2 * t + 1] = acc[nt][3];
     }
     const bool more = tile + static_cast<int>(gridDim.x) < tiles;
-    if (more) {  // the next tile's first loads, in flight during the reduction
-      start_tile(tile + gridDim.x);
-#pragma unroll
-      for (int i = 0; i < kAhead; ++i) load_x(i, s_begin + i);  // every tile reads the same x columns
-    }
     __syncthreads();
     if (finisher) {
       finish_output<T, kNT, kEpi, kWarps>(p, unit, inputs, part);
@@ -312,6 +363,7 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) decode_linear_kernel
     }
     __syncthreads();  // the next tile's partials overwrite `part`
   }
+  attn::cp_async_wait_all();  // no copy may still be writing this block's shared memory when it exits
 }
 
 // One (norm, epilogue) pair's kernel with kWarps warps per tile on a persistent grid of 16 warps per SM (two blocks of
@@ -323,15 +375,23 @@ cudaError_t launch(const DecodeLinearParams* p, cudaStream_t stream) {
   const int64_t blocks = std::min<int64_t>((p->rows + 15) / 16, 16 / kWarps * static_cast<int64_t>(p->num_sms));
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
   const auto kernel = decode_linear_kernel<T, kNT, kNorm, kEpi, kWarps>;
-  const int64_t smem = kNorm == kNormNone ? 0 : decode_linear_staged_bytes(p->m, p->k);
-  // Static (the partial tiles) and dynamic shared memory past 48 KB together need the opt-in, which is per kernel:
-  // without it the launch fails with an invalid argument unless an earlier call happened to set it.
+  // The ring takes what the block's share of the multiprocessor (16 / kWarps blocks) leaves beside the partial tiles
+  // and the staged rows, up to kDecodeLinearMaxRing slots.
   constexpr int64_t kStaticSmem = static_cast<int64_t>(kWarps) * 16 * (8 * kNT + 1) * sizeof(float);
+  constexpr int64_t kSlot = decode_linear_ring_slot_bytes(kWarps, kNorm == kNormNone ? kNT : 0);
+  const int64_t staged = kNorm == kNormNone ? 0 : decode_linear_staged_bytes(p->m, p->k);
+  const int64_t share = std::min<int64_t>(p->smem_per_block, p->smem_per_sm / (16 / kWarps) - kSmemReservedPerBlock);
+  const int64_t depth = std::min<int64_t>(kDecodeLinearMaxRing, (share - kStaticSmem - staged) / kSlot);
+  if (depth < kDecodeLinearMinRing) return cudaErrorInvalidValue;
+  DecodeLinearParams q = *p;
+  q.ring_depth = static_cast<int>(depth);
+  const int64_t smem = depth * kSlot + staged;
+  // Static and dynamic shared memory past 48 KB together need the opt-in, which is per kernel.
   if (smem + kStaticSmem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  return launch_pdl(kernel, grid, block, static_cast<size_t>(smem), stream, 1, *p);
+  return launch_pdl(kernel, grid, block, static_cast<size_t>(smem), stream, 1, q);
 }
 
 // The (norm, epilogue) pairs with a kernel, listed once: those the fused decoder step runs

@@ -122,3 +122,26 @@ def _opcheck_cases() -> dict[str, tuple]:
 def test_decode_ops_opcheck(case):
     op, args = _opcheck_cases()[case]
     torch.library.opcheck(op.default, args)
+
+
+def test_staged_rows_rule_mirrors_the_kernel_header(monkeypatch):
+    """eet_hf.ops.decode decides which norm shapes the kernel takes from the shared memory they need
+    (decode_linear_norm_min_smem in csrc/decode_linear.h): the staged rows, the partial tiles, the statistics and the
+    ring's smallest slots. Its constants must be the header's, and its rule must refuse exactly past that sum."""
+    import re
+    from pathlib import Path
+
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "decode_linear.h").read_text()
+
+    def const(name):
+        return eval(re.search(rf"constexpr int(?:64_t)? {name} = ([0-9 *]+);", header).group(1))  # noqa: S307
+
+    assert D._STATIC_SMEM == const("kDecodeLinearStaticSmem16")
+    assert D._NORM_STATS == 2 * 16 * const("kNormMaxChunks") * 4
+    assert D._MIN_RING == const("kDecodeLinearMinRing") * 2 * 16 * 16 * 32  # slots x W fragments x 16 B x 512 threads
+    monkeypatch.setattr(D, "_smem_per_block", lambda index: 232448)  # an H100's opt-in shared memory per block
+    cpu = torch.device("cpu", 0)
+    need = lambda m, k: m * ((k + 63) // 64 * 64 + 8) * 2 + D._NORM_STATS + D._STATIC_SMEM + D._MIN_RING  # noqa: E731
+    for m, k in [(1, 2048), (8, 10240), (16, 5440), (16, 5504), (16, 10240), (9, 8192)]:
+        assert D._staged_rows_fit(m, k, cpu) == (need(m, k) <= 232448), (m, k)
+    assert D._staged_rows_fit(8, 10240, cpu) and not D._staged_rows_fit(16, 10240, cpu)

@@ -218,15 +218,17 @@ def _kernel_takes(x2d: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Te
     return ensure_loaded()
 
 
-# csrc/decode_linear.h: a norm kernel stages its normalized x rows (8 or 16) in shared memory, beside 17 KB of
-# partial tiles; hidden sizes past ~6,600 (16 rows) or ~13,000 (8 rows) on an H100 take the reference path.
+# csrc/decode_linear.h (decode_linear_norm_min_smem): a norm kernel stages its m normalized x rows in shared memory,
+# beside 17 KB of partial tiles and the two smallest W ring slots of a 16-warp block; hidden sizes past ~5,500
+# (16 rows) or ~11,000 (8 rows) on an H100 take the reference path.
 _STATIC_SMEM = 16 * 16 * 17 * 4
 _NORM_STATS = 2 * 16 * 32 * 4  # the prologue's per-row statistics (kDecodeLinearNormStatsBytes)
+_MIN_RING = 2 * 2 * 16 * 16 * 32  # kDecodeLinearMinRing slots of two 16-byte W fragments per thread, 16 warps
 
 
 def _staged_rows_fit(m: int, k: int, device: torch.device) -> bool:
-    staged = (16 if m > 8 else 8) * ((k + 63) // 64 * 64 + 8) * 2 + _NORM_STATS
-    return staged + _STATIC_SMEM <= _smem_per_block(device.index if device.index is not None else
+    staged = m * ((k + 63) // 64 * 64 + 8) * 2 + _NORM_STATS
+    return staged + _STATIC_SMEM + _MIN_RING <= _smem_per_block(device.index if device.index is not None else
                                                     torch.cuda.current_device())
 
 

@@ -269,9 +269,10 @@ def test_decode_linear_rejects_what_the_kernel_cannot_take(cuda_ops):
 
 
 def test_norm_rows_too_wide_for_shared_memory_take_the_reference(cuda_ops):
-    """A norm kernel stages its normalized x rows in shared memory: 16 rows of 12288 columns (393 KB) do not fit a
-    block's, so the op refuses them by name and the wrapper runs the reference; 8 rows (197 KB) fit."""
-    k = 12288
+    """A norm kernel stages its normalized x rows in shared memory beside its W ring: 16 rows of 10240 columns
+    (330 KB) do not fit a block's, so the op refuses them by name and the wrapper runs the reference; 8 rows (165 KB,
+    with the ring's two smallest slots 219 KB) fit."""
+    k = 10240
     x = torch.randn(16, k, device="cuda", dtype=torch.float16)
     w = torch.randn(32, k, device="cuda", dtype=torch.float16) / 128
     n = 1 + 0.1 * torch.randn(k, device="cuda", dtype=torch.float16)
