@@ -12,9 +12,12 @@
 # the trees alternating within a round (AB_ROUNDS, default 2), each run with its own --out-dir under $OUT/ab/. It
 # stops starting runs when AB_BUDGET seconds (default 540) are nearly spent, keeps $OUT/ab.tgz up to date after every
 # run (a call cut short still returns what finished), and prints one line per (tree, round, case) last:
-# step_us and copy_share for decode-profile, else every row of the case's first metric.
+# step_us, copy_share and the five largest critical-path classes (µs) for decode-profile, else every row of the
+# case's first metric.
 # Other variables: AB_MODELS (default llama-1b,gpt2-xl), AB_ENV_<NAME> (extra environment for one tree's runs, e.g.
-# AB_ENV_head="EET_DECODE_GRAPHS=0").
+# AB_ENV_head="EET_DECODE_GRAPHS=0"), AB_TESTS (pytest paths run on "head" after the builds and before the suite, in
+# quick mode unless AB_TESTS_QUICK=0, within AB_TESTS_TIMEOUT seconds, default 200: the change's GPU tests and its
+# timings from one machine start; their result is the summary's second line).
 # With the device tool: carry [".ab"] (and ".torch_ext" is kept on a warm machine); $OUT is the tool's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +43,10 @@ for path in glob.glob(sys.argv[1] + "/*.json"):
     for case in cases:
         if (case, "step_us") in got:
             text = f"step_us {got[(case, 'step_us')]:9.1f}  copy_share {got.get((case, 'copy_share'), float('nan')):.3f}"
+            # The critical path's largest kernel classes too: the printed lines are what a call's output always returns.
+            crit = sorted(((v, m[len("crit_us:"):]) for (c, m), v in got.items() if c == case and m.startswith("crit_us:")),
+                          reverse=True)
+            text += "  " + " ".join(f"{name}={v:.0f}" for v, name in crit[:5])
         else:
             first = next(m for c, m in got if c == case)
             text = f"{first} {got[(case, first)]}"
@@ -65,6 +72,14 @@ run() {
   local i failed=()
   for i in "${!names[@]}"; do wait "${pids[$i]}" || failed+=("${names[$i]}"); done
   echo "builds: $(( $(date +%s) - start )) s; failed: ${failed[*]:-none}" | tee "$out/ab/summary.txt"
+  if [ -n "${AB_TESTS:-}" ]; then
+    # shellcheck disable=SC2086 # AB_TESTS: a list of pytest paths
+    (cd "$ROOT" && TORCH_EXTENSIONS_DIR=$ROOT/.torch_ext EET_GPU_TEST_QUICK=${AB_TESTS_QUICK:-1} \
+      timeout "${AB_TESTS_TIMEOUT:-200}" python3 -m pytest -q $AB_TESTS) >"$out/ab/tests-head.log" 2>&1
+    echo "tests (head, exit $?): $(tail -1 "$out/ab/tests-head.log")" | tee -a "$out/ab/summary.txt"
+    grep -E "^FAILED" "$out/ab/tests-head.log" | head -20 | tee -a "$out/ab/summary.txt"
+    tar czf "$out/ab.tgz" -C "$out" ab 2>/dev/null
+  fi
   local round env_var
   for round in $(seq 1 "$rounds"); do
     for name in "${names[@]}"; do
