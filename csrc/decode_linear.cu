@@ -33,9 +33,10 @@
 // main loop reads its x fragments from there. A hidden size whose 8 or 16 staged rows do not fit a block's shared
 // memory is refused (eet_hf/ops/decode.py runs the reference).
 //
-// Only the (norm, epilogue) pairs the fused decoder step runs are instantiated (`dispatch` in decode_linear_kernel.cuh),
+// Only the (norm, epilogue) pairs the fused decoder step runs are instantiated (`dispatch` in decode_linear_launch.cuh),
 // which keeps the JIT build short; eet_hf/ops/decode.py sends every other call to its reference. The kernels are in
-// decode_linear_kernel.cuh, one file per split (decode_linear_split*.cu); this file is the host side.
+// decode_linear_kernel.cuh, their launches in decode_linear_launch.cuh, one file per split (decode_linear_split*.cu);
+// this file is the host side that picks the split.
 #include <cstdint>
 
 #include "common.cuh"
