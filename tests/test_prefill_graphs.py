@@ -56,7 +56,11 @@ def graphs(monkeypatch):
         return made[-1]
 
     monkeypatch.setattr(P.PrefillGraphs, "_capture", capture)
-    return P.PrefillGraphs(), made
+    # The first, eager use runs on the capture stream (so the capture's cuBLAS workspace is made then): recorded here.
+    prefill = P.PrefillGraphs()
+    prefill.side_stream_runs = []
+    monkeypatch.setattr(P, "on_side_stream", lambda fn, device: (prefill.side_stream_runs.append(device), fn())[1])
+    return prefill, made
 
 
 _KV = torch.zeros(4)  # the engine's arena view: one tensor across calls (its address is part of the key)
@@ -71,6 +75,7 @@ def test_first_use_is_eager_the_second_captures_then_replays(graphs):
     g, made = graphs
     w = _View()
     assert _call(g, w, 2, 10)[0, 0] == 1.0 and w.eager == 1 and not made
+    assert len(g.side_stream_runs) == 1  # the eager first use ran on the capture stream
     assert _call(g, w, 2, 10, fill=5)[0, 0] == -1.0 and len(made) == 1 and made[0].replays == 1
     assert torch.equal(made[0].loaded, torch.full((2, 10), 5))  # the replay read this call's tokens
     _call(g, w, 2, 10)

@@ -92,21 +92,27 @@ def test_sampling_distribution_fp32(cuda_ops):
     assert 0.5 * (freq - probs).abs().sum().item() < 0.04
 
 
+@pytest.mark.parametrize("rows", [1, 8])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_peak_memory_not_above_hf(cuda_ops, dtype):
+def test_peak_memory_not_above_hf(cuda_ops, dtype, rows):
+    """The second eet call is the one that captures the prompt's graph (its first use ran eagerly): its peak, like the
+    steady state's, stays at or below HF's warm call. At batch 1 HF's margin is only its activations, so a cuBLAS
+    workspace made inside that call (32 MiB) would show."""
     hf = _gpt2(dtype, n_embd=768, n_layer=12, n_head=12)
     model = eet_hf.accelerate(copy.deepcopy(hf))
-    ids, mask = _batch([128] * 8, 128)
+    ids, mask = _batch([128] * rows, 128)
     kwargs = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False)
+    hf.generate(ids, attention_mask=mask, **kwargs)  # HF's own first-use allocations happen outside the measurement
     peaks = {}
-    for name, m in (("eet", model), ("hf", hf), ("eet", model)):  # eet twice: the second is with graphs warm
+    for name, m in (("eet-first", model), ("hf", hf), ("eet-capture", model), ("eet-warm", model)):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         m.generate(ids, attention_mask=mask, **kwargs)
         torch.cuda.synchronize()
         peaks[name] = torch.cuda.max_memory_allocated() - base
-    assert peaks["eet"] <= peaks["hf"], peaks
+    assert peaks["eet-capture"] <= peaks["hf"], peaks
+    assert peaks["eet-warm"] <= peaks["hf"], peaks
 
 
 def test_request_too_large_fails_before_running(cuda_ops):
