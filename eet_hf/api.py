@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import attention, copies, distributed, ops, wrappers
+from . import attention, copies, distributed, ops, sentence_pipeline, wrappers
 from ._log import warn_once
 from .errors import EetUnsupportedError
 from .patches import PatchContext, adapter_for
@@ -57,7 +57,8 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
 
     `model` may also hold transformers models without being one (a sentence-transformers SentenceTransformer or
     CrossEncoder, your own wrapper module): each outermost transformers model inside is accelerated with these
-    options, and the wrapper itself (its forward, tokenizer, pooling) stays as it is (eet_hf/wrappers.py).
+    options, and the wrapper itself (its forward, tokenizer, pooling) stays as it is (eet_hf/wrappers.py), but for a
+    SentenceTransformer's encode(), which tokenizes ahead of the forward on threads (eet_hf/sentence_pipeline.py).
     Options: attention (bool), mlp (bool), generate (bool: eet's decode loop behind model.generate),
     strict (bool: raise instead of falling back to HF code), tensor_parallel (None, True for the default
     torch.distributed group, or a ProcessGroup: GPT-2's heads and MLP columns split over the group's ranks,
@@ -104,11 +105,13 @@ def accelerate(model: torch.nn.Module, **options: Any) -> torch.nn.Module:
 
 
 def _accelerate_held(wrapper: torch.nn.Module, models: list[torch.nn.Module], options: dict[str, Any]) -> torch.nn.Module:
-    """accelerate() of each transformers model a wrapper holds; a refusal undoes the ones this call accelerated."""
+    """accelerate() of each transformers model a wrapper holds, and of a SentenceTransformer's encode loop; a refusal
+    undoes the models this call accelerated."""
     newly = [m for m in models if STATE_ATTR not in m.__dict__]
     try:
         for inner in models:
             accelerate(inner, **options)
+        sentence_pipeline.install(wrapper)
     except BaseException:
         for inner in newly:
             restore(inner)
@@ -139,6 +142,7 @@ def restore(model: torch.nn.Module) -> torch.nn.Module:
     if held:
         for _, inner in held:
             restore(inner)
+        sentence_pipeline.remove(model)
         return model
     distributed.refuse_restore(model)
     state = model.__dict__.pop(STATE_ATTR, None)

@@ -7,6 +7,9 @@ outermost PreTrainedModel inside it is accelerated in place, with the same optio
 directly, so `SentenceTransformer.encode(...)` runs the packed encoder (and, on CUDA, whole-model graphs: the
 Transformer module calls the HF model with input_ids, attention_mask and token_type_ids as keywords, the plain form).
 restore() restores each of them; explain() reports on the one model inside, or on several with their paths prefixed.
+The one part of a wrapper that eet replaces is a SentenceTransformer's encode() loop, which tokenizes the next batches
+on threads while the forward runs (eet_hf/sentence_pipeline.py: tokenization took most of eet's encode time there);
+restore() puts sentence-transformers' loop back.
 """
 
 from __future__ import annotations

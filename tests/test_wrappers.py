@@ -16,7 +16,7 @@ from torch import nn
 
 import eet_hf
 from eet_hf.encoder import model_graphs
-from eet_hf.models import default_model_path, heldout_text_path
+from eet_hf.models import heldout_text_path
 
 from .helpers import assert_close, padded_batch
 from .test_encoder_model_graphs import FakeGraphs
@@ -29,34 +29,6 @@ def _sentences(count: int = 40) -> list[str]:
     """Held-out docstring paragraphs (never trained on): 20 to 400 characters, so every batch is padded."""
     paragraphs = [" ".join(p.split()) for p in heldout_text_path().read_text().split("\n\n")]
     return [p for p in paragraphs if p][:count]
-
-
-@pytest.fixture(scope="module")
-def st_dirs(tmp_path_factory) -> dict[str, str]:
-    """Saved SentenceTransformers (Transformer + mean Pooling): the embedded BERT, and a tiny XLM-RoBERTa from a config
-    (random weights) with the BERT's tokenizer, pad_token_id matching so RoBERTa's position ids are right."""
-    st = pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers (.ci/run does)")
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
-    bert_path = default_model_path("bert")
-    tokenizer = tf.AutoTokenizer.from_pretrained(bert_path)
-    torch.manual_seed(0)
-    xlmr = tf.XLMRobertaModel(tf.XLMRobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        pad_token_id=tokenizer.pad_token_id, max_position_embeddings=tokenizer.model_max_length + 2,
-        initializer_range=0.2))
-    xlmr_hf = tmp_path_factory.mktemp("xlmr-hf")
-    xlmr.save_pretrained(xlmr_hf)
-    tokenizer.save_pretrained(xlmr_hf)
-    dirs = {}
-    for name, path in (("bert", bert_path), ("xlm-roberta", xlmr_hf)):
-        transformer = Transformer(str(path), model_kwargs={"dtype": torch.float32})
-        model = st.SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")],
-                                       device="cpu")
-        dirs[name] = str(tmp_path_factory.mktemp(f"st-{name}"))
-        model.save(dirs[name])
-    return dirs
 
 
 def _load(path: str):
