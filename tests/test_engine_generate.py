@@ -200,7 +200,7 @@ def test_reference_attention_never_reads_outside_bounds():
 
 
 def test_call_form_cache_follows_config_changes(models):
-    """The decoding-mode decision is kept per call form (call_cache.ModeCache): a changed generation config (here
+    """The prepared generation config and decoding-mode decision are kept per call form (call_cache.PreparedConfigs): a changed generation config (here
     beam search set on the model after greedy calls) is seen on the next call, which then runs HF's generate."""
     model, ref = models
     ids, mask = padded_batch(2, 6, [6, 3], "left")

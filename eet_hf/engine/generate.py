@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers.generation.configuration_utils import GenerationMode
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerationMixin
 
 from eet_hf._log import warn_once
 from eet_hf.module_walk import TensorDicts
 
-from .call_cache import ModeCache
+from .call_cache import PreparedConfigs
 from .decode_loop import DecodeEngine
 from .decode_model import DecodeModel, tensor_signature
 from .kv_cache import EetCache, round_capacity
@@ -49,9 +50,9 @@ class EngineHandle:
     # model reuse it instead of walking the module tree again (part of every call's time to first token).
     view: DecodeModel | None = None
     view_signature: tuple = ()
-    # Host work repeated per call, kept between calls (call_cache.py): the decoding-mode decision per call form, and
-    # the module tree's parameter and buffer dicts.
-    modes: ModeCache = dataclasses.field(default_factory=ModeCache)
+    # Host work repeated per call, kept between calls (call_cache.py): HF's prepared generation config and the
+    # decoding-mode decision per call form, and the module tree's parameter and buffer dicts.
+    prepared: PreparedConfigs | None = None
     tensors: TensorDicts = dataclasses.field(default_factory=TensorDicts)
 
     def model_view(self, model: torch.nn.Module, signature: tuple) -> DecodeModel:
@@ -80,8 +81,17 @@ def install(model: torch.nn.Module, ctx, build: Callable[[torch.nn.Module], Deco
             return hf_generate(self, *args, **kwargs)
         return hf_generate(self, *args, custom_generate=eet_decode, **kwargs)
 
-    ctx.bind(model, ENGINE_ATTR, EngineHandle(DecodeEngine(), build, call_refusal))
+    hf_prepare = type(model)._prepare_generation_config
+    handle = EngineHandle(DecodeEngine(), build, call_refusal, prepared=PreparedConfigs(hf_prepare))
+    ctx.bind(model, ENGINE_ATTR, handle)
     ctx.bind(model, "generate", types.MethodType(generate, model))
+    if hf_prepare is GenerationMixin._prepare_generation_config:
+        # HF's generate asks for it as self._prepare_generation_config(...): the instance attribute answers.
+        @functools.wraps(hf_prepare)
+        def prepare_generation_config(self, generation_config=None, **kwargs: Any):
+            return handle.prepared.prepare(self, generation_config, kwargs)
+
+        ctx.bind(model, "_prepare_generation_config", types.MethodType(prepare_generation_config, model))
     ctx.report.add_cuda_only("generate (eet decode loop, CUDA graphs)", "eet's decode loop, one eager step per token")
 
 
@@ -102,17 +112,16 @@ def _refusal(model, args: tuple, kwargs: dict) -> str | None:
     config = args[1] if len(args) > 1 else kwargs.get("generation_config")
     rest = {k: v for k, v in kwargs.items() if k != "generation_config"}
     handle: EngineHandle = model.__dict__[ENGINE_ATTR]
-    return handle.modes.get(model, config, rest, lambda: _mode_refusal(model, config, rest))
-
-
-def _mode_refusal(model, config, kwargs: dict) -> str | None:
-    """Why HF's generate would pick a decoding mode eet does not run for this call, or None (HF's own preparation of
-    the generation config: ~1 ms, so its answer is kept per call form, call_cache.ModeCache)."""
     try:
-        prepared, _ = model._prepare_generation_config(config, **kwargs)
-        mode = prepared.get_generation_mode(None)
+        return handle.prepared.mode_refusal(model, config, rest, _mode_refusal)
     except Exception as error:  # HF raises the same error, with its own message, when it runs the call
         return f"generation config not accepted ({error})"
+
+
+def _mode_refusal(prepared) -> str | None:
+    """Why HF's generate would pick a decoding mode eet does not run for a call whose prepared generation config
+    is `prepared`, or None (kept per call form, call_cache.PreparedConfigs)."""
+    mode = prepared.get_generation_mode(None)
     if mode not in _FAST_MODES:
         return f"generation mode {mode.value if hasattr(mode, 'value') else mode}"
     return None
@@ -195,6 +204,11 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
         return sequences
     return _output(sequences, result, prompt_len)
 
+
+
+# HF's generate reads the decoding method's signature twice per call (which mode arguments it takes); a stored
+# signature is returned as it is instead of being rebuilt from the code object each time.
+eet_decode.__signature__ = inspect.signature(eet_decode)
 
 def _check_positions(position_ids: torch.Tensor, max_new: int, max_positions: int) -> None:
     # The last token fed to the model sits at position last_prompt_position + max_new - 1.
