@@ -104,3 +104,34 @@ def test_engine_refuses_a_request_that_does_not_fit_before_running_anything(monk
     engine._check_fits(w, batch=8, prompt_len=128, capacity=256, device=cuda)  # ~0.1 GiB of 2 GiB usable
     with pytest.raises(torch.OutOfMemoryError, match="needs .* GiB .* but only 2.00 GiB is free"):
         engine._check_fits(w, batch=512, prompt_len=128, capacity=2048, device=cuda)  # 32 GiB of KV cache
+
+
+def test_fit_check_runs_once_per_request_shape_and_arena(monkeypatch):
+    """A request shape that already ran over the same arena is not checked again (its memory is held); a new shape
+    or a reallocated arena is."""
+    from transformers import GPT2LMHeadModel
+
+    import eet_hf
+    from eet_hf.engine.generate import ENGINE_ATTR
+
+    from .helpers import gpt2_config, padded_batch
+
+    model = eet_hf.accelerate(GPT2LMHeadModel(gpt2_config()).eval())
+    engine = model.__dict__[ENGINE_ATTR].engine
+    checked = []
+    monkeypatch.setattr(engine, "_check_fits", lambda w, batch, prompt_len, capacity, device:
+                        checked.append((batch, prompt_len, capacity)))
+
+    def call(batch, prompt, new):
+        ids, mask = padded_batch(batch, prompt, [prompt] * batch, "left")
+        model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False)
+
+    call(2, 6, 4)
+    call(2, 6, 4)
+    assert len(checked) == 1
+    call(3, 6, 4)  # another batch
+    call(2, 7, 4)  # another prompt length
+    assert len(checked) == 3
+    engine.arena.release()  # the arena's next view reallocates: every shape is checked again
+    call(2, 6, 4)
+    assert len(checked) == 4
