@@ -143,3 +143,23 @@ def test_restore_removes_the_cached_preparation(model):
     assert "_prepare_generation_config" in model.__dict__
     eet_hf.restore(model)
     assert "_prepare_generation_config" not in model.__dict__
+
+
+def test_an_answer_holding_new_objects_is_asked_once_per_call_and_never_kept():
+    """A class's own preparation that puts a new object into the model kwargs (HF's never does): each call asks it
+    once, gets that call's object, and nothing is kept for the next call."""
+    from types import SimpleNamespace
+
+    from eet_hf.engine.call_cache import PreparedConfigs
+
+    calls = []
+
+    def prepare(model, config, **kwargs):
+        calls.append(object())
+        return GenerationConfig(max_new_tokens=kwargs["max_new_tokens"]), {"made": calls[-1]}
+
+    cache = PreparedConfigs(prepare)
+    model = SimpleNamespace(generation_config=GenerationConfig(), config=SimpleNamespace(a=1))
+    for n in range(1, 3):
+        config, model_kwargs = cache.prepare(model, None, {"max_new_tokens": 4})
+        assert len(calls) == n and model_kwargs["made"] is calls[-1] and config.max_new_tokens == 4

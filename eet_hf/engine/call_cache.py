@@ -104,7 +104,8 @@ class PreparedConfigs:
         return entry.mode_refusal[0]
 
     def _entry(self, model: nn.Module, config: Any, kwargs: dict) -> _Prepared | None:
-        """The call form's entry (prepared now if new), or None when the form is not cached (an object argument)."""
+        """The call form's entry (prepared now if new; one HF's answer holds objects a later call must not share is
+        returned for this call only), or None for an object argument (asked of HF every time)."""
         frozen = tuple(sorted((k, _frozen(v)) for k, v in kwargs.items()))
         if any(v is None and kwargs[k] is not None for k, v in frozen):
             return None
@@ -118,7 +119,7 @@ class PreparedConfigs:
             prepared, model_kwargs = self._prepare(model, config, **kwargs)  # HF's errors reach the caller
             entry = _Prepared(prepared, model_kwargs, kwargs)
             if not entry.cacheable:
-                return None
+                return entry
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries.clear()
             self._entries[key] = entry

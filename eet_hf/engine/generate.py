@@ -205,10 +205,10 @@ def eet_decode(self, input_ids, logits_processor, stopping_criteria, generation_
     return _output(sequences, result, prompt_len)
 
 
-
 # HF's generate reads the decoding method's signature twice per call (which mode arguments it takes); a stored
 # signature is returned as it is instead of being rebuilt from the code object each time.
 eet_decode.__signature__ = inspect.signature(eet_decode)
+
 
 def _check_positions(position_ids: torch.Tensor, max_new: int, max_positions: int) -> None:
     # The last token fed to the model sits at position last_prompt_position + max_new - 1.
